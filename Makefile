@@ -1,0 +1,42 @@
+# The test command is `make test`: unit tests on Python 3.11 and 3.6, vermin, then the kernel lab.
+SHELL := /bin/bash
+PYTHON ?= python3
+PY36 ?= $(shell pyenv root 2>/dev/null || echo $(HOME)/.pyenv)/versions/3.6.15/bin/python3
+VENV := .venv
+VENV36 := .venv36
+PYTEST_ARGS ?=
+
+.PHONY: venv venv36 unit unit311 unit36 vermin test
+
+venv: $(VENV)/.stamp
+$(VENV)/.stamp: setup.cfg pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q -e '.[test]' vermin
+	touch $@
+
+# CentOS 7's python3 is 3.6: its pip must first become 21.3.1 (pip 18.1 finds nothing).
+# A regular (not editable) install: legacy editable installs cannot map package_dir.
+venv36: $(VENV36)/.stamp
+$(VENV36)/.stamp: setup.cfg pyproject.toml
+	test -x $(PY36) || { echo "Python 3.6 not found at $(PY36): set PY36=/path/to/python3.6" >&2; exit 1; }
+	$(PY36) -m venv $(VENV36)
+	$(VENV36)/bin/python -m pip install -q pip==21.3.1
+	$(VENV36)/bin/python -m pip install -q '.[test]'
+	touch $@
+
+# The console-script pytest does not put the checkout on sys.path, so tests import
+# the installed package (backends/ is only importable as legacytrace.backends).
+unit311: venv
+	$(VENV)/bin/pytest -q --ignore=tests/lab $(PYTEST_ARGS) tests
+
+unit36: venv36
+	$(VENV36)/bin/python -m pip install -q --no-deps --force-reinstall .
+	$(VENV36)/bin/pytest -q -p no:cacheprovider --ignore=tests/lab $(PYTEST_ARGS) tests
+
+vermin: venv
+	$(VENV)/bin/vermin -q -t=3.6- --no-tips --violations --eval-annotations legacytrace backends
+
+unit: unit311 unit36 vermin
+
+test: unit lab

@@ -1,0 +1,104 @@
+"""The interface every backend implements, and the pieces they share.
+
+A backend turns a `TraceRequest` into a `Program` for its mechanism (pure),
+runs it in a `Session` that attaches, streams raw lines and always detaches,
+and parses each raw line into a `FlowEvent` (pure, so captures replay).
+
+    request --build()--> Program --run()--> Session (raw lines) --parse()--> FlowEvent
+"""
+import collections
+
+
+class Availability(collections.namedtuple("Availability", "available reason")):
+    """Whether a backend can run on a host, and why (in words a user understands)."""
+
+    __slots__ = ()
+
+    @classmethod
+    def yes(cls, reason):
+        return cls(True, reason)
+
+    @classmethod
+    def no(cls, reason):
+        return cls(False, reason)
+
+
+class Program(object):
+    """A built program: the text its mechanism runs, printable by `legacytrace generate`.
+
+    `text` is the program as a user would review it (a .stp script, kprobe_events
+    lines with filters, a bpftrace script); `data` holds what `run()` and `parse()`
+    need beyond the text (event names, the field order of the line protocol).
+    """
+
+    __slots__ = ("backend", "text", "data")
+
+    def __init__(self, backend, text, data=None):
+        self.backend = backend
+        self.text = text
+        self.data = dict(data or {})
+
+
+class Session(object):
+    """A live run: attach on enter, detach on exit, whatever ended it.
+
+    Subclasses implement `attach()`, `lines()` and `detach()`. `detach()` must
+    undo what `attach()` did in reverse order, warn about each step that fails
+    and go on, so that a half-done attach is cleaned up too.
+    `lost` counts events the mechanism dropped, by cause; the summary shows it.
+    """
+
+    def __init__(self, program):
+        self.program = program
+        self.lost = collections.Counter()
+
+    def attach(self):
+        raise NotImplementedError
+
+    def lines(self):
+        """Yield raw output lines (str, without the newline) until the mechanism ends."""
+        raise NotImplementedError
+
+    def detach(self):
+        raise NotImplementedError
+
+    def __enter__(self):
+        try:
+            self.attach()
+        except BaseException:
+            self.detach()
+            raise
+        return self
+
+    def __exit__(self, *exc):
+        self.detach()
+        return False
+
+
+class Backend(object):
+    """One tracing mechanism. Subclasses set `name` and implement the four steps."""
+
+    #: the name used by `--backend` and in every event's `backend` field
+    name = None
+    #: one line for `doctor` and `--help`
+    summary = ""
+
+    def check(self, host):
+        """Return an `Availability` for `host` (a `legacytrace.host.HostFacts`)."""
+        raise NotImplementedError
+
+    def build(self, request):
+        """Return the `Program` for a `TraceRequest`. Pure: no I/O, same input, same text."""
+        raise NotImplementedError
+
+    def run(self, program):
+        """Return a `Session` that runs `program` on this host."""
+        raise NotImplementedError
+
+    def parse(self, line, program=None):
+        """Return the `FlowEvent` for one raw line, or None for a line that is not an event.
+
+        Never raises on any input: a captured file may hold anything.
+        `program` gives the line protocol's details where the backend needs them.
+        """
+        raise NotImplementedError

@@ -1,0 +1,1 @@
+"""Struct layouts of known kernel builds (data files read with pkgutil.get_data)."""

@@ -1,0 +1,160 @@
+"""The one model every backend speaks: what a trace asks for and what an event says.
+
+The data flow is request -> program -> raw lines -> events -> output (DESIGN.md).
+This module holds the two ends that every backend shares: `TraceRequest` (what to
+trace) and `FlowEvent` (what was seen). Nothing here knows which mechanism ran.
+"""
+import collections
+
+#: Contexts an event can run in. An event in interrupt context runs on behalf of
+#: whatever task was interrupted: that task is not the packet's owner.
+CONTEXTS = ("task", "softirq", "hardirq", "nmi")
+
+#: IP protocol numbers by the names the CLI and output use.
+PROTO_NUMBERS = {"icmp": 1, "tcp": 6, "udp": 17, "icmp6": 58}
+PROTO_NAMES = dict((v, k) for k, v in PROTO_NUMBERS.items())
+
+
+class FlowKey(collections.namedtuple(
+        "FlowKey", "family proto saddr sport daddr dport")):
+    """The 5-tuple (plus family) that names a flow; ports are None for ICMP."""
+
+    __slots__ = ()
+
+    def __str__(self):
+        if self.family is None:
+            return "-"
+        proto = PROTO_NAMES.get(self.proto, str(self.proto))
+        return "{} {} > {}".format(proto, _endpoint(self.family, self.saddr, self.sport),
+                                   _endpoint(self.family, self.daddr, self.dport))
+
+
+def _endpoint(family, addr, port):
+    if port is None:
+        return str(addr)
+    if family == 6:
+        return "[{}]:{}".format(addr, port)
+    return "{}:{}".format(addr, port)
+
+
+class FlowEvent(object):
+    """One hit of one probe, normalised: the same fields whichever backend saw it.
+
+    Fields that a mechanism cannot know stay None (a tracepoint knows no tuple,
+    an interrupt-context event has no meaningful sender). `backend` names the
+    mechanism and `source` the kind of probe (kprobe, kretprobe, tracepoint).
+    """
+
+    __slots__ = (
+        "backend", "source", "time_ns", "cpu", "pid", "tid", "comm", "context",
+        "func", "kind", "retval", "skb", "family", "proto", "saddr", "daddr",
+        "sport", "dport", "icmp_type", "icmp_code", "icmp_id", "icmp_seq",
+        "length", "dev", "fields", "cmdline",
+    )
+
+    def __init__(self, **values):
+        for name in self.__slots__:
+            setattr(self, name, values.pop(name, None))
+        if values:
+            raise TypeError("unknown FlowEvent fields: " + ", ".join(sorted(values)))
+        if self.fields is None:
+            self.fields = {}
+        if self.kind is None:
+            self.kind = "entry"
+        if self.context is None:
+            self.context = "task"
+
+    @property
+    def in_interrupt(self):
+        """True when the event ran in interrupt context (no owning task)."""
+        return self.context != "task"
+
+    @property
+    def key(self):
+        """The flow this event belongs to."""
+        return FlowKey(self.family, self.proto, self.saddr, self.sport, self.daddr, self.dport)
+
+    def to_dict(self):
+        """The JSON Lines schema (README, "JSON output"): every field, None as null."""
+        out = dict((name, getattr(self, name)) for name in self.__slots__)
+        out["proto"] = PROTO_NAMES.get(self.proto, self.proto)
+        return out
+
+    def __repr__(self):
+        return "FlowEvent({})".format(", ".join(
+            "{}={!r}".format(n, getattr(self, n)) for n in self.__slots__
+            if getattr(self, n) not in (None, {})))
+
+    def __eq__(self, other):
+        return isinstance(other, FlowEvent) and all(
+            getattr(self, n) == getattr(other, n) for n in self.__slots__)
+
+    def __ne__(self, other):
+        return not self == other
+
+    __hash__ = None
+
+
+class Probe(object):
+    """One kernel function to probe, resolved for the target kernel.
+
+    `skb_pos` and `sk_pos` are 1-based argument positions of the
+    `struct sk_buff *` and `struct sock *` (None when the function has none).
+    `egress` marks a function that ends a packet's journey (kfree_skb).
+    `fields` are the manifest's custom fields (name -> validated field path).
+    """
+
+    __slots__ = ("name", "skb_pos", "sk_pos", "egress", "description", "fields", "kind")
+
+    def __init__(self, name, skb_pos=None, sk_pos=None, egress=False, description="",
+                 fields=None, kind="entry"):
+        self.name = name
+        self.skb_pos = skb_pos
+        self.sk_pos = sk_pos
+        self.egress = egress
+        self.description = description
+        self.fields = collections.OrderedDict(fields or ())
+        self.kind = kind
+
+    def __repr__(self):
+        return "Probe({!r}, skb_pos={!r}, sk_pos={!r}, egress={!r})".format(
+            self.name, self.skb_pos, self.sk_pos, self.egress)
+
+    def __eq__(self, other):
+        return isinstance(other, Probe) and all(
+            getattr(self, n) == getattr(other, n) for n in self.__slots__)
+
+    def __ne__(self, other):
+        return not self == other
+
+    __hash__ = None
+
+
+class Limits(object):
+    """When to stop: after `count` events, `duration` seconds, at most `rate` events/s shown."""
+
+    __slots__ = ("count", "duration", "rate")
+
+    def __init__(self, count=None, duration=None, rate=None):
+        self.count = count
+        self.duration = duration
+        self.rate = rate
+
+
+class TraceRequest(object):
+    """Everything a backend needs to build its program: probes, flow filter, limits, target.
+
+    `host` is the `HostFacts` of the kernel the program is for (the running
+    host, or recorded facts of another one when generating for elsewhere).
+    `run_id` names what this run attaches, so that leftovers can be found.
+    """
+
+    __slots__ = ("probes", "flow", "limits", "host", "run_id", "manifest")
+
+    def __init__(self, probes, flow, host, limits=None, run_id=None, manifest=None):
+        self.probes = list(probes)
+        self.flow = flow
+        self.host = host
+        self.limits = limits or Limits()
+        self.run_id = run_id
+        self.manifest = manifest
