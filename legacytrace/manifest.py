@@ -1,0 +1,296 @@
+"""Manifests: which kernel functions to probe and where their sk_buff is.
+
+ipftrace's format loads unchanged::
+
+    functions:
+      - name: ip_rcv
+        skb_pos: 1          # 1-based position of the struct sk_buff * argument
+      - name: kfree_skb
+        skb_pos: 1
+        egress: true        # the packet's journey ends here
+
+Extensions: `sk_pos` (position of a struct sock *), `description`, `fields`
+(custom fields, name -> path such as `skb.len`), and `variants` for functions that
+were renamed or whose arguments moved between kernels; the first variant that
+fits the kernel version and exists on the host is used::
+
+      - description: hand an IPv4 packet to the output path
+        variants:
+          - {name: ip_local_out, skb_pos: 3, sk_pos: 2, kernel: ">=4.4"}
+          - {name: ip_local_out_sk, skb_pos: 2, sk_pos: 1, kernel: "el7"}
+          - {name: ip_local_out, skb_pos: 1, kernel: "<4.4"}
+
+`kernel` is a space- or comma-separated list of conditions that must all hold:
+`>=X.Y[.Z]`, `<X.Y[.Z]` and `elN` (a RHEL/CentOS N kernel, which differ from
+upstream of the same version) or `!elN`.
+Every value is validated here: names and field paths reach generated kernel code.
+"""
+import collections
+import os
+import pkgutil
+import re
+
+import yaml
+
+from legacytrace.errors import UsageError
+from legacytrace.kernel import VersionRange, parse_version
+from legacytrace.model import Probe
+
+#: A kernel symbol: a C identifier, optionally with the suffixes GCC gives clones.
+SYMBOL_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.(isra|constprop|part|cold|llvm)\.[0-9]+)*$")
+#: kallsyms keeps names up to KSYM_NAME_LEN - 1 = 127 characters (before 6.1).
+SYMBOL_MAX = 127
+#: A custom field name: what it is called in the output.
+FIELD_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,31}$")
+#: A custom field path: an argument and its members, or skb_shinfo(skb) and its members.
+FIELD_PATH_RE = re.compile(
+    r"^(skb|sk|skb_shinfo\(skb\))(\.[a-z_][a-z0-9_]{0,63}){1,4}$")
+#: x86_64 passes the first six arguments in registers; kprobes read them from there.
+MAX_ARG_POS = 6
+
+_FUNCTION_KEYS = {"name", "skb_pos", "sk_pos", "egress", "description", "fields", "variants"}
+_VARIANT_KEYS = {"name", "skb_pos", "sk_pos", "kernel"}
+_TOP_KEYS = {"functions", "name", "description"}
+_CONDITION_RE = re.compile(r"^(>=|<)(\d+\.\d+(?:\.\d+)?)$|^(!?)el(\d+)$")
+
+
+class Variant(collections.namedtuple("Variant", "name skb_pos sk_pos versions el")):
+    """One spelling of a function for some kernels: name, argument positions, kernel range.
+
+    `el` is None (any kernel), an int N (only .elN kernels) or -N (not .elN kernels).
+    """
+
+    __slots__ = ()
+
+    def fits(self, kernel):
+        """True when this variant applies to `kernel` (a KernelRelease)."""
+        if kernel.version not in self.versions:
+            return False
+        if self.el is None:
+            return True
+        if self.el > 0:
+            return kernel.el == self.el
+        return kernel.el != -self.el
+
+
+class ManifestFunction(collections.namedtuple(
+        "ManifestFunction", "variants egress description fields")):
+    """One manifest entry: its variants in order of preference, and what they share."""
+
+    __slots__ = ()
+
+    @property
+    def label(self):
+        return self.variants[0].name
+
+
+class Manifest(collections.namedtuple("Manifest", "name description functions source")):
+    """A validated manifest; `source` is the file (or bundled name) it came from."""
+
+    __slots__ = ()
+
+
+def bundled_names():
+    """Names of the manifests shipped in legacytrace.manifests."""
+    import legacytrace.manifests
+    folder = os.path.dirname(legacytrace.manifests.__file__)
+    return sorted(f[:-5] for f in os.listdir(folder) if f.endswith(".yaml"))
+
+
+def load(spec):
+    """Load a manifest from a file path or a bundled name (`generic`, `icmp-senders`...)."""
+    if os.path.exists(spec):
+        try:
+            with open(spec, "rb") as handle:
+                text = handle.read()
+        except (IOError, OSError) as exc:
+            raise UsageError("{}: cannot read manifest: {}".format(spec, exc.strerror or exc))
+        return parse(text, spec)
+    if re.match(r"^[a-z0-9][a-z0-9-]*$", spec) and spec in bundled_names():
+        return parse(pkgutil.get_data("legacytrace.manifests", spec + ".yaml"), spec)
+    raise UsageError("manifest {!r} not found: give a YAML file or one of the bundled "
+                     "manifests: {}".format(spec, ", ".join(bundled_names())))
+
+
+def parse(text, source="<manifest>"):
+    """Parse and validate manifest YAML; raise UsageError naming file, entry and problem."""
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = " line {}".format(mark.line + 1) if mark is not None else ""
+        raise UsageError("{}:{} invalid YAML: {}".format(
+            source, where, getattr(exc, "problem", None) or exc))
+    if not isinstance(data, dict):
+        raise UsageError("{}: a manifest is a mapping with a 'functions' list".format(source))
+    _no_unknown(data, _TOP_KEYS, source)
+    functions = data.get("functions")
+    if not isinstance(functions, list) or not functions:
+        raise UsageError("{}: 'functions' must be a non-empty list".format(source))
+    parsed = [_function(entry, "{}: functions[{}]".format(source, i))
+              for i, entry in enumerate(functions)]
+    return Manifest(_text(data.get("name", ""), "name", source),
+                    _text(data.get("description", ""), "description", source),
+                    tuple(parsed), source)
+
+
+def _function(entry, where):
+    if not isinstance(entry, dict):
+        raise UsageError("{}: an entry must be a mapping with a name and skb_pos".format(where))
+    if isinstance(entry.get("name"), str) and SYMBOL_RE.match(entry["name"]):
+        where = "{} ({})".format(where, entry["name"])
+    _no_unknown(entry, _FUNCTION_KEYS, where)
+    if "variants" in entry:
+        if "name" in entry or "skb_pos" in entry or "sk_pos" in entry:
+            raise UsageError("{}: give either name/skb_pos/sk_pos or variants, not both"
+                             .format(where))
+        raw = entry["variants"]
+        if not isinstance(raw, list) or not raw:
+            raise UsageError("{}: 'variants' must be a non-empty list".format(where))
+        variants = tuple(_variant(v, "{}.variants[{}]".format(where, i))
+                         for i, v in enumerate(raw))
+    else:
+        variants = (_variant(dict((k, entry[k]) for k in ("name", "skb_pos", "sk_pos")
+                                  if k in entry), where),)
+    egress = entry.get("egress", False)
+    if not isinstance(egress, bool):
+        raise UsageError("{}: egress must be true or false, got {!r}".format(where, egress))
+    return ManifestFunction(variants, egress,
+                            _text(entry.get("description", ""), "description", where),
+                            _fields(entry.get("fields", {}), where))
+
+
+def _variant(entry, where):
+    if not isinstance(entry, dict):
+        raise UsageError("{}: a variant must be a mapping with a name".format(where))
+    _no_unknown(entry, _VARIANT_KEYS, where)
+    name = entry.get("name")
+    if name is None:
+        raise UsageError("{}: 'name' is missing".format(where))
+    check_symbol(name, where)
+    skb_pos = _position(entry.get("skb_pos"), "skb_pos", where)
+    sk_pos = _position(entry.get("sk_pos"), "sk_pos", where)
+    if skb_pos is None and sk_pos is None:
+        raise UsageError("{}: give skb_pos (or sk_pos for a socket-level function)"
+                         .format(where))
+    if skb_pos is not None and skb_pos == sk_pos:
+        raise UsageError("{}: skb_pos and sk_pos are both {}".format(where, skb_pos))
+    versions, el = _kernel_condition(entry.get("kernel"), where)
+    return Variant(name, skb_pos, sk_pos, versions, el)
+
+
+def check_symbol(name, where):
+    """Raise UsageError unless `name` is a plausible kernel function symbol."""
+    if not isinstance(name, str) or not SYMBOL_RE.match(name) or len(name) > SYMBOL_MAX:
+        raise UsageError("{}: {!r} is not a kernel function name (a C identifier, optionally "
+                         "with .isra.N/.constprop.N/.part.N, at most {} characters)"
+                         .format(where, name, SYMBOL_MAX))
+    return name
+
+
+def _position(value, key, where):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UsageError("{}: {} must be an integer from 1 to {}, got {!r}".format(
+            where, key, MAX_ARG_POS, value))
+    if not 1 <= value <= MAX_ARG_POS:
+        raise UsageError("{}: {} must be from 1 to {} (x86_64 register arguments), got {}"
+                         .format(where, key, MAX_ARG_POS, value))
+    return value
+
+
+def _kernel_condition(value, where):
+    if value is None:
+        return VersionRange(None, None), None
+    if not isinstance(value, (str, float, int)) or isinstance(value, bool):
+        raise UsageError("{}: kernel must be text such as '>=4.4' or '>=3.10 <4.4' or 'el7'"
+                         .format(where))
+    low = high = el = None
+    for token in re.split(r"[\s,]+", str(value).strip()):
+        match = _CONDITION_RE.match(token)
+        if not match:
+            raise UsageError("{}: kernel condition {!r} not understood: use >=X.Y, <X.Y, "
+                             "elN or !elN".format(where, token))
+        op, version, negate, el_major = match.groups()
+        if op == ">=":
+            low = parse_version(version)
+        elif op == "<":
+            high = parse_version(version)
+        else:
+            el = -int(el_major) if negate else int(el_major)
+    if low is not None and high is not None and low >= high:
+        raise UsageError("{}: kernel range {!r} is empty".format(where, value))
+    return VersionRange(low, high), el
+
+
+def _fields(value, where):
+    if not isinstance(value, dict):
+        raise UsageError("{}: fields must be a mapping of name: path (e.g. len: skb.len)"
+                         .format(where))
+    fields = collections.OrderedDict()
+    for name in sorted(value, key=str):
+        path = value[name]
+        if not isinstance(name, str) or not FIELD_NAME_RE.match(name):
+            raise UsageError("{}: field name {!r} must be lower-case letters, digits and _ "
+                             "(at most 32)".format(where, name))
+        if not isinstance(path, str) or not FIELD_PATH_RE.match(path):
+            raise UsageError("{}: field {} has path {!r}: use skb.MEMBER[.MEMBER], "
+                             "sk.MEMBER or skb_shinfo(skb).MEMBER".format(where, name, path))
+        fields[name] = path
+    return fields
+
+
+def _text(value, key, where):
+    if not isinstance(value, str):
+        raise UsageError("{}: {} must be text, got {!r}".format(where, key, value))
+    return value
+
+
+def _no_unknown(entry, allowed, where):
+    unknown = sorted(str(k) for k in entry if k not in allowed)
+    if unknown:
+        raise UsageError("{}: unknown key {} (allowed: {})".format(
+            where, ", ".join(repr(k) for k in unknown), ", ".join(sorted(allowed))))
+
+
+class Resolution(collections.namedtuple("Resolution", "probes missing")):
+    """Probes that will be attached, and entries with no variant on this kernel."""
+
+    __slots__ = ()
+
+
+def resolve(manifest, kernel, exists=None, skb_position=None):
+    """Pick each function's variant for `kernel` (a KernelRelease).
+
+    `exists(name)` says whether the host has the symbol (None: assume yes, as
+    when generating for another host). `skb_position(name)` gives the 1-based
+    position of the `struct sk_buff *` parameter from BTF, or None when unknown;
+    a manifest that disagrees is an error naming the right position.
+    """
+    probes, missing = [], []
+    for function in manifest.functions:
+        variant = _pick(function, kernel, exists)
+        if variant is None:
+            missing.append(function.label)
+            continue
+        if any(probe.name == variant.name for probe in probes):
+            raise UsageError("{}: {} is listed twice for kernel {}".format(
+                manifest.source, variant.name, kernel))
+        if skb_position is not None and variant.skb_pos is not None:
+            actual = skb_position(variant.name)
+            if actual is not None and actual != variant.skb_pos:
+                raise UsageError(
+                    "{}: {} takes its struct sk_buff * as argument {}, not {} (from the "
+                    "kernel's BTF): set skb_pos: {}".format(
+                        manifest.source, variant.name, actual, variant.skb_pos, actual))
+        probes.append(Probe(variant.name, variant.skb_pos, variant.sk_pos, function.egress,
+                            function.description, function.fields))
+    return Resolution(probes, missing)
+
+
+def _pick(function, kernel, exists):
+    for variant in function.variants:
+        if variant.fits(kernel) and (exists is None or exists(variant.name)):
+            return variant
+    return None
