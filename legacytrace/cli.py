@@ -1,0 +1,366 @@
+"""The command line: thin click commands over the pure parts and the trace loop.
+
+Every failure the user can act on is a LegacytraceError: one line on stderr,
+a non-zero exit, no traceback. Flags follow bcc, pwru and ipftrace.
+"""
+import functools
+import json
+import os
+import re
+
+import click
+
+from legacytrace import __version__, host as hostmod, manifest as manifestmod
+from legacytrace.errors import LegacytraceError, UsageError
+from legacytrace.flowfilter import FlowFilter
+from legacytrace.model import Limits, TraceRequest
+
+BACKEND_CHOICES = ("auto", "stap", "ftrace", "bpf")
+CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=100)
+
+
+def flow_options(command):
+    """The flow filter flags, in bcc/pwru spelling with ipftrace's accepted too."""
+    options = [
+        click.option("-p", "--proto", metavar="PROTO",
+                     help="Protocol: tcp, udp, icmp, icmp6 or a number."),
+        click.option("-s", "--saddr", metavar="ADDR",
+                     help="Source address or CIDR (IPv4 or IPv6)."),
+        click.option("-d", "--daddr", metavar="ADDR",
+                     help="Destination address or CIDR (IPv4 or IPv6)."),
+        click.option("--sport", "-sp", "sport", metavar="PORT", help="Source port."),
+        click.option("--dport", "-dp", "dport", metavar="PORT", help="Destination port."),
+        click.option("-4", "family", flag_value="4", help="IPv4 only."),
+        click.option("-6", "family", flag_value="6", help="IPv6 only."),
+        click.option("-iv", "--ipversion", "ipversion", metavar="4|6",
+                     help="IP version (ipftrace's spelling of -4/-6)."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _flow(opts):
+    """Build the FlowFilter from the flow options, popping them from `opts`."""
+    family = opts.pop("family")
+    ipversion = opts.pop("ipversion")
+    if family and ipversion and family != ipversion.lstrip("ipv"):
+        raise UsageError("-{} and --ipversion {} disagree".format(family, ipversion))
+    return FlowFilter.parse(family=family or ipversion, proto=opts.pop("proto"),
+                            saddr=opts.pop("saddr"), daddr=opts.pop("daddr"),
+                            sport=opts.pop("sport"), dport=opts.pop("dport"))
+
+
+def handle_errors(func):
+    """Turn a LegacytraceError into one line on stderr and its exit code."""
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        try:
+            return func(*args, **kwargs)
+        except LegacytraceError as exc:
+            if exc.exit_code == 2:
+                raise click.UsageError(str(exc))
+            raise click.ClickException(str(exc))
+    return wrapper
+
+
+@click.group(context_settings=CONTEXT)
+@click.version_option(__version__, "-V", "--version")
+def cli():
+    """Trace packet flows through kernel networking functions and attribute them to
+    processes, on CentOS 7's 3.10 kernel and every kernel after it.
+
+    \b
+    Backends: stap (SystemTap, first choice on 3.10), ftrace (raw kprobe_events or
+    tracepoints, nothing to install), bpf (bpftrace, where the kernel has BTF).
+    `legacytrace doctor` says which one this host can run, and why.
+
+    \b
+    Examples:
+      legacytrace doctor
+      sudo legacytrace trace -p icmp
+      sudo legacytrace trace -p tcp --dport 80 http1 --json
+      legacytrace generate --backend ftrace --format sh -p udp > trace.sh
+    """
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON object for scripts.")
+@handle_errors
+def doctor(as_json):
+    """Show what this host supports, each backend's verdict, and the pick.
+
+    \b
+    Examples:
+      legacytrace doctor
+      legacytrace doctor --json | jq .pick
+    """
+    from legacytrace import select
+    facts = hostmod.probe()
+    report = select.assess(facts)
+    if as_json:
+        click.echo(json.dumps(select.doctor_json(facts, report), indent=2, sort_keys=True))
+    else:
+        click.echo(select.format_doctor(facts, report))
+
+
+def _manifest_probes(spec, host, regex, functions=None):
+    """Load and resolve a manifest for `host`; warn once about functions the kernel lacks."""
+    manifest = manifestmod.load(spec or "generic")
+    if regex:
+        try:
+            pattern = re.compile(regex)
+        except re.error as exc:
+            raise UsageError("invalid --regex {!r}: {}".format(regex, exc))
+        kept = tuple(f for f in manifest.functions
+                     if any(pattern.search(v.name) for v in f.variants))
+        if not kept:
+            raise UsageError("--regex {!r} matches no function of {}".format(
+                regex, manifest.source))
+        manifest = manifest._replace(functions=kept)
+    exists = functions.__contains__ if functions is not None and functions.known else None
+    result = manifestmod.resolve(manifest, host.kernel, exists=exists)
+    if result.missing:
+        click.echo("legacytrace: warning: {} of {} functions do not exist on kernel {} and "
+                   "are skipped: {}".format(len(result.missing), len(manifest.functions),
+                                            host.release, ", ".join(result.missing)), err=True)
+    if not result.probes:
+        raise UsageError("{}: none of its functions exists on kernel {}".format(
+            manifest.source, host.release))
+    return manifest, result.probes
+
+
+def _backend(name, facts):
+    """The backend to use: `name`, or the auto pick; fail with the reason if it can't run."""
+    from legacytrace import select
+    from legacytrace import backends
+    chosen, reason = select.choose(facts, None if name == "auto" else name)
+    if name == "auto":
+        click.echo("legacytrace: using {}: {}".format(chosen, reason), err=True)
+    return backends.get(chosen)
+
+
+def output_options(command):
+    for option in reversed([
+            click.option("--json", "as_json", is_flag=True,
+                         help="JSON Lines: one object per event (schema in README)."),
+            click.option("--flows", is_flag=True,
+                         help="Group by packet, ipftrace style: one block per packet journey."),
+            click.option("-l", "--length", type=click.IntRange(1, None), metavar="N",
+                         help="With --flows: show at most N functions per block."),
+            click.option("--color", type=click.Choice(["auto", "always", "never"]),
+                         default="auto", show_default=True, help="Colour the output."),
+    ]):
+        command = option(command)
+    return command
+
+
+def _output(opts, probes):
+    """The sink for events, from the output flags; colour only on a terminal."""
+    from legacytrace import render
+    as_json, flows, length = opts.pop("as_json"), opts.pop("flows"), opts.pop("length")
+    color = opts.pop("color")
+    if as_json and flows:
+        raise UsageError("--json and --flows are alternatives: choose one")
+    if length and not flows:
+        raise UsageError("--length caps the blocks of --flows: add --flows")
+    stream = click.get_text_stream("stdout")
+    use_color = color == "always" or (color == "auto" and stream.isatty())
+    if as_json:
+        return render.JsonRenderer(stream)
+    if flows:
+        return render.FlowsRenderer(stream, color=use_color,
+                                    egress=set(p.name for p in probes if p.egress),
+                                    max_functions=length)
+    return render.LiveRenderer(stream, color=use_color)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("manifest", required=False, metavar="[MANIFEST]")
+@flow_options
+@click.option("-b", "--backend", type=click.Choice(BACKEND_CHOICES), default="auto",
+              show_default=True, help="Tracing mechanism; auto picks as `doctor` shows.")
+@output_options
+@click.option("-c", "--count", type=click.IntRange(1, None), metavar="N",
+              help="Stop after N events.")
+@click.option("-T", "--duration", type=click.FloatRange(0.001, None), metavar="SECONDS",
+              help="Stop after this many seconds.")
+@click.option("--rate-limit", type=click.IntRange(1, None), metavar="N",
+              help="Show at most N events per second; the rest are counted as lost.")
+@click.option("-r", "--regex", metavar="REGEX",
+              help="Probe only the manifest functions whose names match.")
+@handle_errors
+def trace(manifest, backend, count, duration, rate_limit, regex, **opts):
+    """Trace packets through the functions of MANIFEST (default: the bundled `generic`).
+
+    MANIFEST is a YAML file in ipftrace's format, or a bundled name
+    (generic, icmp-senders, http1, tcp-connect, drops). Needs root.
+
+    \b
+    Examples:
+      sudo legacytrace trace -p icmp                       # who sends ICMP, live
+      sudo legacytrace trace -p tcp -d 10.0.0.0/8 --dport 80 --flows
+      sudo legacytrace trace -p udp --json -c 100 > events.jsonl
+      sudo legacytrace trace -b ftrace my-manifest.yaml -T 10
+    """
+    from legacytrace import render, procinfo, symbols, trace as tracemod
+    flow = _flow(opts)
+    facts = hostmod.probe()
+    chosen = _backend(backend, facts)
+    functions = symbols.KernelFunctions(facts.tracefs)
+    manifest_obj, probes = _manifest_probes(manifest, facts, regex, functions)
+    sink = _output(opts, probes)
+    limits = Limits(count=count, duration=duration, rate=rate_limit)
+    request = TraceRequest(probes, flow, facts, limits=limits, run_id="lt{}".format(os.getpid()),
+                           manifest=manifest_obj.source)
+    _warn_leftovers(chosen, facts)
+    program = chosen.build(request)
+    stats = render.Summary()
+    ended = tracemod.run(chosen, program, flow, limits, sink, stats,
+                         enrich=procinfo.CmdlineCache().enrich)
+    sink.close(stats)
+    click.echo("legacytrace: {}. {}".format(ended, stats.to_text()), err=True)
+
+
+def _warn_leftovers(backend, facts):
+    leftovers = getattr(backend, "leftovers", None)
+    found = leftovers(facts) if leftovers else []
+    if found:
+        click.echo("legacytrace: warning: probes of runs that were killed are still attached "
+                   "({}): remove them with `legacytrace cleanup`".format(", ".join(found)),
+                   err=True)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("manifest", required=False, metavar="[MANIFEST]")
+@flow_options
+@click.option("-b", "--backend", type=click.Choice(BACKEND_CHOICES), default="auto",
+              show_default=True, help="Backend whose program to print.")
+@click.option("-f", "--format", "fmt", default="text", show_default=True,
+              help="Program format: text, or what the backend offers (ftrace: sh).")
+@click.option("-r", "--regex", metavar="REGEX",
+              help="Only the manifest functions whose names match.")
+@handle_errors
+def generate(manifest, backend, fmt, regex, **opts):
+    """Print the program a trace would run, to review, save or take to another host.
+
+    \b
+    Examples:
+      legacytrace generate -b stap -p icmp > icmp.stp
+      legacytrace generate -b ftrace --format sh -p udp --dport 53 > dns-trace.sh
+      legacytrace generate -b bpf http1
+    """
+    flow = _flow(opts)
+    facts = hostmod.probe()
+    chosen = _backend(backend, facts) if backend == "auto" else _load_backend(backend)
+    manifest_obj, probes = _manifest_probes(manifest, facts, regex)
+    request = TraceRequest(probes, flow, facts, run_id="lt{}".format(os.getpid()),
+                           manifest=manifest_obj.source)
+    program = chosen.build(request)
+    formats = getattr(chosen, "formats", ("text",))
+    if fmt not in formats:
+        raise UsageError("backend {} has no format {!r}: choose one of {}".format(
+            chosen.name, fmt, ", ".join(formats)))
+    click.echo(program.text if fmt == "text" else chosen.export(program, fmt), nl=False)
+
+
+def _load_backend(name):
+    from legacytrace import backends
+    return backends.get(name)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("capture", type=click.File("r"), metavar="FILE")
+@click.option("-b", "--backend", type=click.Choice(BACKEND_CHOICES[1:]), required=True,
+              help="Backend that produced FILE.")
+@flow_options
+@output_options
+@handle_errors
+def parse(capture, backend, **opts):
+    """Turn a recorded capture (FILE, or - for stdin) into events.
+
+    \b
+    Examples:
+      legacytrace parse -b ftrace trace-capture.txt --json
+      sh dns-trace.sh; legacytrace parse -b ftrace legacytrace-capture.txt --flows
+    """
+    from legacytrace import render
+    flow = _flow(opts)
+    chosen = _load_backend(backend)
+    sink = _output(opts, [])
+    stats = render.Summary()
+    for line in capture:
+        event = chosen.parse(line.rstrip("\n"), None)
+        if event is None:
+            continue
+        if not flow.matches(event):
+            stats.filtered += 1
+            continue
+        stats.add(event)
+        sink.event(event)
+    sink.close(stats)
+    click.echo("legacytrace: {}".format(stats.to_text()), err=True)
+
+
+@cli.command("list-functions", context_settings=CONTEXT)
+@click.argument("regex", required=False)
+@handle_errors
+def list_functions(regex):
+    """List the kernel functions that can be probed, like `bpftrace -l`.
+
+    Reads available_filter_functions when readable, /proc/kallsyms otherwise.
+
+    \b
+    Examples:
+      legacytrace list-functions '^ip_'
+      legacytrace list-functions 'tcp_(v4_)?rcv'
+    """
+    from legacytrace import symbols
+    try:
+        pattern = re.compile(regex or "")
+    except re.error as exc:
+        raise UsageError("invalid REGEX {!r}: {}".format(regex, exc))
+    facts = hostmod.probe()
+    functions = symbols.KernelFunctions(facts.tracefs)
+    if not functions.known:
+        raise LegacytraceError("cannot read available_filter_functions or /proc/kallsyms: "
+                               "run as root")
+    for name in sorted(n for n in functions.names() if pattern.search(n)):
+        click.echo(name)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.option("-b", "--backend", type=click.Choice(BACKEND_CHOICES), default="auto",
+              show_default=True, help="Only this backend's leftovers (auto: all).")
+@handle_errors
+def cleanup(backend):
+    """Remove what killed runs left attached (only runs whose process is gone).
+
+    A run stopped normally, by Ctrl-C or by SIGTERM cleans up after itself;
+    one killed with SIGKILL cannot. Probes of live runs and of other tools stay.
+
+    \b
+    Example:
+      sudo legacytrace cleanup
+    """
+    from legacytrace import backends
+    facts = hostmod.probe()
+    names = backends.names() if backend == "auto" else [backend]
+    removed = []
+    for name in names:
+        try:
+            instance = backends.get(name)
+        except LegacytraceError:
+            if backend != "auto":
+                raise
+            continue
+        if hasattr(instance, "cleanup"):
+            removed.extend(instance.cleanup(facts))
+    click.echo("removed {} leftover(s){}".format(
+        len(removed), ": " + ", ".join(removed) if removed else ""))
+
+
+def main():
+    """Console-script entry. click itself exits quietly when the output pipe closes
+    (`legacytrace trace | head`), after the trace loop has detached on the way out."""
+    cli.main(prog_name="legacytrace")

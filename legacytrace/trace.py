@@ -1,0 +1,107 @@
+"""Running a trace: the one loop between a backend's live session and the output.
+
+    session.lines() -> backend.parse() -> flow filter -> limits -> enrich -> sink
+
+Signals end a trace the same way as its normal end: SIGINT (Ctrl-C), SIGTERM,
+SIGHUP and the --duration alarm raise `Stop` once, and are ignored after that so
+that nothing interrupts the session's detach.
+"""
+import contextlib
+import signal
+import time
+
+
+class Stop(Exception):
+    """A request to end the trace (a signal or the duration); the message names it."""
+
+
+_STOP_SIGNALS = (("SIGINT", "interrupted (SIGINT)"), ("SIGTERM", "terminated (SIGTERM)"),
+                 ("SIGHUP", "hung up (SIGHUP)"))
+
+
+@contextlib.contextmanager
+def stop_on_signals(duration=None):
+    """Turn stop signals and the duration alarm into one `Stop`, raised once."""
+    previous = {}
+    stopping = []
+
+    def handler_for(reason):
+        def handler(signum, frame):
+            if stopping:
+                return
+            stopping.append(reason)
+            raise Stop(reason)
+        return handler
+
+    for name, reason in _STOP_SIGNALS:
+        signum = getattr(signal, name)
+        previous[signum] = signal.signal(signum, handler_for(reason))
+    if duration:
+        previous[signal.SIGALRM] = signal.signal(
+            signal.SIGALRM, handler_for("duration of {:g} s reached".format(duration)))
+        signal.setitimer(signal.ITIMER_REAL, duration)
+    try:
+        yield stopping
+    finally:
+        stopping.append("done")
+        if duration:
+            signal.setitimer(signal.ITIMER_REAL, 0)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+class RateLimit(object):
+    """At most `rate` events per second reach the output; the rest are counted, not lost silently."""
+
+    def __init__(self, rate, clock=time.monotonic):
+        self.rate = rate
+        self.clock = clock
+        self.window = None
+        self.used = 0
+
+    def allow(self):
+        now = int(self.clock())
+        if now != self.window:
+            self.window, self.used = now, 0
+        if self.used < self.rate:
+            self.used += 1
+            return True
+        return False
+
+
+def run(backend, program, flow, limits, sink, stats, enrich=None):
+    """Run `program` with `backend` until it ends, a limit is reached or a signal stops it.
+
+    `sink.event(ev)` receives every kept event; `stats` (a render.Summary) counts
+    events, user-space filtering, rate-limited events and the session's lost
+    events. Returns the reason the trace ended, in words.
+    """
+    rate = RateLimit(limits.rate) if limits.rate else None
+    parse = backend.parse
+    ended = "the tracer ended"
+    with stop_on_signals(limits.duration):
+        session = backend.run(program)
+        try:
+            with session:
+                for line in session.lines():
+                    event = parse(line, program)
+                    if event is None:
+                        continue
+                    if not flow.matches(event):
+                        stats.filtered += 1
+                        continue
+                    if rate is not None and not rate.allow():
+                        stats.lost["rate limit"] += 1
+                        continue
+                    if enrich is not None:
+                        enrich(event)
+                    stats.add(event)
+                    sink.event(event)
+                    if limits.count and stats.events >= limits.count:
+                        ended = "count of {} events reached".format(limits.count)
+                        break
+        except Stop as stop:
+            ended = str(stop)
+        finally:
+            stats.lost.update(session.lost)
+    return ended
