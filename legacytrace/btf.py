@@ -249,7 +249,7 @@ class BTF(object):
             outer = self.resolve(tid)
             where = ".".join([struct_name] + parts[:depth])
             if self._kind(outer) not in (KIND_STRUCT, KIND_UNION):
-                raise BTFError("{} is a {}, not a struct: no member {}".format(
+                raise BTFError("{} has type {}, not a struct: no member {}".format(
                     where, self.type_name(tid), part))
             found = self._find_member(outer, part)
             if found is None:
