@@ -82,11 +82,12 @@ class BTF(object):
         self._strings = bytes(data[hdr_len + str_off:hdr_len + str_off + str_len])
         if len(types) != type_len or len(self._strings) != str_len or type_len % 4:
             raise BTFError("truncated BTF blob: sections run past its {} bytes".format(len(data)))
-        self._words = array.array("I", bytes(types))
+        self._words = array.array("I", bytes(types))   # "I" is 32 bits on every Linux ABI
         if (order == "<") != (sys.byteorder == "little"):
             self._words.byteswap()
         self._index()
         self._pointer_size = None
+        self._struct_ids = {}
 
     def _index(self):
         """One pass over the type section: the word index and name offset of every type id."""
@@ -209,10 +210,12 @@ class BTF(object):
 
     def struct_id(self, name):
         """Id of `struct name` (or `union name`); BTFError if the blob has neither."""
-        ids = self.ids_named(name, (KIND_STRUCT,)) or self.ids_named(name, (KIND_UNION,))
-        if not ids:
-            raise BTFError("no struct {} in BTF".format(name))
-        return ids[0]
+        if name not in self._struct_ids:
+            ids = self.ids_named(name, (KIND_STRUCT,)) or self.ids_named(name, (KIND_UNION,))
+            if not ids:
+                raise BTFError("no struct {} in BTF".format(name))
+            self._struct_ids[name] = ids[0]   # a lookup scans every type: remember it
+        return self._struct_ids[name]
 
     def struct_size(self, name):
         """sizeof(struct name) in bytes."""
