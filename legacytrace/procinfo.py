@@ -1,0 +1,88 @@
+"""Which process an event belongs to: command lines from /proc, through psutil.
+
+A probe sees the pid and comm of the task it ran in. That task owns the packet
+only when the probe ran in task context: in softirq, hardirq or NMI context the
+kernel borrowed whatever task happened to be on the CPU (KERNEL_FACTS.md,
+"trace_pipe line format"), so such events never get a command line.
+
+Looking a pid up costs about 40 us (psutil reads /proc/PID/stat to learn the
+start time) and events arrive by the hundred thousand, so a pid's identity is
+re-checked at most once per `recheck` seconds. The identity is (pid, start
+time): when the pid now belongs to a process started later than the one we
+cached, the cached command line is dropped instead of being given to the
+newcomer. When the pid is free again (the process exited), the last process
+seen with it is still the best answer: pids are handed out cyclically, so it
+has not been reused since.
+"""
+import collections
+import time
+
+import psutil
+
+
+class CmdlineCache(object):
+    """Command lines by (pid, start time), bounded to the `maxsize` most recently used pids.
+
+    `process` is the psutil.Process constructor and `clock` a monotonic clock
+    in seconds; tests replace them.
+    """
+
+    def __init__(self, maxsize=4096, recheck=1.0, clock=time.monotonic, process=psutil.Process):
+        self._maxsize = maxsize
+        self._recheck = recheck
+        self._clock = clock
+        self._process = process
+        # pid -> [checked at (clock), start time or None when unknown, command line or None]
+        self._entries = collections.OrderedDict()
+
+    def get(self, pid):
+        """The command line of process `pid` as one string, or None when nobody can tell.
+
+        Kernel threads have no command line; they get ps's notation, "[kthreadd]".
+        """
+        now = self._clock()
+        entry = self._entries.get(pid)
+        if entry is not None:
+            self._entries.move_to_end(pid)
+            if now - entry[0] < self._recheck:
+                return entry[2]
+            entry[0] = now
+        try:
+            proc = self._process(pid)
+            started = proc.create_time()
+            if entry is not None and entry[1] == started:
+                return entry[2]
+            cmdline = _cmdline(proc)
+        except psutil.NoSuchProcess:
+            # Exited (or a zombie, whose /proc/PID/cmdline is empty): keep what we knew.
+            if entry is None:
+                self._store(pid, [now, None, None])
+                return None
+            return entry[2]
+        except psutil.AccessDenied:
+            cmdline, started = None, None
+        self._store(pid, [now, started, cmdline])
+        return cmdline
+
+    def enrich(self, ev):
+        """Fill `ev.cmdline` for a task-context event that has none; return `ev`.
+
+        Interrupt-context events keep None: the interrupted task is not the owner.
+        """
+        if ev.cmdline is None and ev.context == "task" and ev.pid and ev.pid > 0:
+            ev.cmdline = self.get(ev.pid)
+        return ev
+
+    def _store(self, pid, entry):
+        self._entries[pid] = entry
+        self._entries.move_to_end(pid)
+        while len(self._entries) > self._maxsize:
+            self._entries.popitem(last=False)
+
+
+def _cmdline(proc):
+    """`proc`'s argv joined by spaces; "[name]" for a kernel thread (empty argv)."""
+    args = proc.cmdline()
+    if args:
+        return " ".join(args)
+    return "[{}]".format(proc.name())

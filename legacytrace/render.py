@@ -1,0 +1,364 @@
+"""Renderers: how events reach the user (a live stream, JSON Lines, one block per packet).
+
+A renderer is built on a text stream and gets two calls: `event(ev)` for every
+FlowEvent that passed the filters, and `close(summary)` once at the end. It
+never sees CLI flags (the CLI turns flags into constructor arguments: colour
+only when the stream is a terminal) and never prints the text summary (the
+CLI writes `summary.to_text()` to stderr after closing the renderer, because
+`close()` may add to the summary).
+
+Text that came from the traced system (comm, command line, device and custom
+field values) is printed with non-printable characters escaped (\\x1b for ESC),
+so a process cannot write terminal escape sequences through legacytrace.
+
+JSON output (--json)
+--------------------
+JSON Lines: one object per line, one line per event, keys in this order. A
+value the mechanism could not know is null.
+
+| field     | type        | meaning                                                              | null when |
+|-----------|-------------|----------------------------------------------------------------------|-----------|
+| backend   | string      | mechanism that saw the event: "stap", "ftrace", "bpf"               | never |
+| source    | string      | kind of probe: "kprobe", "kretprobe", "tracepoint"                  | never |
+| time_ns   | integer     | kernel timestamp in ns (the mechanism's clock, e.g. ftrace's trace_clock; comparable within one run) | never |
+| cpu       | integer     | CPU the probe ran on                                                 | never |
+| pid       | integer     | process (thread group) id of the task the probe ran in              | not known to the mechanism |
+| tid       | integer     | thread id of that task                                               | not known to the mechanism |
+| comm      | string      | that task's comm (at most 15 characters)                             | not known to the mechanism |
+| context   | string      | "task", "softirq", "hardirq" or "nmi"; outside "task", pid/tid/comm name the interrupted task, which is not the packet's owner | never |
+| func      | string      | kernel function (or tracepoint, "net:netif_receive_skb")             | never |
+| kind      | string      | "entry" or "return"                                                  | never |
+| retval    | integer     | the function's return value                                          | kind is "entry" |
+| skb       | integer     | address of the `struct sk_buff` (the packet's identity while it lives) | the probe has no sk_buff |
+| family    | integer     | 4 or 6                                                               | no IP header was read |
+| proto     | string or integer | "icmp", "tcp", "udp", "icmp6", or the IP protocol number for others | no IP header was read |
+| saddr     | string      | source address, canonical text ("10.0.2.15", "fe80::1")             | no IP header was read |
+| daddr     | string      | destination address, canonical text                                  | no IP header was read |
+| sport     | integer     | TCP/UDP source port                                                  | not TCP/UDP, or no L4 header |
+| dport     | integer     | TCP/UDP destination port                                             | not TCP/UDP, or no L4 header |
+| icmp_type | integer     | ICMP/ICMPv6 type                                                     | not ICMP |
+| icmp_code | integer     | ICMP/ICMPv6 code                                                     | not ICMP |
+| icmp_id   | integer     | echo identifier                                                      | not an echo request/reply |
+| icmp_seq  | integer     | echo sequence number                                                 | not an echo request/reply |
+| length    | integer     | `skb->len` in bytes at this function                                 | the probe has no sk_buff |
+| dev       | string      | network device name                                                  | no device attached yet, or not read |
+| fields    | object      | the manifest's custom fields by name, plus extras of a mechanism (e.g. "reason" of skb:kfree_skb) | never (empty object) |
+| cmdline   | string      | command line of the owning process ("[kthreadd]" for a kernel thread) | interrupt context, process already gone, or a replay |
+
+With a summary requested, the last line is one object with "type": "summary"
+(event objects have no "type" key): events, flows (distinct flows counted),
+flows_capped, other_flow_events, no_flow_events, functions (name -> events),
+top_flows (list of {family, proto, saddr, sport, daddr, dport, events}),
+lost (cause -> events), lost_total, filtered (dropped by the user-space flow
+check), evicted (packets the --flows view printed before their end),
+first_ns, last_ns.
+"""
+import collections
+import json
+
+# The argument of every renderer's close(); the CLI takes it from here.
+from legacytrace.summary import Summary  # noqa: F401
+
+#: ICMP (RFC 792) and ICMPv6 (RFC 4443, 4861) type names, by IP protocol number.
+ICMP_TYPES = {
+    1: {0: "echo-reply", 3: "dest-unreach", 5: "redirect", 8: "echo-request", 11: "time-exceeded"},
+    58: {1: "dest-unreach", 2: "packet-too-big", 3: "time-exceeded", 128: "echo-request",
+         129: "echo-reply", 133: "router-solicit", 134: "router-advert",
+         135: "neighbor-solicit", 136: "neighbor-advert"},
+}
+
+_RESET = "\x1b[0m"
+_DIM = "\x1b[2m"
+_BOLD = "\x1b[1m"
+_CYAN = "\x1b[36m"
+_YELLOW = "\x1b[33m"
+_GREEN = "\x1b[32m"
+_RED = "\x1b[31m"
+
+#: Characters that make a value need quotes in name=value text.
+_QUOTE_TRIGGERS = frozenset(' "\\=')
+
+
+class Renderer(object):
+    """Writes events to a text stream as they come; `close(summary)` ends the output."""
+
+    def event(self, ev):
+        raise NotImplementedError
+
+    def close(self, summary):
+        raise NotImplementedError
+
+
+class LiveRenderer(Renderer):
+    """One line per event, in fixed columns under a header printed before the first event.
+
+    Columns: TIME (kernel seconds.microseconds), CPU, PROCESS (comm[pid] in task
+    context, [softirq] and the like otherwise), FUNCTION (name, or name()=retval
+    for a return), LEN, FLOW (protocol, addresses and ports, ICMP type and echo
+    id/seq; last of the columns because its width varies most, IPv6 above all);
+    then name=value extras: dev, the custom fields, cmd (the owner's command
+    line, "[exited]" when it was gone before it could be read). A value wider
+    than its column pushes the rest of the line right; nothing is cut.
+    `cmdline=False` leaves cmd out (a replay: those processes are not here).
+    """
+
+    PLAIN = "{time:>15} {cpu:>3} {proc:<22} {func:<26} {len:>5} {flow}"
+    COLOR = (_DIM + "{time:>15}" + _RESET + " {cpu:>3} {pcolor}{proc:<22}" + _RESET + " {fcolor}"
+             + "{func:<26}" + _RESET + " {len:>5} " + _GREEN + "{flow}" + _RESET)
+
+    def __init__(self, stream, color=False, cmdline=True):
+        self._stream = stream
+        self._format = (self.COLOR if color else self.PLAIN).format
+        self._cmdline = cmdline
+        self._started = False
+
+    def event(self, ev):
+        if not self._started:
+            self._started = True
+            self._stream.write(self.PLAIN.format(
+                time="TIME", cpu="CPU", proc="PROCESS", func="FUNCTION", flow="FLOW",
+                len="LEN") + "\n")
+        self._stream.write(self._format(
+            time=time_text(ev.time_ns), cpu=_or_dash(ev.cpu), proc=process_text(ev),
+            func=func_text(ev), flow=flow_text(ev), len=_or_dash(ev.length),
+            pcolor=_process_color(ev), fcolor=_func_color(ev))
+            + extra_text(ev, self._cmdline, dev=True) + "\n")
+
+    def close(self, summary):
+        """Nothing to finish: every event is already out."""
+
+
+class JsonRenderer(Renderer):
+    """JSON Lines: `FlowEvent.to_dict()` per event (schema above), the summary last if asked."""
+
+    def __init__(self, stream, summary=False):
+        self._stream = stream
+        self._summary = summary
+        # Compact separators; default=str keeps an odd custom field value from stopping the run.
+        self._encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
+
+    def event(self, ev):
+        self._stream.write(self._encode(ev.to_dict()) + "\n")
+
+    def close(self, summary):
+        if self._summary:
+            out = {"type": "summary"}
+            out.update(summary.to_dict())
+            self._stream.write(self._encode(out) + "\n")
+
+
+class FlowsRenderer(Renderer):
+    """One block per packet (ipftrace style): the functions one sk_buff passed, in order.
+
+    Events are grouped by sk_buff address. A block is printed when its packet
+    reaches a function in `egress` (names of the manifest's egress probes), when
+    more than `max_open` packets are open (the least recently active one is
+    printed early and counted in the summary's `evicted`), or at close. Each
+    line gives the time since the packet's first event in microseconds, CPU,
+    process, function, length and extras; the flow appears in the header and
+    again on a line where it changed (NAT). `max_functions` caps the lines a
+    block shows (the rest are counted); a block keeps at most `max_events`
+    events in memory either way. An event without an sk_buff is a block of
+    its own.
+    """
+
+    HEADER = "=== {flow}  skb={skb}  at {time}"
+    PLAIN = "{delta:>14} {cpu:>3} {proc:<22} {func:<26} {len:>5}"
+    COLOR = (_DIM + "{delta:>14}" + _RESET + " {cpu:>3} {pcolor}{proc:<22}" + _RESET
+             + " {fcolor}{func:<26}" + _RESET + " {len:>5}")
+
+    def __init__(self, stream, egress=(), color=False, cmdline=True, max_functions=None,
+                 max_open=1024, max_events=1000):
+        self._stream = stream
+        self._egress = frozenset(egress)
+        self._color = color
+        self._format = (self.COLOR if color else self.PLAIN).format
+        self._cmdline = cmdline
+        self._shown = max_functions
+        self._max_open = max_open
+        self._max_events = min(max_events, max_functions or max_events)
+        self._open = collections.OrderedDict()    # skb address -> _Packet
+        self._evicted = 0
+
+    def event(self, ev):
+        if ev.skb is None:
+            packet = _Packet()
+            packet.add(ev, self._max_events)
+            self._print(packet, "no sk_buff to follow")
+            return
+        packet = self._open.get(ev.skb)
+        if packet is None:
+            packet = self._open[ev.skb] = _Packet()
+            if len(self._open) > self._max_open:
+                self._evicted += 1
+                self._print(self._open.popitem(last=False)[1],
+                            "printed early: more than {} packets open".format(self._max_open))
+        else:
+            self._open.move_to_end(ev.skb)
+        packet.add(ev, self._max_events)
+        if ev.func in self._egress:
+            del self._open[ev.skb]
+            self._print(packet, "ended at " + ev.func)
+
+    def close(self, summary):
+        """Print the packets still open (in order of last activity) and count evictions."""
+        while self._open:
+            self._print(self._open.popitem(last=False)[1], "still open when the trace ended")
+        summary.evicted += self._evicted
+
+    def _print(self, packet, ending):
+        first = packet.events[0]
+        flow = flow_text(first)
+        out = [self.HEADER.format(flow=flow, skb=_skb_text(first.skb), time=time_text(first.time_ns))]
+        if self._cmdline:
+            out.extend("{:>14} by {} cmd={}".format("", process, _quote(cmdline or "[exited]"))
+                       for process, cmdline in packet.owners())
+        shown = packet.events if self._shown is None else packet.events[:self._shown]
+        for ev in shown:
+            extra = extra_text(ev, cmdline=False, dev=True)
+            if ev.family is not None:
+                ev_flow = flow_text(ev)
+                if ev_flow != flow:
+                    flow = ev_flow
+                    extra += " flow=" + _quote(flow)
+            delta = "?"
+            if ev.time_ns is not None and first.time_ns is not None:
+                delta = "+" + _delta_text(ev.time_ns - first.time_ns)
+            out.append(self._format(
+                delta=delta, cpu=_or_dash(ev.cpu), proc=process_text(ev), func=func_text(ev),
+                len=_or_dash(ev.length), pcolor=_process_color(ev), fcolor=_func_color(ev))
+                + extra)
+        hidden = packet.hidden + len(packet.events) - len(shown)
+        if hidden:
+            out.append("{:>14} ... {} more".format("", hidden))
+        count = len(packet.events) + packet.hidden
+        if count == 1:
+            out.append("--- 1 event, " + ending)
+        else:
+            span = ""
+            if packet.last_ns is not None and first.time_ns is not None:
+                span = " in " + _delta_text(packet.last_ns - first.time_ns)
+            out.append("--- {} events{}, {}".format(count, span, ending))
+        self._stream.write("\n".join(out) + "\n\n")
+
+
+class _Packet(object):
+    """The events of one open packet: the first `max_events` kept, the rest counted."""
+
+    __slots__ = ("events", "hidden", "last_ns")
+
+    def __init__(self):
+        self.events = []
+        self.hidden = 0
+        self.last_ns = None
+
+    def add(self, ev, max_events):
+        if len(self.events) < max_events:
+            self.events.append(ev)
+        else:
+            self.hidden += 1
+        if ev.time_ns is not None:
+            self.last_ns = ev.time_ns
+
+    def owners(self):
+        """(process text, command line) of each task that handled the packet, in order."""
+        seen = collections.OrderedDict()
+        for ev in self.events:
+            if ev.context == "task":
+                seen.setdefault((ev.pid, ev.comm), (process_text(ev), ev.cmdline))
+        return list(seen.values())
+
+
+def time_text(time_ns):
+    """Kernel time as seconds.microseconds, ftrace's notation; "-" when unknown."""
+    if time_ns is None:
+        return "-"
+    return "{}.{:06d}".format(time_ns // 1000000000, time_ns % 1000000000 // 1000)
+
+
+def process_text(ev):
+    """comm[pid] of the owning task, or [softirq]/[hardirq]/[nmi]: never the interrupted task."""
+    if ev.context != "task":
+        return "[" + ev.context + "]"
+    comm = "?" if ev.comm is None else _clean(ev.comm)
+    return comm if ev.pid is None else "{}[{}]".format(comm, ev.pid)
+
+
+def func_text(ev):
+    """The function, as name()=retval for a return event."""
+    if ev.kind == "return":
+        return "{}()={}".format(ev.func, "?" if ev.retval is None else ev.retval)
+    return ev.func
+
+
+def flow_text(ev):
+    """Protocol, addresses and ports ("tcp 10.0.2.15:22 > 10.0.2.2:50000"), ICMP type and echo ids."""
+    if ev.family is None:
+        return "-"
+    text = str(ev.key)
+    if ev.icmp_type is None:
+        return text
+    name = ICMP_TYPES.get(ev.proto, {}).get(ev.icmp_type)
+    if name is None:
+        return "{} type={} code={}".format(text, ev.icmp_type, ev.icmp_code)
+    if ev.icmp_id is None:
+        return "{} {}".format(text, name)
+    return "{} {} id={} seq={}".format(text, name, ev.icmp_id, ev.icmp_seq)
+
+
+def extra_text(ev, cmdline, dev):
+    """" name=value ..." for dev, the custom fields and (task context only) cmd; "" if none."""
+    parts = []
+    if dev and ev.dev is not None:
+        parts.append("dev=" + _quote(ev.dev))
+    for name, value in ev.fields.items():
+        parts.append("{}={}".format(_clean(str(name)), _quote(value)))
+    if cmdline and ev.context == "task":
+        parts.append("cmd=" + _quote(ev.cmdline or "[exited]"))
+    return " " + " ".join(parts) if parts else ""
+
+
+def _delta_text(delta_ns):
+    return "{}.{:03d}us".format(delta_ns // 1000, delta_ns % 1000)
+
+
+def _skb_text(skb):
+    return "-" if skb is None else "0x{:x}".format(skb)
+
+
+def _or_dash(value):
+    return "-" if value is None else value
+
+
+def _process_color(ev):
+    return _CYAN if ev.context == "task" else _YELLOW
+
+
+def _func_color(ev):
+    if ev.kind == "return" and isinstance(ev.retval, int) and ev.retval < 0:
+        return _RED
+    return _BOLD
+
+
+def _clean(text):
+    """`text` with every non-printable character escaped as in a Python literal (\\x1b)."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else _escape(c) for c in text)
+
+
+def _escape(char):
+    code = ord(char)
+    if code < 0x100:
+        return "\\x{:02x}".format(code)
+    if code < 0x10000:
+        return "\\u{:04x}".format(code)
+    return "\\U{:08x}".format(code)
+
+
+def _quote(value):
+    """A value for name=value text: bare when unambiguous, else in double quotes with \\ escapes."""
+    text = str(value)
+    if text and text.isprintable() and _QUOTE_TRIGGERS.isdisjoint(text):
+        return text
+    return '"' + _clean(text.replace("\\", "\\\\").replace('"', '\\"')) + '"'

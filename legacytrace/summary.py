@@ -1,0 +1,101 @@
+"""What a trace saw, counted: printed on exit (stderr) or as the last JSON Lines object.
+
+The orchestrator feeds it: `add(ev)` for every event shown, `filtered` for
+events the user-space flow check dropped, `add_lost(session.lost)` once the
+session ends. A renderer that drops packets from its own view (the --flows
+view evicting open packets) adds them to `evicted` in its `close()`, so the
+summary is complete only after the renderers are closed.
+"""
+import collections
+
+
+class Summary(object):
+    """Counters of one trace run; flows are counted for the first `max_flows` distinct ones."""
+
+    def __init__(self, max_flows=4096):
+        self.events = 0
+        self.functions = collections.Counter()
+        self.flows = collections.Counter()
+        #: events of flows beyond `max_flows` (counted, not told apart)
+        self.other_flow_events = 0
+        #: events without an address tuple (a tracepoint that knows only the sk_buff)
+        self.no_flow_events = 0
+        self.lost = collections.Counter()
+        self.filtered = 0
+        self.evicted = 0
+        self.first_ns = None
+        self.last_ns = None
+        self._max_flows = max_flows
+
+    def add(self, ev):
+        """Count one event that was shown (passed every filter)."""
+        self.events += 1
+        self.functions[ev.func] += 1
+        if ev.family is None:
+            self.no_flow_events += 1
+        else:
+            key = ev.key
+            if key in self.flows or len(self.flows) < self._max_flows:
+                self.flows[key] += 1
+            else:
+                self.other_flow_events += 1
+        if ev.time_ns is not None:
+            if self.first_ns is None or ev.time_ns < self.first_ns:
+                self.first_ns = ev.time_ns
+            if self.last_ns is None or ev.time_ns > self.last_ns:
+                self.last_ns = ev.time_ns
+
+    def add_lost(self, lost):
+        """Merge a Counter of lost events by cause (a Session's `lost`)."""
+        self.lost.update(lost)
+
+    def to_dict(self, top=10):
+        """Plain data for JSON: every counter, and the `top` busiest flows."""
+        return {
+            "events": self.events,
+            "flows": len(self.flows),
+            "flows_capped": len(self.flows) >= self._max_flows,
+            "other_flow_events": self.other_flow_events,
+            "no_flow_events": self.no_flow_events,
+            "functions": dict(self.functions),
+            "top_flows": [dict(key._asdict(), events=n) for key, n in _ranked(self.flows)[:top]],
+            "lost": dict(self.lost),
+            "lost_total": sum(self.lost.values()),
+            "filtered": self.filtered,
+            "evicted": self.evicted,
+            "first_ns": self.first_ns,
+            "last_ns": self.last_ns,
+        }
+
+    def to_text(self, top=10):
+        """The summary as a few lines for stderr (no final newline); the first is a sentence."""
+        span = ""
+        if self.first_ns is not None and self.last_ns > self.first_ns:
+            seconds = (self.last_ns - self.first_ns) / 1e9
+            span = " over {:.3f} s".format(seconds) if seconds >= 1 else \
+                " over {:.3f} ms".format(seconds * 1e3)
+        lines = ["{} events in {}{} flows{}.".format(
+            self.events, len(self.flows), "+" if self.other_flow_events else "", span)]
+        if self.functions:
+            lines.append("events per function:")
+            lines.extend("{:>10}  {}".format(n, func) for func, n in _ranked(self.functions))
+        if self.flows:
+            lines.append("busiest flows:" if len(self.flows) > top else "flows:")
+            lines.extend("{:>10}  {}".format(n, key) for key, n in _ranked(self.flows)[:top])
+        if self.no_flow_events:
+            lines.append("{:>10}  events without an address tuple".format(self.no_flow_events))
+        if self.lost:
+            lines.append("lost events: {} ({})".format(sum(self.lost.values()), ", ".join(
+                "{}: {}".format(cause, n) for cause, n in sorted(self.lost.items()))))
+        else:
+            lines.append("lost events: none")
+        if self.filtered:
+            lines.append("filtered out in user space: {}".format(self.filtered))
+        if self.evicted:
+            lines.append("packets printed before their end (too many open): {}".format(self.evicted))
+        return "\n".join(lines)
+
+
+def _ranked(counter):
+    """(key, count) pairs, most first, ties in key text order so that output is stable."""
+    return sorted(counter.items(), key=lambda item: (-item[1], str(item[0])))

@@ -1,0 +1,314 @@
+"""Renderers: the output formats, column by column, against golden files.
+
+The events are built here (the format is what is under test, not a parser).
+Regenerate the golden files after an intended format change with
+    LEGACYTRACE_REGEN_GOLDEN=1 .venv/bin/pytest -q tests/test_render.py
+and review the diff.
+"""
+import io
+import json
+import os
+
+import pytest
+
+from legacytrace.model import FlowEvent
+from legacytrace.render import FlowsRenderer, JsonRenderer, LiveRenderer
+from legacytrace.summary import Summary
+
+GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden", "render")
+
+SKB_OUT = 0xffff8dcf81335800
+SKB_IN = 0xffff8dcf81336a00
+SKB_TCP = 0xffff8dcf8133c100
+
+
+def ev(**values):
+    base = dict(backend="ftrace", source="kprobe", cpu=0, family=4, proto=1,
+                saddr="10.0.2.15", daddr="10.0.2.2")
+    base.update(values)
+    return FlowEvent(**base)
+
+
+def ping_out(t, func, **more):
+    values = dict(time_ns=t, pid=4242, tid=4242, comm="ping", func=func, skb=SKB_OUT,
+                  icmp_type=8, icmp_code=0, icmp_id=7, icmp_seq=1, length=84,
+                  cmdline="ping -c 1 10.0.2.2")
+    values.update(more)
+    return ev(**values)
+
+
+def ping_in(t, func, **more):
+    values = dict(time_ns=t, pid=0, tid=0, comm="swapper/1", cpu=1, context="softirq",
+                  func=func, skb=SKB_IN, saddr="10.0.2.2", daddr="10.0.2.15",
+                  icmp_type=0, icmp_code=0, icmp_id=7, icmp_seq=1, length=84, dev="eth0")
+    values.update(more)
+    return ev(**values)
+
+
+def tcp6(t, func, **more):
+    values = dict(time_ns=t, pid=1187, tid=1190, comm="curl", func=func, skb=SKB_TCP, family=6,
+                  proto=6, saddr="fd00::15", daddr="2001:db8::80", sport=41862, dport=80,
+                  length=94, cmdline="curl -6 http://[2001:db8::80]/")
+    values.update(more)
+    return ev(**values)
+
+
+def journey():
+    """A ping and its reply, an IPv6 TCP connect, and the odd cases a renderer must survive."""
+    return [
+        ping_out(3607100000, "ip_output"),
+        ping_out(3607103210, "ip_finish_output", dev="eth0"),
+        tcp6(3607150000, "ip6_output", fields={"sk_state": 2}),
+        ping_out(3607155500, "__dev_queue_xmit", dev="eth0"),
+        ping_in(3607227000, "ip_rcv"),
+        tcp6(3607230000, "ip6_finish_output", kind="return", retval=-1, source="kretprobe"),
+        ping_in(3607231500, "icmp_rcv"),
+        # NAT on the way in: the reply's destination changed between two functions.
+        ping_in(3607233000, "ip_local_deliver", daddr="192.168.7.1"),
+        ping_in(3607240250, "kfree_skb", daddr="192.168.7.1", fields={"reason": "NOT_SPECIFIED"}),
+        # A tracepoint that knows only the sk_buff; a task whose process is gone;
+        # a comm and a field value holding terminal escapes.
+        ev(time_ns=3607300000, source="tracepoint", func="net:net_dev_queue", skb=SKB_TCP,
+           family=None, proto=None, saddr=None, daddr=None, pid=1187, tid=1190, comm="curl",
+           length=94, dev="eth0"),
+        ping_out(3607400000, "ip_output", pid=4250, tid=4250, cmdline=None, icmp_seq=2,
+                 skb=0xffff8dcf81339000),
+        ev(time_ns=3607500000, func="udp_sendmsg", proto=17, sport=5353, dport=53, skb=None,
+           pid=666, tid=666, comm="evil\x1b[2Jcomm", fields={"note": "a b\x07\"c\""},
+           cmdline="sh -c 'printf \x1b]0;pwned\x07'", length=None, cpu=None),
+    ]
+
+
+def render(renderer, events, summary=None):
+    for event in events:
+        renderer.event(event)
+    renderer.close(summary or Summary())
+
+
+def check_golden(name, text):
+    path = os.path.join(GOLDEN, name)
+    if os.environ.get("LEGACYTRACE_REGEN_GOLDEN") == "1":
+        with io.open(path, "w", encoding="utf-8") as out:
+            out.write(text)
+    with io.open(path, encoding="utf-8") as golden:
+        assert text == golden.read(), "output differs from " + path
+
+
+def live_text(events, **options):
+    out = io.StringIO()
+    render(LiveRenderer(out, **options), events)
+    return out.getvalue()
+
+
+def test_live_golden():
+    check_golden("live.txt", live_text(journey()))
+
+
+def test_live_color_golden():
+    check_golden("live_color.txt", live_text(journey(), color=True))
+
+
+def test_live_replay_has_no_command_lines():
+    text = live_text(journey(), cmdline=False)
+    assert "cmd=" not in text
+    assert text.splitlines()[1:] == [line.split(" cmd=")[0] for line in live_text(journey()).splitlines()[1:]]
+
+
+def test_live_columns_stay_under_their_header():
+    events = journey()
+    header, *lines = live_text(events).splitlines()
+    assert header.split() == ["TIME", "CPU", "PROCESS", "FUNCTION", "LEN", "FLOW"]
+    left = dict((title, header.index(title)) for title in ("PROCESS", "FUNCTION", "FLOW"))
+    right = dict((title, header.index(title) + len(title)) for title in ("TIME", "CPU", "LEN"))
+    expect = {
+        "TIME": "3.607100", "CPU": "0", "PROCESS": "ping[4242]", "FUNCTION": "ip_output",
+        "FLOW": "icmp 10.0.2.15 > 10.0.2.2 echo-request id=7 seq=1", "LEN": "84"}
+    first = lines[0]
+    for title, start in left.items():
+        assert first[start:].startswith(expect[title] + " "), title
+        assert first[start - 1] == " ", title
+    for title, end in right.items():
+        assert first[:end].endswith(" " + expect[title]), title
+    # Every event: each cell where its header says, the flow and extras after LEN.
+    for event, line in zip(events, lines):
+        assert line[left["FUNCTION"]:].startswith(event.func)
+        assert line[:right["CPU"]].endswith(" " + ("-" if event.cpu is None else str(event.cpu)))
+        assert line[:right["LEN"]].endswith(" " + ("-" if event.length is None else str(event.length)))
+        flow = line[left["FLOW"]:]
+        assert flow.startswith("-" if event.family is None else
+                               {1: "icmp ", 6: "tcp ", 17: "udp "}[event.proto])
+        assert line == line.rstrip()
+
+
+def test_live_interrupt_context_blames_no_task():
+    line = live_text([ping_in(1000, "ip_rcv")]).splitlines()[1]
+    assert "[softirq]" in line
+    assert "swapper" not in line and "[0]" not in line and "cmd=" not in line
+
+
+def test_live_exited_process_and_return_value():
+    lines = live_text(journey()).splitlines()
+    assert lines[11].endswith(" cmd=[exited]")
+    assert " ip6_finish_output()=-1 " in lines[6]
+
+
+def test_live_escapes_what_the_traced_system_wrote():
+    text = live_text(journey())
+    assert "\x1b" not in text and "\x07" not in text
+    last = text.splitlines()[-1]
+    assert "evil\\x1b[2Jcomm[666]" in last
+    assert 'note="a b\\x07\\"c\\""' in last
+
+
+def test_live_prints_nothing_without_events():
+    assert live_text([]) == ""
+
+
+def test_json_lines_are_to_dict_and_nothing_else():
+    events = journey()
+    out = io.StringIO()
+    render(JsonRenderer(out), events)
+    lines = out.getvalue().splitlines()
+    assert len(lines) == len(events)
+    for event, line in zip(events, lines):
+        assert json.loads(line) == json.loads(json.dumps(event.to_dict()))
+        assert "type" not in json.loads(line)
+    assert "\x1b" not in out.getvalue()
+    check_golden("events.jsonl", out.getvalue())
+
+
+def test_json_summary_only_when_asked():
+    events = journey()
+    summary = Summary()
+    for event in events:
+        summary.add(event)
+    summary.add_lost({"ftrace overrun cpu1": 3})
+    out = io.StringIO()
+    render(JsonRenderer(out, summary=True), events, summary)
+    last = json.loads(out.getvalue().splitlines()[-1])
+    assert last["type"] == "summary"
+    assert last["events"] == len(events) and last["lost_total"] == 3
+    assert last["functions"]["ip_output"] == 2
+
+
+def flows_text(events, summary=None, **options):
+    out = io.StringIO()
+    options.setdefault("egress", ("kfree_skb", "consume_skb"))
+    render(FlowsRenderer(out, **options), events, summary)
+    return out.getvalue()
+
+
+def test_flows_golden():
+    check_golden("flows.txt", flows_text(journey()))
+
+
+def test_flows_color_golden():
+    check_golden("flows_color.txt", flows_text(journey(), color=True))
+
+
+def test_flows_block_printed_at_egress_not_before():
+    out = io.StringIO()
+    renderer = FlowsRenderer(out, egress=("kfree_skb",))
+    for event in journey()[:8]:
+        renderer.event(event)
+    assert out.getvalue() == ""
+    renderer.event(journey()[8])
+    blocks = out.getvalue().split("\n\n")
+    assert blocks[0].startswith("=== icmp 10.0.2.2 > 10.0.2.15 echo-reply id=7 seq=1  skb=0xffff8dcf81336a00")
+    funcs = [line.split()[3] for line in blocks[0].splitlines()[1:-1]]
+    assert funcs == ["ip_rcv", "icmp_rcv", "ip_local_deliver", "kfree_skb"]
+    assert blocks[0].splitlines()[-1] == "--- 4 events in 13.250us, ended at kfree_skb"
+
+
+def test_flows_deltas_and_owner():
+    blocks = flows_text(journey()[:4]).split("\n\n")
+    block = [b for b in blocks if "skb=0x{:x}".format(SKB_OUT) in b][0].splitlines()
+    assert block[1].split() == ["by", "ping[4242]", 'cmd="ping', "-c", "1", '10.0.2.2"']
+    assert [line.split()[0] for line in block[2:5]] == ["+0.000us", "+3.210us", "+55.500us"]
+
+
+def test_flows_shows_nat_where_it_happens():
+    block = flows_text(journey()).split("\n\n")[0].splitlines()
+    nat = [line for line in block if "flow=" in line]
+    assert len(nat) == 1 and " ip_local_deliver " in nat[0]
+    assert nat[0].endswith('flow="icmp 10.0.2.2 > 192.168.7.1 echo-reply id=7 seq=1"')
+
+
+def test_flows_evicts_least_recently_active_and_counts_it():
+    summary = Summary()
+    a, b, c = (ping_out(1000 * n, "ip_output", skb=0x1000 * n) for n in (1, 2, 3))
+    again = ping_out(1500, "ip_finish_output", skb=a.skb)
+    text = flows_text([a, b, again, c], summary=summary, max_open=2)
+    blocks = text.strip("\n").split("\n\n")
+    assert "skb=0x2000" in blocks[0] and "printed early: more than 2 packets open" in blocks[0]
+    assert [block.splitlines()[0].split("skb=")[1].split()[0] for block in blocks] == \
+        ["0x2000", "0x1000", "0x3000"]
+    assert summary.evicted == 1
+
+
+def test_flows_max_functions_caps_lines_and_memory():
+    events = [ping_out(1000 + n, "f{}".format(n)) for n in range(10)]
+    block = flows_text(events, max_functions=3).splitlines()
+    assert [line.split()[3] for line in block[2:5]] == ["f0", "f1", "f2"]
+    assert block[5].strip() == "... 7 more"
+    assert block[6] == "--- 10 events in 0.009us, still open when the trace ended"
+
+
+def test_flows_event_without_skb_is_its_own_block():
+    text = flows_text([journey()[-1]])
+    assert text.startswith("=== udp 10.0.2.15:5353 > 10.0.2.2:53  skb=-  at 3.607500")
+    assert "no sk_buff to follow" in text
+
+
+@pytest.mark.parametrize("name", ["live.txt", "flows.txt", "events.jsonl"])
+def test_plain_output_has_no_escape_sequences(name):
+    with io.open(os.path.join(GOLDEN, name), encoding="utf-8") as golden:
+        assert "\x1b" not in golden.read()
+
+
+def summary_of(events):
+    summary = Summary()
+    for event in events:
+        summary.add(event)
+    return summary
+
+
+def test_summary_counts():
+    events = journey()
+    summary = summary_of(events)
+    summary.filtered += 5
+    summary.add_lost({"ftrace overrun": 2})
+    summary.add_lost({"ftrace overrun": 1, "rate limit": 4})
+    data = summary.to_dict()
+    assert data["events"] == len(events) == 12
+    assert data["functions"]["ip_output"] == 2 and data["functions"]["kfree_skb"] == 1
+    # ping out (seq 1 and 2 are one flow), ping in, NAT'd ping in, tcp6, udp; one without a tuple
+    assert data["flows"] == 5 and data["no_flow_events"] == 1
+    assert data["top_flows"][0] == dict(family=4, proto=1, saddr="10.0.2.15", sport=None,
+                                        daddr="10.0.2.2", dport=None, events=4)
+    assert data["lost"] == {"ftrace overrun": 3, "rate limit": 4} and data["lost_total"] == 7
+    assert data["filtered"] == 5 and data["evicted"] == 0
+    assert (data["first_ns"], data["last_ns"]) == (3607100000, 3607500000)
+    json.dumps(data)
+
+
+def test_summary_bounds_flows():
+    summary = Summary(max_flows=2)
+    for port in range(5):
+        summary.add(ev(func="udp_sendmsg", proto=17, sport=port, dport=53))
+    summary.add(ev(func="udp_sendmsg", proto=17, sport=0, dport=53))
+    assert len(summary.flows) == 2 and summary.other_flow_events == 3
+    assert summary.to_dict()["flows_capped"] is True
+    assert summary.to_text().startswith("6 events in 2+ flows.")
+
+
+def test_summary_text_golden():
+    summary = summary_of(journey())
+    summary.add_lost({"ftrace overrun cpu1": 3})
+    summary.filtered = 2
+    summary.evicted = 1
+    check_golden("summary.txt", summary.to_text() + "\n")
+
+
+def test_summary_text_says_when_nothing_was_lost():
+    assert summary_of([]).to_text() == "0 events in 0 flows.\nlost events: none"
