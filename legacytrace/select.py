@@ -1,0 +1,68 @@
+"""Which backend `trace` uses on a host: the kernel version orders them, capabilities decide.
+
+Preference order (first guess from the kernel; the first that can run wins):
+- kernels before 4.1 (3.10 / EL7): stap, ftrace, bpf. SystemTap compiles against the
+  kernel's own headers, so struct layouts are exact without BTF; ftrace there needs a
+  table of known offsets; bpftrace needs 4.9.
+- kernels with BTF: bpf, ftrace, stap. bpftrace reads typed structs from BTF and
+  filters in the kernel with no compiler; ftrace gets exact offsets from BTF too;
+  SystemTap needs headers and a compiler and lags new kernels.
+- other kernels (4.x without BTF): stap, bpf, ftrace. Without BTF, only a compiler
+  with the kernel's headers knows the struct layouts exactly (SystemTap, then bpftrace
+  which parses the headers); ftrace would need offsets from a table or guessed.
+
+Everything here is pure given `HostFacts`; the checks live in `legacytrace.backends.checks`
+so that no backend module is imported to decide.
+"""
+from legacytrace import features
+from legacytrace.backends import checks
+from legacytrace.errors import BackendUnavailable
+
+_OLD = (("stap", "ftrace", "bpf"),
+        "kernel before 4.1: SystemTap first (exact layouts from the kernel's headers), then ftrace")
+_BTF = (("bpf", "ftrace", "stap"),
+        "kernel with BTF: bpf first (typed access and in-kernel filter, no compiler), "
+        "then ftrace, then SystemTap")
+_NO_BTF = (("stap", "bpf", "ftrace"),
+           "kernel without BTF: SystemTap first (exact layouts from the kernel's headers), "
+           "then bpf (also from headers), then ftrace (known or guessed offsets)")
+
+
+def preference(host):
+    """(backend names in preference order, why) for `host`."""
+    if host.kernel.version < features.TRACEFS_SINCE:
+        return _OLD
+    if host.btf:
+        return _BTF
+    return _NO_BTF
+
+
+def assess(host):
+    """[(name, Availability)] for every backend, in preference order."""
+    names, _ = preference(host)
+    return [(name, checks.CHECKS[name](host)) for name in names]
+
+
+def choose(host, requested=None):
+    """Return (name, reason, [(name, Availability), ...]) for `trace` on `host`.
+
+    `requested` (from --backend) forces that backend; it raises BackendUnavailable with
+    the reason when that backend cannot run here. Without it, the first available
+    backend in `preference` order wins; when none can run, BackendUnavailable lists why.
+    """
+    assessed = assess(host)
+    found = dict(assessed)
+    if requested is not None:
+        if requested not in found:
+            raise BackendUnavailable("unknown backend {!r}: choose one of {}".format(
+                requested, ", ".join(checks.CHECKS)))
+        if not found[requested].available:
+            raise BackendUnavailable("backend {} cannot run here: {}".format(
+                requested, found[requested].reason))
+        return requested, "requested with --backend; " + found[requested].reason, assessed
+    _, why = preference(host)
+    for name, availability in assessed:
+        if availability.available:
+            return name, "{}; {}".format(why, availability.reason), assessed
+    raise BackendUnavailable("no backend can run here: " + "; ".join(
+        "{}: {}".format(name, availability.reason) for name, availability in assessed))

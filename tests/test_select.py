@@ -1,0 +1,160 @@
+"""Backend selection and the doctor report, fed with recorded host facts."""
+import json
+import os
+
+import pytest
+
+from conftest import DATA
+from legacytrace import doctor, select
+from legacytrace.backends import checks
+from legacytrace.errors import BackendUnavailable
+from legacytrace.host import HostFacts
+
+
+def facts(name, **changes):
+    with open(os.path.join(DATA, "hosts", name + ".json")) as handle:
+        data = json.load(handle)
+    data.update(changes)
+    return HostFacts.from_dict(data)
+
+
+def availability(host):
+    return dict((name, a.available) for name, a in select.assess(host))
+
+
+def test_el7_prefers_stap_then_ftrace():
+    host = facts("el7-3.10")
+    assert select.preference(host)[0] == ("stap", "ftrace", "bpf")
+    name, reason, assessed = select.choose(host)
+    assert name == "stap"
+    assert "/usr/src/kernels/3.10.0-1160.el7.x86_64" in reason
+    assert availability(host) == {"stap": True, "ftrace": True, "bpf": False}
+    assert "older than bpftrace's minimum 4.9" in dict(assessed)["bpf"].reason
+
+
+def test_el7_without_kernel_devel_falls_back_to_ftrace_kprobes():
+    host = facts("el7-3.10", kernel_build=None)
+    name, reason, assessed = select.choose(host)
+    assert name == "ftrace"
+    assert "kprobe mode" in reason and "baseline syntax only" in reason
+    assert "/sys/kernel/debug/tracing" in reason
+    assert "yum install kernel-devel-3.10.0-1160.el7.x86_64" in dict(assessed)["stap"].reason
+
+
+def test_el7_not_root_nothing_runs():
+    host = facts("el7-3.10", root=False, tracefs_mountable=False)
+    with pytest.raises(BackendUnavailable) as info:
+        select.choose(host)
+    message = str(info.value)
+    assert message.startswith("no backend can run here")
+    assert "needs root" in message and "\n" not in message
+
+
+def test_deb10_4_19_without_btf_prefers_stap():
+    host = facts("deb10-4.19")
+    assert select.preference(host)[0] == ("stap", "bpf", "ftrace")
+    assert select.choose(host)[0] == "stap"
+    assert "bpftrace not installed (apt-get install bpftrace)" in dict(select.assess(host))["bpf"].reason
+    host = facts("deb10-4.19", cc=None)
+    name, reason, _ = select.choose(host)
+    assert name == "ftrace"
+    assert "comm, x-types, maxactive" in reason
+
+
+def test_fc_6_18_picks_bpf_in_tracepoint_mode():
+    host = facts("fc-6.18")
+    assert select.preference(host)[0] == ("bpf", "ftrace", "stap")
+    name, reason, assessed = select.choose(host)
+    assert name == "bpf"
+    assert checks.dynamic_mode(host) == checks.TRACEPOINT
+    assert "tracepoint mode" in reason
+    assert availability(host) == {"bpf": True, "ftrace": True, "stap": False}
+    stap = dict(assessed)["stap"].reason
+    assert "CONFIG_KPROBES" in stap and "CONFIG_MODULES" in stap and "kernel headers" in stap
+
+
+def test_fc_6_18_without_bpftrace_uses_ftrace_tracepoints():
+    name, reason, _ = select.choose(facts("fc-6.18", bpftrace=None, bpftrace_loads=None))
+    assert name == "ftrace"
+    assert "tracepoint mode" in reason
+
+
+def test_bpftrace_that_cannot_load_is_not_picked():
+    host = facts("fc-6.18", bpftrace_loads=False, bpftrace_error="ERROR: failed to load")
+    assert select.choose(host)[0] == "ftrace"
+    assert "cannot load a program here: ERROR: failed to load" in dict(select.assess(host))["bpf"].reason
+
+
+def test_lab_6_1_picks_bpf_with_kprobes():
+    path = os.path.join(DATA, "hosts", "lab-6.1.json")
+    if not os.path.exists(path):
+        pytest.skip("6.1 lab facts not recorded")
+    host = facts("lab-6.1")
+    assert checks.dynamic_mode(host) == checks.KPROBE
+    name, reason, _ = select.choose(host)
+    assert name == "bpf" and "kprobe mode" in reason
+
+
+def test_requested_backend():
+    host = facts("fc-6.18")
+    name, reason, _ = select.choose(host, requested="ftrace")
+    assert name == "ftrace" and reason.startswith("requested with --backend")
+    with pytest.raises(BackendUnavailable) as info:
+        select.choose(host, requested="stap")
+    assert str(info.value).startswith("backend stap cannot run here: kernel built without CONFIG_KPROBES")
+    with pytest.raises(BackendUnavailable) as info:
+        select.choose(host, requested="dtrace")
+    assert "choose one of stap, ftrace, bpf" in str(info.value)
+
+
+def test_tracefs_not_mounted_but_mountable():
+    host = facts("deb10-4.19", tracefs=None, kprobe_events=None, kprobe_syntax=[], tracepoints=[],
+                 kernel_build=None)
+    name, reason, _ = select.choose(host)
+    assert name == "ftrace"
+    assert "tracefs mounted when the trace starts" in reason
+    host = facts("deb10-4.19", tracefs=None, tracefs_mountable=False, root=False)
+    assert availability(host)["ftrace"] is False
+
+
+def test_kprobe_events_why():
+    assert checks.kprobe_events_why(facts("fc-6.18")) == (
+        "kernel built without CONFIG_KPROBES, so without CONFIG_KPROBE_EVENTS (/proc/config.gz)")
+    host = facts("fc-6.18", kernel_config=None, kernel_config_source=None)
+    assert checks.kprobe_events_why(host) == "no kprobe_events file in /sys/kernel/tracing"
+
+
+def test_install_hints_follow_the_distribution():
+    assert checks.install_hint(facts("el7-3.10"), "systemtap") == "yum install systemtap systemtap-runtime"
+    assert checks.install_hint(facts("fc-6.18"), "headers") == (
+        "apt-get install linux-headers-6.18.44-fc-v669")
+
+
+def test_doctor_text_on_fc_6_18():
+    text = doctor.format_doctor(facts("fc-6.18"))
+    lines = text.splitlines()
+    assert any(line.split() == ["tracefs", "/sys/kernel/tracing", "(instances:", "yes)"] for line in lines)
+    kprobe_line = [line for line in lines if line.strip().startswith("kprobe_events")][0]
+    assert "no: kernel built without CONFIG_KPROBES, so without CONFIG_KPROBE_EVENTS" in kprobe_line
+    rows = dict((line.split()[0], line.split()[1]) for line in lines
+                if line.startswith("  ") and line.split()[0] in ("stap", "ftrace", "bpf")
+                and line.split()[1] in ("yes", "no"))
+    assert rows == {"bpf": "yes", "ftrace": "yes", "stap": "no"}
+    assert lines[-1].startswith("trace would use: bpf (") and "tracepoint mode" in lines[-1]
+
+
+def test_doctor_text_when_nothing_runs():
+    text = doctor.format_doctor(facts("el7-3.10", root=False, tracefs_mountable=False))
+    assert "trace would use: nothing; no backend can run here" in text
+
+
+def test_doctor_json():
+    report = doctor.doctor_json(facts("el7-3.10"))
+    again = json.loads(json.dumps(report))
+    assert again["pick"]["name"] == "stap"
+    assert [b["name"] for b in again["backends"]] == ["stap", "ftrace", "bpf"]
+    assert [b["available"] for b in again["backends"]] == [True, True, False]
+    assert again["host"]["release"] == "3.10.0-1160.el7.x86_64"
+    assert again["preference"]["order"] == ["stap", "ftrace", "bpf"]
+    none = doctor.doctor_json(facts("el7-3.10", root=False, tracefs_mountable=False))
+    assert none["pick"]["name"] is None and "no backend can run here" in none["pick"]["reason"]
