@@ -40,3 +40,22 @@ vermin: venv
 unit: unit311 unit36 vermin
 
 test: unit lab
+
+# --- kernel lab (tests/lab/README.md): boots Debian's kernel under QEMU, runs tests/lab in it ---
+# make lab LAB_ARGS='-k kprobe'    pytest arguments for both phases (host and guest)
+LAB_ARGS ?=
+LABCTL = $(VENV)/bin/python tests/lab/labctl.py
+
+.PHONY: lab lab-setup lab-capture lab-shell
+
+lab: venv
+	$(LABCTL) run $(LAB_ARGS)
+
+lab-setup: venv
+	$(LABCTL) setup
+
+lab-capture: venv
+	$(LABCTL) capture
+
+lab-shell: venv
+	$(LABCTL) shell
