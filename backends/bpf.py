@@ -1,0 +1,693 @@
+"""The eBPF backend: a generated bpftrace script, run as a child process.
+
+build() renders `templates/bpftrace.bt.j2` into one bpftrace probe per manifest
+function. Each probe casts its `struct sk_buff *` with BTF, finds the IP header at
+`head + network_header` and L4 after it, applies the flow filter, and prints one
+tab-separated line per event in the versioned line protocol `LT1` (see the
+template's header). parse() turns such a line into a FlowEvent.
+
+Two modes, chosen from the target's HostFacts:
+- kprobe: `kprobe:FUNC` with `argN` (kernels with kprobes, e.g. the 6.1 lab);
+- tracepoint: kernels with BPF and BTF but no kprobes (CONFIG_KPROBES unset,
+  as on this project's development machine) get the static tracepoint that
+  fires inside a manifest function (net:net_dev_queue in __dev_queue_xmit, ...),
+  with its `skbaddr` cast to `struct sk_buff *`; a function without one is skipped.
+
+The session starts bpftrace in its own session (a Ctrl-C on the terminal reaches
+only legacytrace, which stops bpftrace itself: SIGINT, then SIGTERM, then SIGKILL),
+with PR_SET_PDEATHSIG so that it dies with a killed legacytrace. Its script lives
+in a temporary folder named after the run (`legacytrace_lt<pid>_...`), which is how
+`leftovers()` and `cleanup()` find what a killed run left behind.
+"""
+import collections
+import ctypes
+import ctypes.util
+import ipaddress
+import os
+import pkgutil
+import re
+import select
+import shutil
+import signal
+import socket
+import struct
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import jinja2
+
+from legacytrace.backends.base import Availability, Backend, Program, Session
+from legacytrace.errors import BackendUnavailable, LegacytraceError, UsageError
+from legacytrace.manifest import SYMBOL_MAX, SYMBOL_RE
+from legacytrace.model import FlowEvent
+
+#: The line protocol's version tag: the first field of every line the program prints.
+TAG = "LT1"
+#: Fields of an LT1 line; the last one (comm) is the rest of the line, tabs included.
+FIELDS = 25
+#: The oldest bpftrace this backend was tested with (Debian 12's 0.17).
+MIN_VERSION = (0, 17)
+#: How long bpftrace may take to compile and attach (TCG guests are slow).
+START_TIMEOUT = 120.0
+#: How long each stop signal gets before the next, stronger one.
+STOP_GRACE = 5.0
+
+#: Names this backend gives what it leaves on disk; the run id follows (lt<pid>).
+PREFIX = "legacytrace_"
+RUN_ID_RE = re.compile(r"^[a-z0-9_]{1,32}$")
+OWNER_RE = re.compile(r"^" + PREFIX + r"lt(\d+)_")
+
+CONTEXTS = {"0": "task", "1": "softirq", "2": "hardirq"}
+#: ICMP echo request/reply types, which carry an identifier and a sequence number.
+_ECHO = {4: (0, 8), 6: (128, 129)}
+_VERSION_RE = re.compile(r"v?(\d+)\.(\d+)(?:\.(\d+))?")
+_LOST_RE = re.compile(r"^Lost (\d+) events")
+_U32 = struct.Struct("<I")
+_U64X2 = struct.Struct("<QQ")
+# prctl(2) option: the signal a child gets when its parent dies.
+_PR_SET_PDEATHSIG = 1
+
+
+class Extra(collections.namedtuple("Extra", "name expr conversion since")):
+    """One value a tracepoint adds to the line (FlowEvent.fields[name]).
+
+    `expr` is bpftrace text of our own (never user input), `conversion` its printf
+    conversion, `since` the first kernel version that has it (None: all).
+    """
+
+    __slots__ = ()
+
+
+_LOCATION = Extra("location", "ksym(args->location)", "%s", None)
+_REASON = Extra("reason", "args->reason", "%d", (5, 17))
+
+
+class Tracepoint(collections.namedtuple("Tracepoint", "event extras")):
+    """A static tracepoint that fires inside a kernel function, with its sk_buff as `skbaddr`."""
+
+    __slots__ = ()
+
+
+#: Kernel function -> the tracepoint that fires once per call inside it, with the
+#: same sk_buff. Only functions that hold the tracepoint themselves (or call it on
+#: every path) are listed: ip_rcv has none, and is skipped in tracepoint mode.
+TRACEPOINTS = {
+    # net/core/dev.c: trace_netif_receive_skb() in __netif_receive_skb_core().
+    "__netif_receive_skb_core": Tracepoint("net:netif_receive_skb", ()),
+    "__netif_receive_skb": Tracepoint("net:netif_receive_skb", ()),
+    "__netif_receive_skb_one_core": Tracepoint("net:netif_receive_skb", ()),
+    # trace_netif_receive_skb_entry() / trace_netif_rx_entry() at the entry of the API (4.3+).
+    "netif_receive_skb": Tracepoint("net:netif_receive_skb_entry", ()),
+    "netif_rx": Tracepoint("net:netif_rx_entry", ()),
+    "netif_rx_internal": Tracepoint("net:netif_rx", ()),
+    "napi_gro_receive": Tracepoint("net:napi_gro_receive_entry", ()),
+    # trace_net_dev_queue() in __dev_queue_xmit(); dev_queue_xmit is its inline wrapper (5.19+).
+    "__dev_queue_xmit": Tracepoint("net:net_dev_queue", ()),
+    "dev_queue_xmit": Tracepoint("net:net_dev_queue", ()),
+    # trace_net_dev_start_xmit() in xmit_one(), before the driver's ndo_start_xmit.
+    "xmit_one": Tracepoint("net:net_dev_start_xmit", ()),
+    # net/core/skbuff.c: the kfree_skb tracepoint (reason from 5.17, in kfree_skb_reason;
+    # sk_skb_reason_drop from 6.12), consume_skb's own.
+    "kfree_skb": Tracepoint("skb:kfree_skb", (_LOCATION, _REASON)),
+    "kfree_skb_reason": Tracepoint("skb:kfree_skb", (_LOCATION, _REASON)),
+    "sk_skb_reason_drop": Tracepoint("skb:kfree_skb", (_LOCATION, _REASON)),
+    "consume_skb": Tracepoint("skb:consume_skb", (_LOCATION,)),
+    "skb_copy_datagram_iter": Tracepoint("skb:skb_copy_datagram_iovec", ()),
+    "skb_copy_datagram_iovec": Tracepoint("skb:skb_copy_datagram_iovec", ()),
+}
+
+
+class ProbePlan(collections.namedtuple(
+        "ProbePlan", "func description source attach skb sk extras_format extras_args")):
+    """One bpftrace probe block as the template renders it."""
+
+    __slots__ = ()
+
+
+# --- validation at this boundary (the manifest loader checked these too) -------------
+
+def check_symbol(name):
+    """Return `name` if it is a kernel symbol the manifest rule accepts, else raise UsageError."""
+    if not isinstance(name, str) or len(name) > SYMBOL_MAX or not SYMBOL_RE.match(name):
+        raise UsageError("invalid kernel function name {!r}: use a C identifier, optionally "
+                         "with a .isra.N/.constprop.N/.part.N suffix".format(name))
+    return name
+
+
+def check_position(pos, what, name):
+    """Return a 1-based argument position 1..6 (x86_64 registers) or None, else raise UsageError."""
+    if pos is None:
+        return None
+    if isinstance(pos, bool) or not isinstance(pos, int) or not 1 <= pos <= 6:
+        raise UsageError("function {}: {} {!r} must be an argument position from 1 to 6"
+                         .format(name, what, pos))
+    return pos
+
+
+def check_run_id(run_id):
+    """Return the run id if it is [a-z0-9_]+ (it names files and appears in the program)."""
+    if not isinstance(run_id, str) or not RUN_ID_RE.match(run_id):
+        raise UsageError("invalid run id {!r}: use lower-case letters, digits and _ (lt<pid>)"
+                         .format(run_id))
+    return run_id
+
+
+def parse_version(text):
+    """`bpftrace v0.17.0` -> (0, 17, 0); None when the text holds no version."""
+    match = _VERSION_RE.search(text or "")
+    if not match:
+        return None
+    return tuple(int(part or 0) for part in match.groups())
+
+
+# --- building the program (pure) -----------------------------------------------------
+
+def _int(value, what):
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise UsageError("flow filter: {} {!r} is not a number".format(what, value))
+    return value
+
+
+def _address_words(net):
+    """An ip_network -> (mask words, value words) as the program reads them on little-endian.
+
+    IPv4: one u32 read from the header; IPv6: two u64 (bytes 0-7 and 8-15).
+    """
+    if net.version == 4:
+        return ((_U32.unpack(net.netmask.packed)[0], 0),
+                (_U32.unpack(net.network_address.packed)[0], 0))
+    return (_U64X2.unpack(net.netmask.packed), _U64X2.unpack(net.network_address.packed))
+
+
+def filter_terms(flow):
+    """The flow filter as numbers for the template, or None when it keeps everything.
+
+    Only ints and ipaddress networks are read; nothing else reaches the program.
+    """
+    if flow is None or flow.is_empty():
+        return None
+    family = flow.family
+    if family not in (None, 4, 6):
+        raise UsageError("flow filter: family {!r} is not 4 or 6".format(family))
+    addrs = []
+    for var, net in (("s", flow.saddr), ("d", flow.daddr)):
+        if net is None:
+            continue
+        if not isinstance(net, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+            raise UsageError("flow filter: address {!r} is not a network".format(net))
+        mask, value = _address_words(net)
+        addrs.append({"var": var, "mask": mask, "value": value})
+    ports = []
+    for var, port in (("sport", flow.sport), ("dport", flow.dport)):
+        if port is not None:
+            ports.append({"var": var, "value": _int(port, var)})
+    proto = None if flow.proto is None else _int(flow.proto, "protocol")
+    return {"family": family, "proto": proto, "addrs": addrs, "ports": ports}
+
+
+def _extras(extras):
+    """(printf text, argument list) for a probe's extra values; "-" when it has none."""
+    if not extras:
+        return "-", []
+    text = ",".join("{}={}".format(extra.name, extra.conversion) for extra in extras)
+    return text, [extra.expr for extra in extras]
+
+
+def kprobe_plans(probes):
+    """One kprobe per probe; returns (plans, warnings)."""
+    plans, warnings = [], []
+    for probe in probes:
+        name = check_symbol(probe.name)
+        skb_pos = check_position(probe.skb_pos, "skb_pos", name)
+        sk_pos = check_position(probe.sk_pos, "sk_pos", name)
+        if probe.kind != "entry":
+            warnings.append("{}: skipped, only entry probes are supported".format(name))
+            continue
+        if probe.fields:
+            warnings.append("{}: custom fields ({}) are not supported by the bpf backend yet"
+                            .format(name, ", ".join(probe.fields)))
+        extras_format, extras_args = _extras(())
+        plans.append(ProbePlan(
+            func=name, description=_comment(probe.description), source="kprobe",
+            # bpftrace 0.17 accepts a quoted symbol, which a GCC clone's dots need.
+            attach='kprobe:"{}"'.format(name),
+            skb="arg{}".format(skb_pos - 1) if skb_pos else "0",
+            sk="arg{}".format(sk_pos - 1) if sk_pos else None,
+            extras_format=extras_format, extras_args=extras_args))
+    return plans, warnings
+
+
+def tracepoint_plans(probes, host):
+    """The tracepoint of each probe's function; returns (plans, warnings) naming the skipped."""
+    plans, warnings = [], []
+    used = {}
+    present = set(host.tracepoints or ())
+    version = host.kernel.version
+    for probe in probes:
+        name = check_symbol(probe.name)
+        tracepoint = TRACEPOINTS.get(name)
+        if tracepoint is None:
+            warnings.append("{}: skipped, no tracepoint fires in it and this kernel has no "
+                            "kprobes".format(name))
+            continue
+        if present and tracepoint.event not in present:
+            warnings.append("{}: skipped, this kernel lacks tracepoint {}".format(
+                name, tracepoint.event))
+            continue
+        if tracepoint.event in used:
+            warnings.append("{}: skipped, tracepoint {} already traces {}".format(
+                name, tracepoint.event, used[tracepoint.event]))
+            continue
+        if probe.fields:
+            warnings.append("{}: custom fields ({}) are not supported by the bpf backend yet"
+                            .format(name, ", ".join(probe.fields)))
+        used[tracepoint.event] = name
+        extras = [extra for extra in tracepoint.extras
+                  if extra.since is None or version >= extra.since]
+        extras_format, extras_args = _extras(extras)
+        plans.append(ProbePlan(
+            func=name, description=_comment(probe.description), source="tracepoint",
+            attach="tracepoint:" + tracepoint.event, skb="args->skbaddr", sk=None,
+            extras_format=extras_format, extras_args=extras_args))
+    return plans, warnings
+
+
+def _comment(text):
+    """A description made safe for a // comment: one line, printable ASCII."""
+    return re.sub(r"[^ -~]", " ", text or "")[:120]
+
+
+def _template():
+    source = pkgutil.get_data("legacytrace.backends", "templates/bpftrace.bt.j2")
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False,
+                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    return env.from_string(source.decode("utf-8"))
+
+
+def render(plans, flow_terms, run_id, mode, notes):
+    """The bpftrace script text for validated plans and filter numbers."""
+    return _template().render(tag=TAG, probes=plans, filter=flow_terms, run_id=run_id,
+                              mode=mode, notes=notes)
+
+
+# --- parsing lines (pure) -------------------------------------------------------------
+
+class LineParser(object):
+    """LT1 line -> FlowEvent; address text is cached (the same few flows repeat)."""
+
+    CACHE_MAX = 65536
+
+    def __init__(self, backend_name):
+        self.backend = backend_name
+        self.addresses = {}
+
+    def address(self, family, word0, word1):
+        key = (family, word0, word1)
+        text = self.addresses.get(key)
+        if text is None:
+            if family == 4:
+                text = socket.inet_ntoa(_U32.pack(int(word0, 16)))
+            else:
+                text = str(ipaddress.IPv6Address(_U64X2.pack(int(word0, 16), int(word1, 16))))
+            if len(self.addresses) >= self.CACHE_MAX:
+                self.addresses.clear()
+            self.addresses[key] = text
+        return text
+
+    def parse(self, line):
+        """The event on `line`, or None for anything else (never raises)."""
+        try:
+            return self._parse(line)
+        except Exception:  # a captured file may hold anything: not an event
+            return None
+
+    def _parse(self, line):
+        if not line.startswith(TAG + "\t"):
+            return None
+        p = line.split("\t", FIELDS - 1)
+        if len(p) != FIELDS or p[1] not in ("kprobe", "tracepoint"):
+            return None
+        family = int(p[11])
+        proto = saddr = daddr = sport = dport = itype = icode = iid = iseq = None
+        if family in (4, 6):
+            proto = int(p[12])
+            saddr = self.address(family, p[13], p[14])
+            daddr = self.address(family, p[15], p[16])
+            if p[17] != "-1":
+                sport, dport = int(p[17]), int(p[18])
+            if p[19] != "-1":
+                itype, icode = int(p[19]), int(p[20])
+                # Identifier and sequence number exist only in echo messages (RFC 792, 4443).
+                if itype in _ECHO[family]:
+                    iid, iseq = int(p[21]), int(p[22])
+        else:
+            family = None
+        fields = {}
+        if p[23] != "-":
+            for item in p[23].split(","):
+                name, _, value = item.partition("=")
+                fields[name] = int(value) if value.lstrip("-").isdigit() else value
+        return FlowEvent(
+            backend=self.backend, source=p[1], func=p[2], time_ns=int(p[3]), cpu=int(p[4]),
+            pid=int(p[5]), tid=int(p[6]), context=CONTEXTS.get(p[7], "task"),
+            skb=int(p[8], 16), length=int(p[9]), dev=p[10] or None, family=family,
+            proto=proto, saddr=saddr, daddr=daddr, sport=sport, dport=dport, icmp_type=itype,
+            icmp_code=icode, icmp_id=iid, icmp_seq=iseq, fields=fields, comm=p[24])
+
+
+# --- running bpftrace (side effects) --------------------------------------------------
+
+def _warn(message):
+    sys.stderr.write("legacytrace: warning: {}\n".format(message))
+
+
+def _die_with_parent():
+    """Child side of fork: get SIGTERM when legacytrace dies, so no probe outlives it."""
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+#: bpftrace's own error text -> what the user can do about it.
+_HINTS = (
+    ("not permitted", "run legacytrace as root (bpftrace needs CAP_BPF and CAP_PERFMON)"),
+    ("memlock", "raise the locked-memory limit (ulimit -l unlimited)"),
+    ("btf", "the bpf backend needs the kernel's BTF (/sys/kernel/btf/vmlinux): use -b ftrace"),
+    ("tracefs", "mount tracefs: mount -t tracefs nodev /sys/kernel/tracing"),
+    ("debugfs", "mount tracefs: mount -t tracefs nodev /sys/kernel/tracing"),
+)
+# Printed by bpftrace 0.17 whenever setrlimit fails, even when loading then works.
+_NOISE = ("couldn't set RLIMIT_MEMLOCK",)
+
+
+def explain(stderr_lines, returncode):
+    """One line for a bpftrace that failed: its own first error, and what to do."""
+    lines = [line.strip() for line in stderr_lines if line.strip()]
+    errors = [line for line in lines if "ERROR" in line and not any(n in line for n in _NOISE)]
+    quoted = (errors or lines or ["exit status {}".format(returncode)])[0]
+    quoted = re.sub(r"^.*?ERROR:\s*", "", quoted)
+    text = " ".join(lines).lower()
+    hint = next((what for key, what in _HINTS if key in quoted.lower()),
+                next((what for key, what in _HINTS if key in text), None))
+    message = "bpftrace could not run the program: {}".format(quoted)
+    return message + ("; " + hint if hint else "")
+
+
+class BpftraceSession(Session):
+    """bpftrace running the program: attach waits for its BEGIN line, detach stops it."""
+
+    def __init__(self, program, bpftrace="bpftrace", start_timeout=START_TIMEOUT,
+                 grace=STOP_GRACE):
+        super(BpftraceSession, self).__init__(program)
+        self.bpftrace = bpftrace
+        self.start_timeout = start_timeout
+        self.grace = grace
+        self.proc = None
+        self.folder = None
+        self.pending = []
+        self.buffer = b""
+        self.stderr = collections.deque(maxlen=50)
+        self.stderr_thread = None
+        self.stopping = False
+
+    def attach(self):
+        self.folder = tempfile.mkdtemp(prefix="{}{}_".format(PREFIX, self.program.data["run_id"]))
+        script = os.path.join(self.folder, "trace.bt")
+        with open(script, "w") as out:
+            out.write(self.program.text)
+        try:
+            self.proc = subprocess.Popen(
+                [self.bpftrace, "-B", "line", script], stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                preexec_fn=_die_with_parent)
+        except OSError as exc:
+            raise BackendUnavailable("cannot start {}: {}: install bpftrace".format(
+                self.bpftrace, exc.strerror))
+        self.stderr_thread = threading.Thread(target=self._read_stderr, name="bpftrace-stderr")
+        self.stderr_thread.daemon = True
+        self.stderr_thread.start()
+        self._wait_for_begin()
+
+    def _read_stderr(self):
+        for raw in iter(self.proc.stderr.readline, b""):
+            line = raw.decode("utf-8", "replace").rstrip("\n")
+            if not self._count_lost(line):
+                self.stderr.append(line)
+
+    def _count_lost(self, line):
+        match = _LOST_RE.match(line)
+        if match:
+            self.lost["bpftrace perf buffer full"] += int(match.group(1))
+        return match is not None
+
+    def _read_chunk(self, timeout):
+        """Read what bpftrace printed into the line buffer; False at end of output."""
+        fd = self.proc.stdout.fileno()
+        if timeout is not None and not select.select([fd], [], [], timeout)[0]:
+            return True
+        data = os.read(fd, 1 << 16)
+        self.buffer += data
+        return bool(data)
+
+    def _split(self):
+        """Complete lines from the buffer, without lost-event notices."""
+        if b"\n" not in self.buffer:
+            return []
+        *complete, self.buffer = self.buffer.split(b"\n")
+        lines = [raw.decode("utf-8", "replace") for raw in complete]
+        return [line for line in lines if not (line.startswith("Lost") and self._count_lost(line))]
+
+    def _wait_for_begin(self):
+        marker = "{}\tBEGIN\t".format(TAG)
+        deadline = time.monotonic() + self.start_timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise LegacytraceError("bpftrace did not attach its probes within {:g} s: "
+                                       "try again on a less busy machine".format(
+                                           self.start_timeout))
+            alive = self._read_chunk(min(left, 0.5))
+            for line in self._split():
+                if line.startswith(marker):
+                    return
+                if line.startswith(TAG):  # an event before BEGIN; not "Attaching N probes..."
+                    self.pending.append(line)
+            if not alive or self.proc.poll() is not None:
+                self.proc.wait()
+                self.stderr_thread.join(2)
+                raise BackendUnavailable(explain(self.stderr, self.proc.returncode))
+
+    def lines(self):
+        pending, self.pending = self.pending, []
+        for line in pending:
+            yield line
+        while self._read_chunk(None):
+            for line in self._split():
+                yield line
+        if self.buffer:
+            tail, self.buffer = self.buffer.decode("utf-8", "replace"), b""
+            yield tail
+        returncode = self.proc.wait()
+        if returncode and not self.stopping:
+            self.stderr_thread.join(2)
+            raise LegacytraceError(explain(self.stderr, returncode))
+
+    def detach(self):
+        """Stop bpftrace (SIGINT, SIGTERM, SIGKILL) and remove the script; never raises."""
+        self.stopping = True
+        steps = ((self._stop, "stop bpftrace"), (self._close, "close bpftrace's pipes"),
+                 (self._remove_folder, "remove the script folder"))
+        for step, what in steps:
+            try:
+                step()
+            except Exception as exc:  # teardown goes on whatever failed before
+                _warn("cannot {}: {}".format(what, exc))
+
+    def _stop(self):
+        if self.proc is None or self.proc.poll() is not None:
+            return
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
+            try:
+                os.kill(self.proc.pid, signum)
+            except ProcessLookupError:
+                return
+            if self._drain_until_exit(time.monotonic() + self.grace):
+                return
+        _warn("bpftrace (pid {}) did not end after SIGKILL".format(self.proc.pid))
+
+    def _drain_until_exit(self, deadline):
+        """Read (and drop) output so bpftrace never blocks on a full pipe while it ends."""
+        while self.proc.poll() is None and time.monotonic() < deadline:
+            try:
+                if not self._read_chunk(0.1):
+                    self.proc.wait(max(0.0, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                break
+            self._split()
+            self.buffer = b""
+        return self.proc.poll() is not None
+
+    def _close(self):
+        if self.proc is None:
+            return
+        if self.stderr_thread is not None:
+            self.stderr_thread.join(2)
+        for pipe in (self.proc.stdout, self.proc.stderr):
+            if pipe is not None:
+                pipe.close()
+
+    def _remove_folder(self):
+        if self.folder is not None and os.path.isdir(self.folder):
+            shutil.rmtree(self.folder)
+        self.folder = None
+
+
+# --- leftovers of killed runs ---------------------------------------------------------
+
+def _owner_dead(name):
+    """True when `name` (legacytrace_lt<pid>_...) belongs to a legacytrace that has ended."""
+    match = OWNER_RE.match(name)
+    if not match:
+        return False
+    try:
+        os.kill(int(match.group(1)), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def find_leftovers(tmpdir=None, proc_root="/proc"):
+    """[(kind, what, pid or path)] of dead runs: running bpftrace processes and script folders."""
+    tmpdir = tmpdir or tempfile.gettempdir()
+    found = []
+    try:
+        pids = [entry for entry in os.listdir(proc_root) if entry.isdigit()]
+    except OSError:
+        pids = []
+    for pid in pids:
+        try:
+            with open(os.path.join(proc_root, pid, "cmdline"), "rb") as cmdline:
+                argv = cmdline.read().decode("utf-8", "replace").split("\0")
+        except OSError:
+            continue
+        if not argv or os.path.basename(argv[0]) != "bpftrace":
+            continue
+        for arg in argv[1:]:
+            folder = os.path.basename(os.path.dirname(arg))
+            if os.path.dirname(os.path.dirname(arg)) == tmpdir and _owner_dead(folder):
+                found.append(("process", "bpftrace pid {} of {}".format(pid, folder), int(pid)))
+    try:
+        names = sorted(os.listdir(tmpdir))
+    except OSError:
+        names = []
+    for name in names:
+        path = os.path.join(tmpdir, name)
+        if _owner_dead(name) and os.path.isdir(path):
+            found.append(("folder", path, path))
+    return found
+
+
+def _end_process(pid, grace):
+    """SIGINT (bpftrace detaches), then SIGKILL; True when it is gone."""
+    for signum in (signal.SIGINT, signal.SIGKILL):
+        try:
+            os.kill(pid, signum)
+        except ProcessLookupError:
+            return True
+        deadline = time.monotonic() + grace
+        while time.monotonic() < deadline:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return True
+            time.sleep(0.05)
+    return False
+
+
+# --- the backend ------------------------------------------------------------------------
+
+class BpfBackend(Backend):
+    """bpftrace with BTF: kprobes where the kernel has them, else static tracepoints."""
+
+    name = "bpf"
+    summary = "generated bpftrace script (BTF-typed sk_buff access, in-kernel flow filter)"
+
+    def __init__(self, bpftrace="bpftrace", start_timeout=START_TIMEOUT, grace=STOP_GRACE):
+        self.bpftrace = bpftrace
+        self.start_timeout = start_timeout
+        self.grace = grace
+        self.parser = LineParser(self.name)
+
+    def check(self, host):
+        version = parse_version(host.bpftrace)
+        if not host.bpftrace or version is None:
+            return Availability.no("bpftrace not found or not runnable: install bpftrace "
+                                   "(apt install bpftrace / dnf install bpftrace)")
+        if version < MIN_VERSION:
+            return Availability.no("bpftrace {} is too old: {} or newer is needed".format(
+                ".".join(map(str, version)), ".".join(map(str, MIN_VERSION))))
+        if not host.btf:
+            return Availability.no("the kernel has no BTF (/sys/kernel/btf/vmlinux), which "
+                                   "bpftrace needs to read struct sk_buff")
+        if not host.root:
+            return Availability.no("bpftrace needs root: run with sudo")
+        if not host.tracefs:
+            return Availability.no("tracefs is not mounted (bpftrace reads tracepoints there): "
+                                   "mount -t tracefs nodev /sys/kernel/tracing")
+        if host.kprobe_events:
+            return Availability.yes("bpftrace {} with BTF and kprobes".format(host.bpftrace))
+        events = sorted(set(tp.event for tp in TRACEPOINTS.values()) &
+                        set(host.tracepoints or ()))
+        if not events:
+            return Availability.no("no kprobes and none of the net/skb tracepoints here")
+        return Availability.yes("bpftrace {} with BTF, tracepoint mode (no kprobes): only "
+                                "functions with a tracepoint are traced".format(host.bpftrace))
+
+    def build(self, request):
+        run_id = check_run_id(request.run_id)
+        host = request.host
+        mode = "kprobe" if host.kprobe_events else "tracepoint"
+        if mode == "kprobe":
+            plans, warnings = kprobe_plans(request.probes)
+        else:
+            plans, warnings = tracepoint_plans(request.probes, host)
+        if not plans:
+            raise LegacytraceError("the bpf backend can trace none of the {} functions on kernel "
+                                   "{} ({}): use another manifest or backend".format(
+                                       len(request.probes), host.release,
+                                       "; ".join(warnings) or "the manifest is empty"))
+        text = render(plans, filter_terms(request.flow), run_id, mode, warnings)
+        return Program(self.name, text, {
+            "mode": mode, "run_id": run_id, "protocol": TAG, "clock": "monotonic",
+            "functions": [plan.func for plan in plans], "warnings": warnings})
+
+    def run(self, program):
+        return BpftraceSession(program, self.bpftrace, self.start_timeout, self.grace)
+
+    def parse(self, line, program=None):
+        return self.parser.parse(line)
+
+    def leftovers(self, host):
+        """What killed runs left: running bpftrace processes and script folders."""
+        return [what for _, what, _ in find_leftovers()]
+
+    def cleanup(self, host):
+        """End bpftrace processes and remove folders of dead runs; returns what was removed."""
+        removed = []
+        for kind, what, target in find_leftovers():
+            try:
+                if kind == "process":
+                    if not _end_process(target, self.grace):
+                        _warn("{} did not end".format(what))
+                        continue
+                else:
+                    shutil.rmtree(target)
+            except OSError as exc:
+                _warn("cannot remove {}: {}".format(what, exc))
+                continue
+            removed.append(what)
+        return removed
