@@ -312,3 +312,18 @@ def test_summary_text_golden():
 
 def test_summary_text_says_when_nothing_was_lost():
     assert summary_of([]).to_text() == "0 events in 0 flows.\nlost events: none"
+
+
+def test_json_odd_values_still_give_what_to_dict_says():
+    odd = [
+        ev(func="f", length="84", time_ns=1, cpu=0),                 # a str where an int belongs
+        ev(func="f", time_ns=1.5, cpu=True),                         # a float, a bool
+        ev(func="f", comm=17, time_ns=1, cpu=0),                     # an int where a str belongs
+        ev(func="f", proto=132, time_ns=1, cpu=0, fields={"b": b"\x01", "n": None}),
+        ev(func="f\u00e9\x1b", time_ns=1, cpu=0, proto=None, fields=None),
+    ]
+    out = io.StringIO()
+    render(JsonRenderer(out), odd)
+    for event, line in zip(odd, out.getvalue().splitlines()):
+        assert json.loads(line) == json.loads(json.dumps(event.to_dict(), default=str)), line
+    assert max(map(ord, out.getvalue())) < 128
