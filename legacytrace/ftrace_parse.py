@@ -1,0 +1,274 @@
+"""Pure parsing of ftrace output lines (trace_pipe, trace) into FlowEvents.
+
+One parser reads every kernel's format (KERNEL_FACTS.md, "trace_pipe line format"):
+
+    3.10/EL7: `            ping-72    [000] d.s1     3.288210: r: (ip_rcv+0x0/0x3e0) len=0x54`
+    6.x:      `            ping-87    [000] ..s1.    3.607227: iprcv: (ip_rcv+0x0/0x1d0) skb=0xffff...`
+    6.x with record-tgid: `ping-87  (     87) [000] ..s1. ...`
+
+A kprobe line needs no Program to be understood: the argument names say what each
+value is (see legacytrace.ftrace_kprobe), so a capture written by the standalone sh
+script parses like a live session. Numbers: `0x..` is hex; the `u*` types print hex
+before 4.9 (`0x54` on EL7 and 4.4-4.8, `54` without `0x` on upstream 3.10) and decimal
+from 4.9, so an unprefixed number is read as hex only when the line's pointer is.
+
+Static tracepoints (net:*, skb:*) print their own formats: `len=%u` decimal,
+`skbaddr=%p` hex without `0x`, `reason: NAME` for kfree_skb from 5.17.
+"""
+import ipaddress
+import re
+import struct
+
+from legacytrace.model import FlowEvent
+
+BACKEND = "ftrace"
+
+# COMM-TID [(TGID)] [CPU] [FLAGS] SECS[.FRACTION]: EVENT: BODY
+_LINE = re.compile(
+    r"^\s*(.*?)-(\d+)\s+(?:\(\s*(-+|\d+)\)\s+)?\[(\d+)\]\s+(?:(\S{4,5})\s+)?"
+    r"(\d+)(?:\.(\d+))?:\s+(\w+):\s?(.*)$")
+# kprobe: `(ip_rcv+0x0/0x1d0) ARGS`; kretprobe: `(ip_rcv_finish+0x2c/0x70 <- ip_rcv) ARGS`
+_KPROBE_BODY = re.compile(r"^\(([\w.]+)\+0x[0-9a-fA-F]+/0x[0-9a-fA-F]+(?: <- ([\w.]+))?\)\s?(.*)$")
+_ARG = re.compile(r'(\w+)=("[^"]*"|\(fault\)|\S*)')
+_REASON = re.compile(r"\breason: (\w+)")
+# Window words of the packet bytes around skb->data: dm40 is data-40, dp8 is data+8.
+_WINDOW = re.compile(r"^d([mp])(\d+)$")
+
+# Third flag character: h hardirq, H hardirq inside softirq, s softirq, z/Z NMI (newer kernels).
+_CONTEXT = {"s": "softirq", "h": "hardirq", "H": "hardirq", "z": "nmi", "Z": "nmi"}
+
+# skb->protocol (__be16) as a little-endian u16 fetch prints it: 0x0800 -> 0x0008.
+ETH_P_IP_LE = 0x0008
+ETH_P_IPV6_LE = 0xdd86
+# struct sock_common.skc_family
+AF_INET = 2
+AF_INET6 = 10
+# IPv6 extension headers whose length is (byte1 + 1) * 8: hop-by-hop, routing, destination options.
+_IPV6_EXT = (0, 43, 60)
+_IPV6_FRAGMENT = 44
+_PORTS = (6, 17, 132, 136)           # tcp, udp, sctp, udplite: ports first in the header
+_ICMP = (1, 58)
+
+#: tracepoint name -> what it means; a tracepoint event knows no tuple.
+TRACEPOINTS = {
+    "netif_receive_skb": "receive", "netif_rx": "receive", "net_dev_queue": "queue",
+    "net_dev_start_xmit": "transmit", "net_dev_xmit": "transmitted",
+    "kfree_skb": "drop", "consume_skb": "consume",
+}
+
+
+def _numbers(args):
+    """Argument values as ints (strings and faults stay text) for one kprobe line.
+
+    `0x..` is hex everywhere. An unprefixed number is decimal (4.9+ `u*` types), except
+    on kernels that print every `u*` as unprefixed hex (upstream 3.10): there the
+    sk_buff or sock pointer, a kernel address, shows hex digits without `0x`.
+    """
+    pointer = args.get("skb") or args.get("sk") or ""
+    radix = 16 if pointer[:2] != "0x" and not pointer.isdigit() and pointer else 10
+    values = {}
+    for name, text in args.items():
+        if text.startswith("0x"):
+            values[name] = int(text, 16)
+        elif text.startswith('"') and len(text) > 1:
+            values[name] = text[1:-1]
+        elif text == "(fault)" or not text:
+            values[name] = None
+        else:
+            values[name] = int(text, radix)
+    return values
+
+
+def _time_ns(secs, fraction):
+    if fraction is None:             # counter-like trace clocks print a plain number
+        return int(secs)
+    return int(secs) * 1000000000 + int(fraction) * 10 ** (9 - len(fraction))
+
+
+def parse_line(line):
+    """The FlowEvent for one ftrace output line, or None for anything else. Never raises."""
+    try:
+        return _parse(line)
+    except (ValueError, IndexError, struct.error, TypeError):
+        return None
+
+
+def _parse(line):
+    match = _LINE.match(line)
+    if match is None:
+        return None
+    comm, tid, tgid, cpu, flags, secs, fraction, event_name, body = match.groups()
+    tid = int(tid)
+    event = FlowEvent(
+        backend=BACKEND, time_ns=_time_ns(secs, fraction), cpu=int(cpu),
+        pid=int(tgid) if tgid and tgid[0] != "-" else tid, tid=tid,
+        comm=None if comm == "<...>" else comm,
+        context=_CONTEXT.get(flags[2], "task") if flags else "task")
+    if body.startswith("("):
+        kprobe = _KPROBE_BODY.match(body)
+        if kprobe is None:
+            return None
+        symbol, returned_from, args = kprobe.groups()
+        _kprobe(event, symbol, returned_from, _numbers(dict(_ARG.findall(args))))
+    elif event_name in TRACEPOINTS:
+        _tracepoint(event, event_name, body)
+    else:
+        return None
+    return event
+
+
+def _kprobe(event, symbol, returned_from, values):
+    if returned_from:
+        event.source, event.kind, event.func = "kretprobe", "return", returned_from
+    else:
+        event.source, event.func = "kprobe", symbol
+    ret = values.get("ret")
+    if ret is not None:
+        event.retval = ret - (1 << 64) if ret >= 1 << 63 else ret
+    event.length = values.get("len")
+    for name, value in values.items():
+        if name.startswith("c_"):
+            event.fields[name[2:]] = value
+    if values.get("skb") is not None:
+        _skb(event, values)
+    elif values.get("sk") is not None:
+        _sock(event, values)
+
+
+def _skb(event, values):
+    """Fill the packet fields from an sk_buff probe's arguments (legacytrace.ftrace_kprobe)."""
+    event.skb = values["skb"]
+    dev = values.get("dev")
+    if isinstance(dev, str) and dev:
+        event.dev = dev
+    try:
+        nh_at = values["head"] + values["nh"] - values["data"]
+    except (KeyError, TypeError):
+        return
+    start, window = _window(values)
+    if window is not None:
+        decode_ip(event, window, nh_at - start, values.get("eth") or 0)
+
+
+def _window(values):
+    """(offset of the first byte from skb->data, the bytes) of the fetched window words."""
+    words = []
+    for name, value in values.items():
+        match = _WINDOW.match(name)
+        if match:
+            offset = int(match.group(2))
+            words.append((-offset if match.group(1) == "m" else offset, value))
+    if not words:
+        return 0, None
+    words.sort()
+    start = words[0][0]
+    if any(offset != start + 8 * index or not isinstance(value, int)
+           for index, (offset, value) in enumerate(words)):
+        return start, None
+    return start, b"".join(struct.pack("<Q", value) for _, value in words)
+
+
+def decode_ip(event, buf, at, eth_le=0):
+    """Set family, proto, addresses and ports of `event` from an IP header at buf[at:].
+
+    `eth_le` is skb->protocol as fetched (0 when not yet set, e.g. early on transmit);
+    when set it must agree with the header's version, so that stale bytes of a non-IP
+    buffer (netlink, ARP) are never presented as a tuple. Returns True when decoded.
+    """
+    if at < 0 or at + 20 > len(buf):
+        return False
+    version = buf[at] >> 4
+    if version == 4 and eth_le in (0, ETH_P_IP_LE):
+        ihl = (buf[at] & 0x0f) * 4
+        if ihl < 20:
+            return False
+        event.family, event.proto = 4, buf[at + 9]
+        event.saddr = str(ipaddress.IPv4Address(bytes(buf[at + 12:at + 16])))
+        event.daddr = str(ipaddress.IPv4Address(bytes(buf[at + 16:at + 20])))
+        fragment_offset = struct.unpack_from(">H", buf, at + 6)[0] & 0x1fff
+        if fragment_offset == 0:
+            _l4(event, buf, at + ihl)
+        return True
+    if version == 6 and eth_le in (0, ETH_P_IPV6_LE) and at + 40 <= len(buf):
+        event.family = 6
+        event.saddr = str(ipaddress.IPv6Address(bytes(buf[at + 8:at + 24])))
+        event.daddr = str(ipaddress.IPv6Address(bytes(buf[at + 24:at + 40])))
+        proto, at = buf[at + 6], at + 40
+        while at + 8 <= len(buf) and proto in _IPV6_EXT + (_IPV6_FRAGMENT,):
+            if proto == _IPV6_FRAGMENT:
+                if struct.unpack_from(">H", buf, at + 2)[0] & 0xfff8:
+                    event.proto = buf[at]
+                    return True          # a later fragment: no transport header
+                proto, at = buf[at], at + 8
+            else:
+                proto, at = buf[at], at + (buf[at + 1] + 1) * 8
+        if proto in _IPV6_EXT + (_IPV6_FRAGMENT,):
+            return True                  # the chain runs past the fetched bytes: protocol unknown
+        event.proto = proto
+        _l4(event, buf, at)
+        return True
+    return False
+
+
+def _l4(event, buf, at):
+    if at + 4 > len(buf):
+        return
+    if event.proto in _PORTS:
+        event.sport, event.dport = struct.unpack_from(">HH", buf, at)
+    elif event.proto in _ICMP:
+        event.icmp_type, event.icmp_code = buf[at], buf[at + 1]
+        if at + 8 <= len(buf):
+            event.icmp_id, event.icmp_seq = struct.unpack_from(">HH", buf, at + 4)
+
+
+def _sock(event, values):
+    """Fill the tuple from struct sock_common (socket-level functions: tcp_sendmsg, tcp_connect).
+
+    skc_rcv_saddr/skc_daddr are the local and remote address, skc_num the local port in
+    host order, skc_dport the remote port in network order. The protocol is not in
+    sock_common: a function named tcp_* or udp_* takes a socket of that protocol.
+    """
+    family = values.get("skc_family")
+    if family == AF_INET:
+        event.family = 4
+        event.saddr = str(ipaddress.IPv4Address(struct.pack("<I", values["skc_saddr"])))
+        event.daddr = str(ipaddress.IPv4Address(struct.pack("<I", values["skc_daddr"])))
+    elif family == AF_INET6 and values.get("skc_saddr6a") is not None:
+        event.family = 6
+        event.saddr = str(ipaddress.IPv6Address(
+            struct.pack("<QQ", values["skc_saddr6a"], values["skc_saddr6b"])))
+        event.daddr = str(ipaddress.IPv6Address(
+            struct.pack("<QQ", values["skc_daddr6a"], values["skc_daddr6b"])))
+    else:
+        return
+    event.sport = values["skc_sport"]
+    event.dport = struct.unpack("<H", struct.pack(">H", values["skc_dport"]))[0]
+    if event.func.startswith("tcp"):
+        event.proto = 6
+    elif event.func.startswith("udp"):
+        event.proto = 17
+
+
+def _tracepoint(event, name, body):
+    """A static net:/skb: tracepoint: packet identity, length, device, drop reason; no tuple."""
+    event.source, event.func = "tracepoint", name
+    fields = event.fields
+    fields["meaning"] = TRACEPOINTS[name]
+    reason = _REASON.search(body)
+    if reason:
+        fields["reason"] = reason.group(1)
+        body = body[:reason.start()]
+    for key, value in _ARG.findall(body):
+        if key == "skbaddr":
+            event.skb = int(value, 16)
+        elif key == "len":
+            event.length = int(value)
+        elif key == "dev":
+            event.dev = value
+        elif key == "protocol":
+            # Kept as a field: a family without addresses would claim a tuple it does not know.
+            family = {0x0800: 4, 0x86dd: 6}.get(int(value, 0))
+            if family:
+                fields["family"] = family
+        else:
+            fields[key] = value

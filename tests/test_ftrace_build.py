@@ -1,0 +1,216 @@
+"""Building ftrace programs: kprobe definitions, filters, the sh export (pure, golden files).
+
+Regenerate the golden files with `LEGACYTRACE_REGEN_GOLDEN=1 .venv/bin/pytest tests/test_ftrace_build.py`
+and review the diff.
+"""
+import ipaddress
+import os
+import re
+import struct
+from pathlib import Path
+
+import pytest
+
+from legacytrace import ftrace_kprobe, offsets
+from legacytrace.backends.ftrace import FtraceBackend, hex_types
+from legacytrace.errors import LegacytraceError, UsageError
+from legacytrace.flowfilter import FlowFilter
+from legacytrace.host import HostFacts
+from legacytrace.model import Probe, TraceRequest
+
+GOLDEN = Path(__file__).parent / "golden" / "ftrace"
+DATA = Path(__file__).parent / "data" / "ftrace"
+EL7 = "3.10.0-1160.el7.x86_64"
+
+# The generic manifest's functions as resolved for EL7 (KERNEL_FACTS.md positions).
+EL7_PROBES = [Probe("ip_rcv", 1), Probe("ip_local_deliver", 1), Probe("tcp_v4_rcv", 1),
+              Probe("ip_output", 2, 1), Probe("dev_queue_xmit", 1), Probe("kfree_skb", 1, egress=True),
+              Probe("tcp_sendmsg", sk_pos=1), Probe("ip_rcv", kind="return")]
+
+
+def el7_host(**extra):
+    values = dict(release=EL7, root=True, tracefs="/sys/kernel/debug/tracing",
+                  kprobe_events=True, instances=True)
+    values.update(extra)
+    return HostFacts(**values)
+
+
+def el7_backend():
+    return FtraceBackend(layout_for=lambda host: offsets.from_table(host.release))
+
+
+def build(flow=None, probes=EL7_PROBES, host=None, backend=None):
+    request = TraceRequest(probes, flow or FlowFilter(), host or el7_host(), run_id="lt4242")
+    return (backend or el7_backend()).build(request)
+
+
+def check_golden(name, text):
+    path = GOLDEN / name
+    if os.environ.get("LEGACYTRACE_REGEN_GOLDEN") == "1":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert text == path.read_text(), "differs from {}; regenerate with LEGACYTRACE_REGEN_GOLDEN=1".format(path)
+
+
+def test_golden_el7_udp_flow_text_and_sh():
+    backend = el7_backend()
+    program = build(FlowFilter.parse(proto="udp", daddr="127.0.0.1", dport="9999"), backend=backend)
+    check_golden("el7-udp.txt", program.text)
+    check_golden("el7-udp.sh", backend.export(program, "sh"))
+
+
+def test_golden_tracepoint_mode():
+    host = HostFacts(release="6.18.44-fc-v669", root=True, tracefs="/sys/kernel/tracing",
+                     instances=True, tracepoints=["net:netif_receive_skb", "net:net_dev_queue",
+                                                  "skb:kfree_skb", "skb:consume_skb"])
+    backend = FtraceBackend(layout_for=None)          # tracepoint mode needs no layout
+    program = build(FlowFilter.parse(proto="icmp"), host=host, backend=backend)
+    assert program.data["mode"] == "tracepoint"
+    check_golden("tracepoints.txt", program.text)
+    check_golden("tracepoints.sh", backend.export(program, "sh"))
+
+
+def test_el7_uses_baseline_syntax_only_within_limits():
+    program = build(FlowFilter.parse(proto="tcp", saddr="10.0.0.1", dport="80"))
+    for definition in program.data["definitions"]:
+        line = definition.line("legacytrace_lt4242")
+        assert len(definition.args) <= ftrace_kprobe.MAX_ARGS
+        assert all(len(arg) <= 63 for arg in definition.args)
+        assert not re.search(r":x\d+|\$comm|\$arg|:symbol|%return|\+u\d", line)
+        assert all(re.match(r"^\w+=(%(di|si|dx|cx|r8|r9)|[-+]\d+\(|\$retval)", arg)
+                   for arg in definition.args), line
+    assert program.data["group"] == "legacytrace_lt4242"
+
+
+def test_hex_types_where_the_readme_lists_them():
+    host = el7_host(kprobe_syntax=["comm", "x-types"])
+    assert hex_types(host) and not hex_types(el7_host())
+    text = build(host=host).text
+    assert ":x64" in text and ":u64" not in text.split("f_ver")[0]
+
+
+def test_offsets_come_from_the_layout():
+    line = build().data["definitions"][0].line("g")
+    assert "len=+104(%di):u32" in line and "nh=+194(%di):u16" in line and "data=+232(%di)" in line
+
+
+@pytest.mark.parametrize("probe, words", [
+    (Probe("ip_rcv", 1), ["dp0", "dp8", "dp16", "dp24", "dp32", "dp40"]),
+    (Probe("dev_queue_xmit", 1), ["dp8", "dp16", "dp24", "dp32", "dp40", "dp48", "dp56"]),
+    (Probe("tcp_v4_rcv", 1), ["dm40", "dm32", "dm24", "dm16", "dm8", "dp0"]),
+    (Probe("kfree_skb", 1), ["dm40", "dm32", "dm24", "dm16", "dm8"] +
+     ["dp{}".format(n) for n in range(0, 64, 8)]),
+])
+def test_window_placed_by_where_data_points(probe, words):
+    args = build(probes=[probe]).data["definitions"][0].args
+    assert [a.split("=")[0] for a in args if re.match(r"d[mp]\d+=", a)] == words
+
+
+@pytest.mark.parametrize("probe", [
+    Probe("ip_rcv; rm -rf /", 1), Probe("ip_rcv", 7), Probe("", 1), Probe("ip rcv", 1),
+    Probe("ip_rcv", 1, fields={"x": "skb.nosuchmember"}), Probe("ip_rcv", 1, fields={"x": "sk.len"}),
+])
+def test_bad_probes_are_one_line_usage_errors(probe):
+    with pytest.raises(UsageError) as err:
+        build(probes=[probe])
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("run_id", ["", None, "lt1; echo", "LT1", "a" * 60])
+def test_bad_run_id(run_id):
+    with pytest.raises(UsageError):
+        ftrace_kprobe.group_name(run_id)
+
+
+def test_custom_field_of_the_layout():
+    program = build(probes=[Probe("ip_rcv", 1, fields={"dlen": "skb.data_len"})])
+    assert "c_dlen=+108(%di):u32" in program.data["definitions"][0].args
+
+
+def test_no_layout_is_a_clear_error_naming_stap():
+    backend = FtraceBackend(layout_for=lambda host: offsets.find_layout(
+        "4.19.0-99-unknown", btf_path=None, vmlinux_paths=[], table="builds: []"))
+    host = el7_host(release="4.19.0-99-unknown")
+    with pytest.raises(LegacytraceError) as err:
+        build(host=host, backend=backend)
+    assert "stap" in str(err.value)
+    assert not backend.check(host).available and "stap" in backend.check(host).reason
+
+
+def test_check_modes():
+    backend = el7_backend()
+    assert backend.check(el7_host()).available
+    assert "table el7" in backend.check(el7_host()).reason
+    assert not backend.check(el7_host(root=False)).available
+    tp = HostFacts(release="6.18.44", root=True, tracefs="/sys/kernel/tracing",
+                   tracepoints=["net:netif_receive_skb"])
+    answer = backend.check(tp)
+    assert answer.available and "tracepoint mode" in answer.reason
+    assert not backend.check(HostFacts(release="6.18.44", root=True, tracefs="/x")).available
+
+
+# -- the in-kernel filter never rejects an event that the user-space filter keeps ----------
+
+def _pcap_l3_packets():
+    blob = (DATA / "lo-packets-6.18.pcap").read_bytes()
+    at, packets = 24, []
+    while at < len(blob):
+        incl = struct.unpack_from("<IIII", blob, at)[2]
+        packets.append(blob[at + 16 + 14:at + 16 + incl])     # the IP header onwards
+        at += 16 + incl
+    return packets
+
+
+_FETCH = re.compile(r"^(\w+)=\+(\d+)\(\+\d+\(%di\)\):u(\d+)$")
+
+
+def _kernel_filter_keeps(definition, l3):
+    """Evaluate the event filter as the kernel would, on the bytes the f_* args fetch."""
+    values = {}
+    for arg in definition.args:
+        match = _FETCH.match(arg)
+        if match and match.group(1).startswith("f"):
+            offset, size = int(match.group(2)), int(match.group(3)) // 8
+            values[match.group(1)] = int.from_bytes(l3[offset:offset + size], "little")
+    expression = definition.filter.replace("&&", " and ").replace("||", " or ")
+    return eval(expression, {"__builtins__": {}}, values)
+
+
+def _flows_of(event):
+    """Filters built from the packet's own tuple (all must keep it) and from others."""
+    net = ipaddress.ip_network
+    keep = [FlowFilter(family=event.family), FlowFilter(proto=event.proto),
+            FlowFilter(saddr=net(event.saddr), daddr=net(event.daddr), proto=event.proto)]
+    if event.sport is not None:
+        keep += [FlowFilter(sport=event.sport), FlowFilter(proto=event.proto, dport=event.dport),
+                 FlowFilter(daddr=net(event.daddr), dport=event.dport, sport=event.sport)]
+    other = "10.9.9.9" if event.family == 4 else "fd00::99"
+    drop = [FlowFilter(family=10 - event.family), FlowFilter(daddr=net(other)),
+            FlowFilter(proto=6 if event.proto != 6 else 17)]
+    if event.sport is not None:
+        drop.append(FlowFilter(proto=event.proto, dport=event.dport + 1))
+    return keep, drop
+
+
+def test_l3_filter_keeps_every_matching_real_packet_and_drops_others():
+    from legacytrace.ftrace_parse import decode_ip
+    from legacytrace.model import FlowEvent
+    checked = 0
+    for l3 in _pcap_l3_packets():
+        event = FlowEvent(func="ip_rcv")
+        assert decode_ip(event, l3, 0)
+        keep, drop = _flows_of(event)
+        for flow in keep + drop:
+            assert flow.matches(event) == (flow in keep)
+            definition = build(flow, probes=[Probe("ip_rcv", 1)]).data["definitions"][0]
+            assert _kernel_filter_keeps(definition, l3) == (flow in keep), (definition.filter, event)
+            checked += 1
+    assert checked > 100
+
+
+def test_sock_filter_and_cidr_left_to_user_space():
+    definition = build(FlowFilter.parse(daddr="127.0.0.1", dport="8088"),
+                       probes=[Probe("tcp_sendmsg", sk_pos=1)]).data["definitions"][0]
+    assert definition.filter == "skc_family == 2 && skc_daddr == 16777343 && skc_dport == 38943"
+    cidr = build(FlowFilter.parse(daddr="10.0.0.0/8"), probes=[Probe("ip_rcv", 1)])
+    assert "daddr" not in cidr.data["definitions"][0].filter
