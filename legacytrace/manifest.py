@@ -37,14 +37,14 @@ from legacytrace.kernel import VersionRange, parse_version
 from legacytrace.model import Probe
 
 #: A kernel symbol: a C identifier, optionally with the suffixes GCC gives clones.
-SYMBOL_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.(isra|constprop|part|cold|llvm)\.[0-9]+)*$")
+SYMBOL_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.(isra|constprop|part|cold|llvm)\.[0-9]+)*\Z")
 #: kallsyms keeps names up to KSYM_NAME_LEN - 1 = 127 characters (before 6.1).
 SYMBOL_MAX = 127
 #: A custom field name: what it is called in the output.
-FIELD_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,31}$")
+FIELD_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,31}\Z")
 #: A custom field path: an argument and its members, or skb_shinfo(skb) and its members.
 FIELD_PATH_RE = re.compile(
-    r"^(skb|sk|skb_shinfo\(skb\))(\.[a-z_][a-z0-9_]{0,63}){1,4}$")
+    r"^(skb|sk|skb_shinfo\(skb\))(\.[a-z_][a-z0-9_]{0,63}){1,4}\Z")
 #: x86_64 passes the first six arguments in registers; kprobes read them from there.
 MAX_ARG_POS = 6
 
