@@ -1,0 +1,523 @@
+"""The SystemTap backend: a guru-mode script whose embedded C parses the sk_buff.
+
+    request --build()--> .stp text --compile()--> lt_<hash>.ko (cached) --staprun--> LT1 lines --parse()--> FlowEvent
+
+`build()` renders `stap_templates/flows.stp.j2` (pure). Each probe is a
+`kprobe.function("NAME")` with the `struct sk_buff *` from `pointer_arg(N)`, so no
+debuginfo is needed; the struct layout comes from the kernel's own headers when the
+module is compiled. The flow filter becomes C comparisons in `lt_flow_match()`.
+Everything of the request that reaches the script (function names, argument
+positions, custom field names and paths, filter numbers, the release) is validated
+here first: guru-mode C runs in the kernel.
+
+`compile()` runs `stap -g -p4` once per distinct program and caches the module by
+content hash (script, release, runtime, stap version, options) in
+`$LEGACYTRACE_STAP_CACHE` (default `~/.cache/legacytrace/stap`). A session loads the
+module with `staprun -R`, which renames it to `lt_<hash>_<staprun pid>`: that pid is
+the owner that `leftovers()` and `cleanup()` check.
+
+The line protocol (version LT1, tab-separated) is documented at the top of the template.
+"""
+import collections
+import ctypes
+import hashlib
+import ipaddress
+import json
+import os
+import pkgutil
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import jinja2
+
+from legacytrace.backends import checks
+from legacytrace.backends.base import Backend, Program, Session
+from legacytrace.errors import LegacytraceError, UsageError
+from legacytrace.manifest import FIELD_NAME_RE, FIELD_PATH_RE, MAX_ARG_POS, check_symbol
+from legacytrace.model import CONTEXTS, FlowEvent
+
+PROTOCOL = "LT1"
+TEMPLATE = "flows.stp.j2"
+CACHE_ENV = "LEGACYTRACE_STAP_CACHE"
+RUNTIME_ENV = "LEGACYTRACE_STAP_RUNTIME"
+
+#: -D options baked into every module. A tracer must not stop itself: stap's overload
+#: guard (STP_NO_OVERLOAD) would end a busy trace, and after MAXSKIPPED skipped probes
+#: (default 100) the module exits; skipped probes are counted as lost events instead.
+STAP_DEFINES = ("-DSTP_NO_OVERLOAD", "-DMAXSKIPPED=100000000")
+#: `uname -r` text, or a build tree path for `stap -r`.
+RELEASE_RE = re.compile(r"^[A-Za-z0-9_.+~-]{1,100}$")
+#: Loaded modules that are ours: lt_<16 hex of the content hash>_<pid of staprun>.
+LOADED_RE = re.compile(r"^(lt_[0-9a-f]{16})_([0-9]+)$")
+#: How long the module may take to load and register its probes (QEMU TCG is slow).
+ATTACH_TIMEOUT = 120.0
+STOP_TIMEOUT = 30.0
+#: What stap's runtime reports at exit, e.g. "WARNING: Number of errors: 0, skipped probes: 12".
+_SKIPPED_RE = re.compile(r"skipped probes: ([0-9]+)")
+_ERRORS_RE = re.compile(r"Number of errors: ([0-9]+)")
+#: text_str() escapes: \n \t ..., \ooo (bytes), \uXXXX / \UXXXXXXXX (UTF-8, stap 4.1+).
+_ESCAPE_RE = re.compile(r"\\(u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|[0-7]{3}|.)", re.S)
+_SIMPLE_ESCAPES = {"a": 7, "b": 8, "f": 12, "n": 10, "r": 13, "t": 9, "v": 11,
+                   "\\": 92, '"': 34, "'": 39, "0": 0}
+#: struct to cast each field path root to, with the header that declares it.
+_FIELD_ROOTS = collections.OrderedDict([
+    ("skb_shinfo(skb)", 'lt_skb_shinfo(skb), "skb_shared_info", "kernel<net/sock.h>"'),
+    ("skb", 'skb, "sk_buff", "kernel<net/sock.h>"'),
+    ("sk", 'sk, "sock", "kernel<net/sock.h>"'),
+])
+#: Columns of an E line before the custom fields.
+_E_COLUMNS = 23
+
+
+class StapBackend(Backend):
+    name = "stap"
+    summary = "SystemTap: guru-mode script with embedded C, compiled against the kernel's headers"
+
+    def check(self, host):
+        return checks.stap(host)
+
+    def build(self, request):
+        """Render the script for `request`; pure. Raise UsageError for anything unsafe."""
+        release = _release(request.host.release)
+        flow = _flow_view(request.flow)
+        probes = [_probe_view(probe) for probe in request.probes]
+        if not probes:
+            raise UsageError("no functions to probe: the manifest resolved to nothing on {}"
+                             .format(release))
+        text = _template().render(protocol=PROTOCOL, release=release, flow=flow,
+                                  filter_words=flow["words"], probes=probes)
+        return Program(self.name, text, {
+            "protocol": PROTOCOL, "release": release, "run_id": request.run_id,
+            "probes": [probe["name"] for probe in probes]})
+
+    def module_program(self, path):
+        """A Program for a module built elsewhere (`legacytrace trace --stap-module`)."""
+        if not path.endswith(".ko") or not os.path.isfile(path):
+            raise UsageError("{}: not a SystemTap module file (NAME.ko built with "
+                             "`legacytrace build --backend stap`)".format(path))
+        return Program(self.name, "# prebuilt SystemTap module {}\n".format(path),
+                       {"protocol": PROTOCOL, "module": os.path.abspath(path)})
+
+    def compile(self, program, release=None, runtime=None, out=None):
+        """Return the path of the module for `program`, compiling it unless cached.
+
+        `release` (a `uname -r` or a build tree, default the program's target) and
+        `runtime` (a SystemTap runtime directory, default $LEGACYTRACE_STAP_RUNTIME)
+        pass through as `stap -r` / `stap -R`. `out` also copies the module there.
+        """
+        command = _stap_command(program, release, runtime)
+        name = "lt_" + _digest(command, program.text, _stap_version())[:16]
+        cache = cache_dir()
+        module = os.path.join(cache, name + ".ko")
+        if not os.path.isfile(module):
+            _compile_into(cache, name, command, program.text)
+        if out:
+            shutil.copyfile(module, out)
+            return out
+        return module
+
+    def run(self, program, release=None, runtime=None):
+        """A session that loads the program's module (compiled on attach unless cached)."""
+        return StapSession(self, program, release, runtime)
+
+    def parse(self, line, program=None):
+        try:
+            return parse_line(line)
+        except (ValueError, IndexError, TypeError, AttributeError, UnicodeError):
+            return None
+
+    def leftovers(self, host):
+        """Names of our loaded modules whose staprun is gone (a killed run)."""
+        found = []
+        for name in _loaded_modules():
+            match = LOADED_RE.match(name)
+            if match and not _staprun_alive(int(match.group(2))):
+                found.append(name)
+        return found
+
+    def cleanup(self, host):
+        """Unload the modules of dead runs with `staprun -d`; return the names removed."""
+        removed = []
+        for name in self.leftovers(host):
+            result = _call(["staprun", "-d", name])
+            if result.returncode == 0 and name not in _loaded_modules():
+                removed.append(name)
+            else:
+                _warn("could not unload {}: {}".format(name, result.output.strip()))
+        return removed
+
+
+class StapSession(Session):
+    """staprun on the module: attach waits for the LT1 B line, detach stops staprun.
+
+    staprun gets SIGTERM when this process dies (PR_SET_PDEATHSIG), so a killed
+    legacytrace does not leave the module loaded; only a killed staprun does.
+    """
+
+    def __init__(self, backend, program, release=None, runtime=None):
+        super(StapSession, self).__init__(program)
+        self.backend = backend
+        self.release = release
+        self.runtime = runtime
+        self.proc = None
+        self.stderr = []
+        self._stderr_thread = None
+        self._stopped = False
+
+    def attach(self):
+        module = self.program.data.get("module") or self.backend.compile(
+            self.program, self.release, self.runtime)
+        self.proc = subprocess.Popen(["staprun", "-R", module], stdin=subprocess.DEVNULL,
+                                     stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                     preexec_fn=_die_with_parent)
+        self._stderr_thread = threading.Thread(target=self._read_stderr, daemon=True)
+        self._stderr_thread.start()
+        deadline = time.monotonic() + ATTACH_TIMEOUT
+        for line in self._raw_lines():
+            if line == PROTOCOL + "\tB":
+                return
+            if time.monotonic() > deadline:
+                break
+        self.proc.wait()
+        self._stderr_thread.join(5)
+        raise LegacytraceError("staprun could not start {}: {}".format(
+            module, _errors(self.stderr) or "exit status {}".format(self.proc.returncode)))
+
+    def lines(self):
+        for line in self._raw_lines():
+            yield line
+        self.proc.wait()
+        if self.proc.returncode and not self._stopped:
+            self._stderr_thread.join(5)
+            raise LegacytraceError("staprun ended with status {}: {}".format(
+                self.proc.returncode, _errors(self.stderr) or "no message"))
+
+    def detach(self):
+        """Stop staprun (it unloads the module), collect lost counts; idempotent, never raises."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        self._stopped = True
+        try:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+            for line in _decoded(proc.stdout):
+                _count_lost(line, self.lost)
+            proc.wait(STOP_TIMEOUT)
+        except Exception as exc:  # a stop must go on whatever failed
+            _warn("stopping staprun: {}".format(exc))
+            _kill(proc)
+        try:
+            self._stderr_thread.join(5)
+            for line in self.stderr:
+                _count_exit_report(line, self.lost)
+        except Exception as exc:
+            _warn("reading staprun's report: {}".format(exc))
+
+    def _raw_lines(self):
+        for line in _decoded(self.proc.stdout):
+            _count_lost(line, self.lost)
+            yield line
+
+    def _read_stderr(self):
+        for line in _decoded(self.proc.stderr):
+            self.stderr.append(line)
+            if not _EXIT_REPORT_RE.search(line):
+                sys.stderr.write("legacytrace: stap: {}\n".format(line))
+
+
+_EXIT_REPORT_RE = re.compile(r"Number of errors|skipped probes|Skipped due to")
+
+
+def parse_line(line):
+    """One LT1 E line -> FlowEvent; None for other lines. Raises ValueError on garbage."""
+    parts = line.rstrip("\r\n").split("\t")
+    if len(parts) < _E_COLUMNS or parts[0] != PROTOCOL or parts[1] != "E":
+        return None
+    context = int(parts[6])
+    if not 0 <= context < len(CONTEXTS):
+        return None
+    family = int(parts[9])
+    fields = {}
+    for item in parts[_E_COLUMNS:]:
+        name, _, value = item.partition("=")
+        fields[name] = int(value)
+    return FlowEvent(
+        backend="stap", source="kprobe", time_ns=int(parts[2]), cpu=int(parts[3]),
+        pid=int(parts[4]), tid=int(parts[5]), context=CONTEXTS[context], func=parts[7],
+        kind="entry", skb=int(parts[8], 16) or None,
+        family=family if family in (4, 6) else None, proto=_known(parts[10]),
+        saddr=_address(family, parts[11]), daddr=_address(family, parts[12]),
+        sport=_known(parts[13]), dport=_known(parts[14]), icmp_type=_known(parts[15]),
+        icmp_code=_known(parts[16]), icmp_id=_known(parts[17]), icmp_seq=_known(parts[18]),
+        length=int(parts[19]), dev=None if parts[20] == "-" else parts[20],
+        comm=unescape(parts[21]), cmdline=unescape(parts[22]) or None, fields=fields)
+
+
+def unescape(text):
+    """Undo SystemTap's text_str(): C escapes, \\ooo bytes, \\uXXXX code points."""
+    if "\\" not in text:
+        return text
+    out = bytearray()
+    pos = 0
+    for match in _ESCAPE_RE.finditer(text):
+        out += text[pos:match.start()].encode("utf-8")
+        code = match.group(1)
+        if len(code) == 3:
+            out.append(int(code, 8))
+        elif len(code) > 3:
+            out += chr(int(code[1:], 16)).encode("utf-8", "replace")
+        else:
+            out.append(_SIMPLE_ESCAPES.get(code, ord(code) if ord(code) < 128 else 63))
+        pos = match.end()
+    out += text[pos:].encode("utf-8")
+    return out.decode("utf-8", "replace")
+
+
+def _known(text):
+    value = int(text)
+    return None if value < 0 else value
+
+
+def _address(family, text):
+    if family == 4:
+        return socket.inet_ntop(socket.AF_INET, bytes.fromhex(text))
+    if family == 6:
+        return str(ipaddress.IPv6Address(bytes.fromhex(text)))
+    return None
+
+
+def _count_lost(line, lost):
+    if line.startswith(PROTOCOL + "\tL\t"):
+        parts = line.split("\t")
+        if len(parts) == 4 and parts[3].isdigit():
+            lost["stap " + parts[2]] += int(parts[3])
+
+
+def _count_exit_report(line, lost):
+    for regex, cause in ((_SKIPPED_RE, "stap skipped probes"), (_ERRORS_RE, "stap errors")):
+        match = regex.search(line)
+        if match and int(match.group(1)):
+            lost[cause] += int(match.group(1))
+
+
+def _errors(lines):
+    """stap's ERROR lines (else its last lines), as one line for a LegacytraceError."""
+    errors = ([line for line in lines if ": error:" in line][:3]
+              or [line for line in lines if "ERROR" in line or "error" in line] or lines[-3:])
+    return " | ".join(line.strip() for line in errors)
+
+
+# --- validation: everything below turns request values into template values ---------
+
+def _release(release):
+    if not isinstance(release, str) or not RELEASE_RE.fullmatch(release):
+        raise UsageError("kernel release {!r} is not a release name such as "
+                         "3.10.0-1160.el7.x86_64".format(release))
+    return release
+
+
+def _position(value, what, probe):
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ARG_POS:
+        raise UsageError("probe {}: {} must be an argument position from 1 to {}, got {!r}"
+                         .format(probe, what, MAX_ARG_POS, value))
+    return value
+
+
+def _probe_view(probe):
+    """A model.Probe as template values: a checked symbol, positions, field expressions."""
+    name = check_symbol(probe.name, "probe")
+    if probe.kind != "entry":
+        raise UsageError("probe {}: the stap backend traces function entries only, not {!r}"
+                         .format(name, probe.kind))
+    skb_pos = _position(probe.skb_pos, "skb_pos", name)
+    sk_pos = _position(probe.sk_pos, "sk_pos", name)
+    fields = []
+    for field, path in probe.fields.items():
+        if not isinstance(field, str) or not FIELD_NAME_RE.fullmatch(field):
+            raise UsageError("probe {}: custom field name {!r} must be lower-case letters, "
+                             "digits and _ (at most 32)".format(name, field))
+        fields.append({"name": field, "expr": _field_expr(name, field, path, skb_pos, sk_pos)})
+    return {"name": name, "skb_pos": skb_pos, "sk_pos": sk_pos, "fields": fields,
+            "uses_sk": any(f["expr"].startswith('@cast(sk,') for f in fields)}
+
+
+def _field_expr(probe, field, path, skb_pos, sk_pos):
+    """`skb.dev.mtu` -> @cast(skb, "sk_buff", "kernel<net/sock.h>")->dev->mtu."""
+    if not isinstance(path, str) or not FIELD_PATH_RE.fullmatch(path):
+        raise UsageError("probe {}: field {} has path {!r}: use skb.MEMBER[.MEMBER], "
+                         "sk.MEMBER or skb_shinfo(skb).MEMBER".format(probe, field, path))
+    for root, cast in _FIELD_ROOTS.items():
+        if path.startswith(root + "."):
+            if root != "sk" and skb_pos is None:
+                raise UsageError("probe {}: field {} reads the sk_buff but the probe has "
+                                 "no skb_pos".format(probe, field))
+            if root == "sk" and skb_pos is None and sk_pos is None:
+                raise UsageError("probe {}: field {} reads the sock but the probe has "
+                                 "neither sk_pos nor skb_pos".format(probe, field))
+            members = path[len(root) + 1:].split(".")
+            return "@cast({})->{}".format(cast, "->".join(members))
+    raise UsageError("probe {}: field {} has path {!r} with an unknown root".format(
+        probe, field, path))
+
+
+def _flow_view(flow):
+    """The flow filter as numbers for lt_flow_match(); words for the script's comments."""
+    values = dict((name, getattr(flow, name, None) if flow is not None else None)
+                  for name in ("family", "proto", "saddr", "daddr", "sport", "dport"))
+    for name, what, high in (("proto", "protocol", 255), ("sport", "source port", 65535),
+                             ("dport", "destination port", 65535)):
+        value = values[name]
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
+                                  or not 0 <= value <= high):
+            raise UsageError("flow filter: {} {!r} is not a number from 0 to {}".format(
+                what, value, high))
+    if values["family"] not in (None, 4, 6):
+        raise UsageError("flow filter: IP version {!r} must be 4 or 6".format(values["family"]))
+    nets = []
+    for side in ("saddr", "daddr"):
+        net = values[side]
+        if net is None:
+            continue
+        if not isinstance(net, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+            raise UsageError("flow filter: {} {!r} is not an IP network".format(side, net))
+        if values["family"] not in (None, net.version):
+            raise UsageError("flow filter: {} {} is not IPv{}".format(side, net, values["family"]))
+        values["family"] = net.version
+        nets.append({"name": side, "bytes": len(net.network_address.packed),
+                     "net": _bytes16(net.network_address.packed),
+                     "mask": _bytes16(net.netmask.packed)})
+    words = ", ".join("{} {}".format(name, values[name]) for name in
+                      ("family", "proto", "saddr", "daddr", "sport", "dport")
+                      if values[name] is not None)
+    values.update(nets=nets, empty=not words, words=words or "(all flows)")
+    return values
+
+
+def _bytes16(packed):
+    return [b for b in bytearray(packed)] + [0] * (16 - len(packed))
+
+
+def _template():
+    source = pkgutil.get_data("legacytrace.stap_templates", TEMPLATE).decode("utf-8")
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True,
+                             lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
+    return env.from_string(source)
+
+
+# --- side effects: compiling, the cache, staprun, /proc ----------------------------
+
+def cache_dir():
+    """Where compiled modules live: $LEGACYTRACE_STAP_CACHE, else ~/.cache/legacytrace/stap."""
+    path = os.environ.get(CACHE_ENV) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "legacytrace", "stap")
+    os.makedirs(path, exist_ok=True)
+    return path
+
+
+def _stap_command(program, release, runtime):
+    """stap's arguments (without -m and the script): -g -p4, -r, -R and the -D options."""
+    release = release or program.data.get("release")
+    runtime = runtime or os.environ.get(RUNTIME_ENV)
+    command = ["stap", "-g", "-p4"] + list(STAP_DEFINES)
+    if release:
+        command += ["-r", release if os.path.isabs(release) else _release(release)]
+    if runtime:
+        if not os.path.isdir(runtime):
+            raise UsageError("SystemTap runtime {} is not a directory (stap -R)".format(runtime))
+        command += ["-R", os.path.abspath(runtime)]
+    return command
+
+
+def _digest(command, text, version):
+    key = json.dumps({"protocol": PROTOCOL, "command": command, "stap": version,
+                      "script": text}, sort_keys=True)
+    return hashlib.sha256(key.encode("utf-8")).hexdigest()
+
+
+def _stap_version():
+    result = _call(["stap", "-V"])
+    if result.returncode != 0:
+        raise LegacytraceError("stap -V failed: {}: install systemtap".format(
+            result.output.strip()[:200]))
+    return result.output.splitlines()[0] if result.output else ""
+
+
+def _compile_into(cache, name, command, text):
+    """stap -m NAME in a scratch directory, then move NAME.ko (and the script) into the cache."""
+    scratch = tempfile.mkdtemp(prefix=name + ".", dir=cache)
+    try:
+        script = os.path.join(scratch, name + ".stp")
+        with open(script, "w") as handle:
+            handle.write(text)
+        result = _call(command + ["-m", name, script], cwd=scratch)
+        built = os.path.join(scratch, name + ".ko")
+        if result.returncode != 0 or not os.path.isfile(built):
+            raise LegacytraceError("stap could not compile the program: {}".format(
+                _errors(result.output.splitlines()) or "exit status {}".format(result.returncode)))
+        os.rename(script, os.path.join(cache, name + ".stp"))
+        os.rename(built, os.path.join(cache, name + ".ko"))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+
+_Result = collections.namedtuple("_Result", "returncode output")
+
+
+def _call(argv, cwd=None):
+    """Run argv, stdout and stderr together; a missing program is status 127."""
+    try:
+        proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    except OSError as exc:
+        return _Result(127, str(exc))
+    output = proc.communicate()[0]
+    return _Result(proc.returncode, output.decode("utf-8", "replace"))
+
+
+def _die_with_parent():
+    """In the child: get SIGTERM when legacytrace dies (prctl PR_SET_PDEATHSIG = 1)."""
+    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
+
+
+def _decoded(stream):
+    for raw in iter(stream.readline, b""):
+        yield raw.decode("utf-8", "replace").rstrip("\n")
+
+
+def _kill(proc):
+    try:
+        proc.kill()
+        proc.wait(5)
+    except Exception as exc:
+        _warn("killing staprun: {}".format(exc))
+
+
+def _loaded_modules():
+    try:
+        with open("/proc/modules") as handle:
+            return [line.split(" ", 1)[0] for line in handle]
+    except OSError:
+        return []
+
+
+def _staprun_alive(pid):
+    """staprun execs stapio in the same process: either name means the run is alive."""
+    try:
+        with open("/proc/{}/comm".format(pid)) as handle:
+            return handle.read().strip() in ("staprun", "stapio")
+    except OSError:
+        return False
+
+
+def _warn(message):
+    sys.stderr.write("legacytrace: warning: stap: {}\n".format(message))

@@ -1,0 +1,316 @@
+"""The stap backend's program: golden scripts, validation of hostile input, the module cache.
+
+Golden scripts live in tests/golden/stap/; after an intended template change regenerate
+them with `LEGACYTRACE_REGEN_GOLDEN=1 .venv/bin/pytest -q tests/test_stap_build.py` and
+review the diff. Whether the scripts compile and run is proved in the lab
+(tests/lab/test_stap.py).
+"""
+import collections
+import ipaddress
+import os
+import stat
+
+import pytest
+
+from legacytrace.backends import stap
+from legacytrace.errors import UsageError
+from legacytrace.flowfilter import FlowFilter
+from legacytrace.host import HostFacts
+from legacytrace.model import Probe, TraceRequest
+
+GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden", "stap")
+
+#: 6.1 positions (KERNEL_FACTS.md): ip_output/ip_finish_output (net, sk, skb).
+PROBES_61 = [
+    Probe("ip_rcv", 1), Probe("ip_local_deliver", 1), Probe("tcp_v4_rcv", 1),
+    Probe("ip_output", 3, 2), Probe("ip_finish_output", 3, 2), Probe("__dev_queue_xmit", 1),
+]
+#: EL7 3.10.0-1160 positions: ip_output/ip_finish_output (sk, skb), ip_local_out_sk.
+PROBES_EL7 = [
+    Probe("ip_rcv", 1), Probe("ip_local_out_sk", 2, 1), Probe("ip_output", 2, 1),
+    Probe("dev_queue_xmit", 1), Probe("kfree_skb", 1, egress=True),
+]
+
+
+def request(probes, flow=None, release="6.1.0-56-amd64"):
+    return TraceRequest(probes, flow or FlowFilter(), HostFacts(release=release), run_id="lt4242")
+
+
+def build(probes, flow=None, release="6.1.0-56-amd64"):
+    return stap.StapBackend().build(request(probes, flow, release))
+
+
+CASES = collections.OrderedDict([
+    ("all-flows-61", lambda: build(PROBES_61)),
+    ("icmp-from-host-61", lambda: build(PROBES_61, FlowFilter.parse(proto="icmp", saddr="10.0.2.15"))),
+    ("udp6-dport-61", lambda: build(PROBES_61, FlowFilter.parse(
+        proto="udp", daddr="fd00:1::/64", dport="53"))),
+    ("tcp-fields-el7", lambda: build(
+        PROBES_EL7[:3] + [Probe("tcp_v4_rcv", 1, fields=collections.OrderedDict([
+            ("gso", "skb_shinfo(skb).gso_size"), ("mark", "skb.mark"),
+            ("mtu", "skb.dev.mtu"), ("sndbuf", "sk.sk_sndbuf")]))],
+        FlowFilter.parse(proto="tcp", sport="80"), release="3.10.0-1160.el7.x86_64")),
+])
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_golden(case):
+    text = CASES[case]().text
+    path = os.path.join(GOLDEN, case + ".stp")
+    if os.environ.get("LEGACYTRACE_REGEN_GOLDEN") == "1":
+        os.makedirs(GOLDEN, exist_ok=True)
+        with open(path, "w") as handle:
+            handle.write(text)
+    with open(path) as handle:
+        assert text == handle.read(), "{} differs: regenerate with LEGACYTRACE_REGEN_GOLDEN=1 " \
+                                      "and review the diff".format(path)
+
+
+def test_build_is_pure_and_names_the_probes():
+    first = build(PROBES_61, FlowFilter.parse(proto="udp"))
+    second = build(PROBES_61, FlowFilter.parse(proto="udp"))
+    assert first.text == second.text
+    assert first.data["probes"] == [p.name for p in PROBES_61]
+    assert first.data["release"] == "6.1.0-56-amd64"
+    for probe in PROBES_61:
+        assert 'kprobe.function("{}") ?'.format(probe.name) in first.text
+
+
+def test_positions_reach_pointer_arg():
+    text = build([Probe("ip_output", 3, 2)]).text
+    assert "skb = pointer_arg(3)" in text
+    text = build([Probe("ip_output", 2, 1)]).text
+    assert "skb = pointer_arg(2)" in text
+
+
+def test_filter_compiles_to_c_comparisons():
+    text = build(PROBES_61, FlowFilter.parse(proto="tcp", saddr="192.168.0.0/16", dport="443")).text
+    body = text[text.index("static int lt_flow_match"):]
+    body = body[:body.index("\n}\n")]
+    assert "if (p->family != 4)" in body
+    assert "if (p->proto != 6)" in body
+    assert "if (p->dport != 443)" in body
+    assert "p->sport" not in body
+    assert "lt_saddr_net[16] = { 192, 168, 0, 0," in text
+    assert "lt_saddr_mask[16] = { 255, 255, 0, 0," in text
+
+
+def test_empty_filter_keeps_everything():
+    text = build(PROBES_61).text
+    body = text[text.index("static int lt_flow_match"):]
+    assert body[:body.index("\n}\n")].rstrip().endswith("return 1;")
+    assert "lt_saddr_net" not in text
+
+
+# --- hostile input: nothing reaches the guru-mode script -------------------------
+
+HOSTILE_TEXT = [
+    'ip_rcv") { system("id") } probe begin { x = ("',
+    "ip_rcv%}",
+    "ip_rcv\nprobe begin {}",
+    "ip_rcv\n",
+    "ip_rcv/*",
+    "ip_rcv*/",
+    "ip_rcv //",
+    "a" * 200,
+    "",
+    "ip rcv",
+    "ip_rcv;",
+    "ip_rcv\x00",
+    "ip_r\u00e9v",
+]
+
+
+@pytest.mark.parametrize("name", HOSTILE_TEXT)
+def test_hostile_function_name_is_refused(name):
+    with pytest.raises(UsageError):
+        build([Probe(name, 1)])
+
+
+@pytest.mark.parametrize("field", HOSTILE_TEXT + ["Len", "x" * 33, "9len"])
+def test_hostile_field_name_is_refused(field):
+    with pytest.raises(UsageError):
+        build([Probe("ip_rcv", 1, fields={field: "skb.len"})])
+
+
+@pytest.mark.parametrize("path", [
+    'skb.len"); system("id', "skb.len%}", "skb.len\n", "skb./*len", "skb.len*/",
+    "skb->len", "skb.len + 1", "skb", "skb.", "current.pid", "skb.a.b.c.d.e",
+    "skb." + "a" * 65, "sk.sk_mark; system", "skb_shinfo(sk).gso_size", "SKB.len",
+])
+def test_hostile_field_path_is_refused(path):
+    with pytest.raises(UsageError):
+        build([Probe("ip_rcv", 1, fields={"f": path})])
+
+
+@pytest.mark.parametrize("position", [0, 7, -1, True, "1", 1.0, "1) + system(\"id\""])
+def test_bad_argument_positions_are_refused(position):
+    with pytest.raises(UsageError):
+        build([Probe("ip_rcv", position)])
+    with pytest.raises(UsageError):
+        build([Probe("ip_rcv", 1, sk_pos=position)])
+
+
+def test_field_needs_its_pointer():
+    with pytest.raises(UsageError):
+        build([Probe("sock_sendmsg", None, fields={"len": "skb.len"})])
+    with pytest.raises(UsageError):
+        build([Probe("sock_sendmsg", None, fields={"mark": "sk.sk_mark"})])
+    text = build([Probe("tcp_sendmsg", None, 1, fields={"mark": "sk.sk_mark"})]).text
+    assert "sk = pointer_arg(1)" in text
+
+
+class RawFilter(object):
+    """A filter object that skipped FlowFilter's parsing: the backend must check it again."""
+
+    def __init__(self, **values):
+        for name in ("family", "proto", "saddr", "daddr", "sport", "dport"):
+            setattr(self, name, values.get(name))
+
+
+@pytest.mark.parametrize("values", [
+    {"proto": "6) return 1; system(\"id\"); if (0"},
+    {"proto": 256}, {"proto": -1}, {"proto": True}, {"proto": 6.0},
+    {"sport": 65536}, {"dport": "80"}, {"dport": "80 */ %}"},
+    {"family": 5}, {"family": "4"},
+    {"saddr": "10.0.0.1"}, {"daddr": "10.0.0.0/8\n%}"},
+    {"family": 6, "saddr": ipaddress.ip_network("10.0.0.0/8")},
+])
+def test_hostile_filter_values_are_refused(values):
+    with pytest.raises(UsageError):
+        build(PROBES_61, RawFilter(**values))
+
+
+@pytest.mark.parametrize("release", ["6.1\n%{ system %}", "6.1 */", "", "../../etc", None, "x" * 101])
+def test_hostile_release_is_refused(release):
+    with pytest.raises(UsageError):
+        build(PROBES_61, release=release)
+
+
+def test_no_probe_is_a_usage_error():
+    with pytest.raises(UsageError):
+        build([])
+
+
+# --- the module cache: a fake stap proves hashing without a 30 s compile --------
+
+FAKE_STAP = """#!/bin/sh
+# stands in for stap: -V prints a version; otherwise writes NAME.ko for -m NAME
+if [ "$1" = "-V" ]; then echo "Systemtap translator/driver (version 9.9/test)"; exit 0; fi
+echo "$@" >> "{log}"
+while [ $# -gt 0 ]; do
+  if [ "$1" = "-m" ]; then name="$2"; fi
+  shift
+done
+echo module > "$name.ko"
+"""
+
+
+@pytest.fixture
+def fake_stap(tmp_path, monkeypatch):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    log = tmp_path / "stap.log"
+    script = bindir / "stap"
+    script.write_text(FAKE_STAP.format(log=log))
+    script.chmod(script.stat().st_mode | stat.S_IXUSR)
+    monkeypatch.setenv("PATH", "{}:{}".format(bindir, os.environ["PATH"]))
+    monkeypatch.setenv(stap.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.delenv(stap.RUNTIME_ENV, raising=False)
+    return log
+
+
+def calls(log):
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def test_second_compile_of_the_same_program_is_cached(fake_stap, tmp_path):
+    backend = stap.StapBackend()
+    program = build(PROBES_61, FlowFilter.parse(proto="icmp"))
+    first = backend.compile(program)
+    assert len(calls(fake_stap)) == 1
+    assert os.path.basename(first).startswith("lt_") and first.endswith(".ko")
+    assert backend.compile(program) == first
+    assert len(calls(fake_stap)) == 1, "the second compile ran stap again"
+    assert os.path.isfile(first[:-3] + ".stp"), "the cache keeps the script next to the module"
+    command = calls(fake_stap)[0].split()
+    assert command[:3] == ["-g", "-p4", "-DSTP_NO_OVERLOAD"]
+    assert command[command.index("-r") + 1] == "6.1.0-56-amd64"
+
+
+def test_a_different_program_or_runtime_is_a_different_module(fake_stap, tmp_path):
+    backend = stap.StapBackend()
+    icmp = build(PROBES_61, FlowFilter.parse(proto="icmp"))
+    udp = build(PROBES_61, FlowFilter.parse(proto="udp"))
+    runtime = tmp_path / "runtime"
+    runtime.mkdir()
+    names = {backend.compile(icmp), backend.compile(udp),
+             backend.compile(icmp, runtime=str(runtime)),
+             backend.compile(icmp, release="6.1.0-99-amd64")}
+    assert len(names) == 4
+    assert "-R {}".format(runtime) in calls(fake_stap)[2]
+
+
+def test_compile_out_copies_the_module(fake_stap, tmp_path):
+    out = tmp_path / "icmp.ko"
+    path = stap.StapBackend().compile(build(PROBES_61), out=str(out))
+    assert path == str(out) and out.read_text() == "module\n"
+
+
+def test_compile_failure_names_the_error(tmp_path, monkeypatch):
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    script = bindir / "stap"
+    script.write_text('#!/bin/sh\n[ "$1" = "-V" ] && { echo v; exit 0; }\n'
+                      'echo "x.c:1:2: error: unknown type name" >&2\n'
+                      'echo "Pass 4: compilation failed." >&2\nexit 1\n')
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", "{}:{}".format(bindir, os.environ["PATH"]))
+    monkeypatch.setenv(stap.CACHE_ENV, str(tmp_path / "cache"))
+    with pytest.raises(stap.LegacytraceError) as info:
+        stap.StapBackend().compile(build(PROBES_61))
+    assert "error: unknown type name" in str(info.value)
+    assert os.listdir(str(tmp_path / "cache")) == [], "a failed compile leaves nothing behind"
+
+
+# --- leftovers of killed runs --------------------------------------------------
+
+def test_leftovers_are_our_modules_whose_staprun_is_gone(monkeypatch):
+    loaded = ["lt_0123456789abcdef_100", "lt_0123456789abcdef_200", "lt_short_300",
+              "nf_tables", "stap_0123456789abcdef_400"]
+    monkeypatch.setattr(stap, "_loaded_modules", lambda: list(loaded))
+    monkeypatch.setattr(stap, "_staprun_alive", lambda pid: pid == 200)
+    assert stap.StapBackend().leftovers(HostFacts(release="6.1.0-56-amd64")) == [
+        "lt_0123456789abcdef_100"]
+
+
+def test_cleanup_unloads_only_leftovers(monkeypatch):
+    loaded = ["lt_0123456789abcdef_100", "lt_fedcba9876543210_200"]
+    commands = []
+
+    def fake_call(argv, cwd=None):
+        commands.append(argv)
+        loaded.remove(argv[-1])
+        return stap._Result(0, "")
+
+    monkeypatch.setattr(stap, "_loaded_modules", lambda: list(loaded))
+    monkeypatch.setattr(stap, "_staprun_alive", lambda pid: pid == 200)
+    monkeypatch.setattr(stap, "_call", fake_call)
+    removed = stap.StapBackend().cleanup(HostFacts(release="6.1.0-56-amd64"))
+    assert removed == ["lt_0123456789abcdef_100"]
+    assert commands == [["staprun", "-d", "lt_0123456789abcdef_100"]]
+
+
+def test_staprun_alive_reads_proc():
+    assert not stap._staprun_alive(os.getpid())   # this is python, not staprun
+    assert not stap._staprun_alive(2 ** 22 + 1)   # above pid_max: no such process
+
+
+def test_module_program_needs_a_module_file(tmp_path):
+    backend = stap.StapBackend()
+    with pytest.raises(UsageError):
+        backend.module_program(str(tmp_path / "missing.ko"))
+    module = tmp_path / "icmp.ko"
+    module.write_bytes(b"\x7fELF")
+    program = backend.module_program(str(module))
+    assert program.data["module"] == str(module)
