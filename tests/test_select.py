@@ -1,10 +1,17 @@
-"""Backend selection and the doctor report, fed with recorded host facts."""
+"""Backend selection and the doctor report, fed with recorded host facts.
+
+The doctor texts are golden files under tests/golden/doctor/; regenerate them with
+`LEGACYTRACE_REGEN_GOLDEN=1 .venv/bin/pytest -q tests/test_select.py` and review the diff.
+"""
 import json
 import os
 
 import pytest
 
 from conftest import DATA
+
+GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden", "doctor")
+RECORDED = ("el7-3.10", "deb10-4.19", "lab-6.1", "fc-6.18")
 from legacytrace import doctor, select
 from legacytrace.backends import checks
 from legacytrace.errors import BackendUnavailable
@@ -158,3 +165,16 @@ def test_doctor_json():
     assert again["preference"]["order"] == ["stap", "ftrace", "bpf"]
     none = doctor.doctor_json(facts("el7-3.10", root=False, tracefs_mountable=False))
     assert none["pick"]["name"] is None and "no backend can run here" in none["pick"]["reason"]
+
+
+@pytest.mark.parametrize("name", RECORDED)
+def test_doctor_golden(name):
+    text = doctor.format_doctor(facts(name)) + "\n"
+    path = os.path.join(GOLDEN, name + ".txt")
+    if os.environ.get("LEGACYTRACE_REGEN_GOLDEN") == "1":
+        if not os.path.isdir(GOLDEN):
+            os.makedirs(GOLDEN)
+        with open(path, "w") as handle:
+            handle.write(text)
+    with open(path) as handle:
+        assert text == handle.read()
