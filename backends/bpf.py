@@ -39,6 +39,8 @@ import time
 
 import jinja2
 
+from legacytrace import host as hostmod
+from legacytrace.backends import checks
 from legacytrace.backends.base import Availability, Backend, Program, Session
 from legacytrace.errors import BackendUnavailable, LegacytraceError, UsageError
 from legacytrace.manifest import SYMBOL_MAX, SYMBOL_RE
@@ -63,6 +65,8 @@ OWNER_RE = re.compile(r"^" + PREFIX + r"lt(\d+)_")
 CONTEXTS = {"0": "task", "1": "softirq", "2": "hardirq"}
 #: ICMP echo request/reply types, which carry an identifier and a sequence number.
 _ECHO = {4: (0, 8), 6: (128, 129)}
+_SOURCES = ("kprobe", "tracepoint")
+_new_event = object.__new__
 _VERSION_RE = re.compile(r"v?(\d+)\.(\d+)(?:\.(\d+))?")
 _LOST_RE = re.compile(r"^Lost (\d+) events")
 _U32 = struct.Struct("<I")
@@ -304,19 +308,6 @@ class LineParser(object):
         self.backend = backend_name
         self.addresses = {}
 
-    def address(self, family, word0, word1):
-        key = (family, word0, word1)
-        text = self.addresses.get(key)
-        if text is None:
-            if family == 4:
-                text = socket.inet_ntoa(_U32.pack(int(word0, 16)))
-            else:
-                text = str(ipaddress.IPv6Address(_U64X2.pack(int(word0, 16), int(word1, 16))))
-            if len(self.addresses) >= self.CACHE_MAX:
-                self.addresses.clear()
-            self.addresses[key] = text
-        return text
-
     def parse(self, line):
         """The event on `line`, or None for anything else (never raises)."""
         try:
@@ -328,34 +319,66 @@ class LineParser(object):
         if not line.startswith(TAG + "\t"):
             return None
         p = line.split("\t", FIELDS - 1)
-        if len(p) != FIELDS or p[1] not in ("kprobe", "tracepoint"):
+        if len(p) != FIELDS or p[1] not in _SOURCES:
             return None
-        family = int(p[11])
-        proto = saddr = daddr = sport = dport = itype = icode = iid = iseq = None
-        if family in (4, 6):
-            proto = int(p[12])
-            saddr = self.address(family, p[13], p[14])
-            daddr = self.address(family, p[15], p[16])
+        # Slots are set directly: FlowEvent(**values) costs more than the rest of
+        # the parse, and this runs once per line (tests check every slot is set).
+        ev = _new_event(FlowEvent)
+        ev.backend = self.backend
+        ev.source = p[1]
+        ev.func = p[2]
+        ev.time_ns = int(p[3])
+        ev.cpu = int(p[4])
+        ev.pid = int(p[5])
+        ev.tid = int(p[6])
+        ev.context = CONTEXTS.get(p[7], "task")
+        ev.skb = int(p[8], 16)
+        ev.length = int(p[9])
+        ev.dev = p[10] or None
+        ev.comm = p[24]
+        ev.kind = "entry"
+        ev.retval = ev.cmdline = None
+        ev.proto = ev.saddr = ev.daddr = ev.family = None
+        ev.sport = ev.dport = ev.icmp_type = ev.icmp_code = ev.icmp_id = ev.icmp_seq = None
+        family = p[11]
+        if family == "4" or family == "6":
+            family = ev.family = int(family)
+            ev.proto = int(p[12])
+            addresses = self.addresses
+            key = (family, p[13], p[14], p[15], p[16])
+            pair = addresses.get(key)
+            if pair is None:
+                pair = self._addresses(key)
+            ev.saddr, ev.daddr = pair
             if p[17] != "-1":
-                sport, dport = int(p[17]), int(p[18])
-            if p[19] != "-1":
-                itype, icode = int(p[19]), int(p[20])
+                ev.sport = int(p[17])
+                ev.dport = int(p[18])
+            elif p[19] != "-1":
+                itype = ev.icmp_type = int(p[19])
+                ev.icmp_code = int(p[20])
                 # Identifier and sequence number exist only in echo messages (RFC 792, 4443).
                 if itype in _ECHO[family]:
-                    iid, iseq = int(p[21]), int(p[22])
-        else:
-            family = None
-        fields = {}
+                    ev.icmp_id = int(p[21])
+                    ev.icmp_seq = int(p[22])
+        fields = ev.fields = {}
         if p[23] != "-":
             for item in p[23].split(","):
                 name, _, value = item.partition("=")
                 fields[name] = int(value) if value.lstrip("-").isdigit() else value
-        return FlowEvent(
-            backend=self.backend, source=p[1], func=p[2], time_ns=int(p[3]), cpu=int(p[4]),
-            pid=int(p[5]), tid=int(p[6]), context=CONTEXTS.get(p[7], "task"),
-            skb=int(p[8], 16), length=int(p[9]), dev=p[10] or None, family=family,
-            proto=proto, saddr=saddr, daddr=daddr, sport=sport, dport=dport, icmp_type=itype,
-            icmp_code=icode, icmp_id=iid, icmp_seq=iseq, fields=fields, comm=p[24])
+        return ev
+
+    def _addresses(self, key):
+        """(saddr, daddr) text for the raw words of one line, remembered."""
+        family, s0, s1, d0, d1 = key
+        if family == 4:
+            pair = tuple(socket.inet_ntoa(_U32.pack(int(word, 16))) for word in (s0, d0))
+        else:
+            pair = tuple(str(ipaddress.IPv6Address(_U64X2.pack(int(hi, 16), int(lo, 16))))
+                         for hi, lo in ((s0, s1), (d0, d1)))
+        if len(self.addresses) >= self.CACHE_MAX:
+            self.addresses.clear()
+        self.addresses[key] = pair
+        return pair
 
 
 # --- running bpftrace (side effects) --------------------------------------------------
@@ -372,6 +395,7 @@ def _die_with_parent():
 
 #: bpftrace's own error text -> what the user can do about it.
 _HINTS = (
+    ("root user", "run legacytrace as root"),
     ("not permitted", "run legacytrace as root (bpftrace needs CAP_BPF and CAP_PERFMON)"),
     ("memlock", "raise the locked-memory limit (ulimit -l unlimited)"),
     ("btf", "the bpf backend needs the kernel's BTF (/sys/kernel/btf/vmlinux): use -b ftrace"),
@@ -388,9 +412,7 @@ def explain(stderr_lines, returncode):
     errors = [line for line in lines if "ERROR" in line and not any(n in line for n in _NOISE)]
     quoted = (errors or lines or ["exit status {}".format(returncode)])[0]
     quoted = re.sub(r"^.*?ERROR:\s*", "", quoted)
-    text = " ".join(lines).lower()
-    hint = next((what for key, what in _HINTS if key in quoted.lower()),
-                next((what for key, what in _HINTS if key in text), None))
+    hint = next((what for key, what in _HINTS if key in quoted.lower()), None)
     message = "bpftrace could not run the program: {}".format(quoted)
     return message + ("; " + hint if hint else "")
 
@@ -413,6 +435,8 @@ class BpftraceSession(Session):
         self.stopping = False
 
     def attach(self):
+        # bpftrace reads tracepoint formats from tracefs, which may not be mounted yet.
+        hostmod.ensure_tracefs()
         self.folder = tempfile.mkdtemp(prefix="{}{}_".format(PREFIX, self.program.data["run_id"]))
         script = os.path.join(self.folder, "trace.bt")
         with open(script, "w") as out:
@@ -469,8 +493,10 @@ class BpftraceSession(Session):
                                        "try again on a less busy machine".format(
                                            self.start_timeout))
             alive = self._read_chunk(min(left, 0.5))
-            for line in self._split():
+            lines = self._split()
+            for index, line in enumerate(lines):
                 if line.startswith(marker):
+                    self.pending.extend(lines[index + 1:])
                     return
                 if line.startswith(TAG):  # an event before BEGIN; not "Attaching N probes..."
                     self.pending.append(line)
@@ -623,35 +649,28 @@ class BpfBackend(Backend):
         self.parser = LineParser(self.name)
 
     def check(self, host):
+        """The shared bpf check (backends/checks.py), plus what this program needs on top."""
+        verdict = checks.bpf(host)
+        if not verdict.available:
+            return verdict
         version = parse_version(host.bpftrace)
-        if not host.bpftrace or version is None:
-            return Availability.no("bpftrace not found or not runnable: install bpftrace "
-                                   "(apt install bpftrace / dnf install bpftrace)")
-        if version < MIN_VERSION:
+        if version is None or version < MIN_VERSION:
             return Availability.no("bpftrace {} is too old: {} or newer is needed".format(
-                ".".join(map(str, version)), ".".join(map(str, MIN_VERSION))))
+                host.bpftrace, ".".join(map(str, MIN_VERSION))))
         if not host.btf:
-            return Availability.no("the kernel has no BTF (/sys/kernel/btf/vmlinux), which "
-                                   "bpftrace needs to read struct sk_buff")
-        if not host.root:
-            return Availability.no("bpftrace needs root: run with sudo")
-        if not host.tracefs:
-            return Availability.no("tracefs is not mounted (bpftrace reads tracepoints there): "
-                                   "mount -t tracefs nodev /sys/kernel/tracing")
-        if host.kprobe_events:
-            return Availability.yes("bpftrace {} with BTF and kprobes".format(host.bpftrace))
-        events = sorted(set(tp.event for tp in TRACEPOINTS.values()) &
-                        set(host.tracepoints or ()))
-        if not events:
-            return Availability.no("no kprobes and none of the net/skb tracepoints here")
-        return Availability.yes("bpftrace {} with BTF, tracepoint mode (no kprobes): only "
-                                "functions with a tracepoint are traced".format(host.bpftrace))
+            return Availability.no("the kernel has no BTF (/sys/kernel/btf/vmlinux): the bpf "
+                                   "program reads struct sk_buff through BTF")
+        if checks.dynamic_mode(host) == checks.TRACEPOINT and not (
+                set(tp.event for tp in TRACEPOINTS.values()) & set(host.tracepoints)):
+            return Availability.no("no kprobes, and none of the net/skb tracepoints the "
+                                   "tracepoint mode uses")
+        return verdict
 
     def build(self, request):
         run_id = check_run_id(request.run_id)
         host = request.host
-        mode = "kprobe" if host.kprobe_events else "tracepoint"
-        if mode == "kprobe":
+        mode = checks.dynamic_mode(host) or checks.KPROBE
+        if mode == checks.KPROBE:
             plans, warnings = kprobe_plans(request.probes)
         else:
             plans, warnings = tracepoint_plans(request.probes, host)
