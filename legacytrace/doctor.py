@@ -54,17 +54,21 @@ def _host_lines(host):
     ]
 
 
-def _pick(host):
+def _pick(host, check):
     """(name or None, reason, assessed)."""
+    check = select.backend_checks() if check is None else check
     try:
-        return select.choose(host)
+        return select.choose(host, check=check)
     except BackendUnavailable as exc:
-        return None, str(exc), select.assess(host)
+        return None, str(exc), select.assess(host, check)
 
 
-def format_doctor(host):
-    """The human report: host summary, one line per backend, the pick, notes."""
-    name, reason, assessed = _pick(host)
+def format_doctor(host, check=None):
+    """The human report: host summary, one line per backend, the pick, notes.
+
+    `check` is as for `legacytrace.select.assess` (default: each backend's own check).
+    """
+    name, reason, assessed = _pick(host, check)
     _, why = select.preference(host)
     lines = ["host"]
     lines.extend("  {:<15} {}".format(label, text) for label, text in _host_lines(host))
@@ -80,9 +84,12 @@ def format_doctor(host):
     return "\n".join(lines)
 
 
-def doctor_json(host):
-    """The report as a JSON-ready dict: host facts, each backend's availability, the pick."""
-    name, reason, assessed = _pick(host)
+def doctor_json(host, check=None):
+    """The report as a JSON-ready dict: host facts, each backend's availability, the pick.
+
+    `check` is as for `format_doctor`.
+    """
+    name, reason, assessed = _pick(host, check)
     order, why = select.preference(host)
     return {
         "host": host.to_dict(),

@@ -11,11 +11,18 @@ Preference order (first guess from the kernel; the first that can run wins):
   with the kernel's headers knows the struct layouts exactly (SystemTap, then bpftrace
   which parses the headers); ftrace would need offsets from a table or guessed.
 
-Everything here is pure given `HostFacts`; the checks live in `legacytrace.backends.checks`
-so that no backend module is imported to decide.
+Each backend is judged by its own `Backend.check(host)` (`backend_checks()`), which starts
+from the mechanism's requirements in `legacytrace.backends.checks` and adds what its
+program needs (the ftrace backend, for one, needs struct offsets for the kernel). A
+backend module that cannot load is reported unavailable with the reason, and the rest
+still work. Pass `check=checks.CHECKS` to judge by the shared requirements alone: that
+is pure given `HostFacts` (the unit tests feed it recorded hosts).
 """
-from legacytrace import features
+import collections
+
+from legacytrace import backends, features
 from legacytrace.backends import checks
+from legacytrace.backends.base import Availability
 from legacytrace.errors import BackendUnavailable
 
 _OLD = (("stap", "ftrace", "bpf"),
@@ -37,20 +44,40 @@ def preference(host):
     return _NO_BTF
 
 
-def assess(host):
-    """[(name, Availability)] for every backend, in preference order."""
+def _cannot_load(reason):
+    return lambda host: Availability.no(reason)
+
+
+def backend_checks():
+    """{name: check(host)} of every registered backend; one that cannot load says why."""
+    found = collections.OrderedDict()
+    for name in backends.names():
+        try:
+            found[name] = backends.get(name).check
+        except BackendUnavailable as exc:
+            found[name] = _cannot_load(str(exc))
+    return found
+
+
+def assess(host, check=None):
+    """[(name, Availability)] for every backend, in preference order.
+
+    `check` maps backend names to check(host) functions; default `backend_checks()`.
+    """
+    check = backend_checks() if check is None else check
     names, _ = preference(host)
-    return [(name, checks.CHECKS[name](host)) for name in names]
+    return [(name, check[name](host)) for name in names]
 
 
-def choose(host, requested=None):
+def choose(host, requested=None, check=None):
     """Return (name, reason, [(name, Availability), ...]) for `trace` on `host`.
 
     `requested` (from --backend) forces that backend; it raises BackendUnavailable with
     the reason when that backend cannot run here. Without it, the first available
     backend in `preference` order wins; when none can run, BackendUnavailable lists why.
+    `check` is as for `assess`.
     """
-    assessed = assess(host)
+    assessed = assess(host, check)
     found = dict(assessed)
     if requested is not None:
         if requested not in found:

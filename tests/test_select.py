@@ -9,13 +9,16 @@ import os
 import pytest
 
 from conftest import DATA
+from legacytrace import backends, doctor, select
+from legacytrace.backends import checks
+from legacytrace.backends.base import Availability
+from legacytrace.errors import BackendUnavailable
+from legacytrace.host import HostFacts, probe_host
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden", "doctor")
 RECORDED = ("el7-3.10", "deb10-4.19", "lab-6.1", "fc-6.18")
-from legacytrace import doctor, select
-from legacytrace.backends import checks
-from legacytrace.errors import BackendUnavailable
-from legacytrace.host import HostFacts
+#: The mechanisms' requirements alone: pure, so recorded hosts give stable answers.
+SHARED = checks.CHECKS
 
 
 def facts(name, **changes):
@@ -26,13 +29,13 @@ def facts(name, **changes):
 
 
 def availability(host):
-    return dict((name, a.available) for name, a in select.assess(host))
+    return dict((name, a.available) for name, a in select.assess(host, SHARED))
 
 
 def test_el7_prefers_stap_then_ftrace():
     host = facts("el7-3.10")
     assert select.preference(host)[0] == ("stap", "ftrace", "bpf")
-    name, reason, assessed = select.choose(host)
+    name, reason, assessed = select.choose(host, check=SHARED)
     assert name == "stap"
     assert "/usr/src/kernels/3.10.0-1160.el7.x86_64" in reason
     assert availability(host) == {"stap": True, "ftrace": True, "bpf": False}
@@ -41,7 +44,7 @@ def test_el7_prefers_stap_then_ftrace():
 
 def test_el7_without_kernel_devel_falls_back_to_ftrace_kprobes():
     host = facts("el7-3.10", kernel_build=None)
-    name, reason, assessed = select.choose(host)
+    name, reason, assessed = select.choose(host, check=SHARED)
     assert name == "ftrace"
     assert "kprobe mode" in reason and "baseline syntax only" in reason
     assert "/sys/kernel/debug/tracing" in reason
@@ -51,7 +54,7 @@ def test_el7_without_kernel_devel_falls_back_to_ftrace_kprobes():
 def test_el7_not_root_nothing_runs():
     host = facts("el7-3.10", root=False, tracefs_mountable=False)
     with pytest.raises(BackendUnavailable) as info:
-        select.choose(host)
+        select.choose(host, check=SHARED)
     message = str(info.value)
     assert message.startswith("no backend can run here")
     assert "needs root" in message and "\n" not in message
@@ -60,10 +63,10 @@ def test_el7_not_root_nothing_runs():
 def test_deb10_4_19_without_btf_prefers_stap():
     host = facts("deb10-4.19")
     assert select.preference(host)[0] == ("stap", "bpf", "ftrace")
-    assert select.choose(host)[0] == "stap"
-    assert "bpftrace not installed (apt-get install bpftrace)" in dict(select.assess(host))["bpf"].reason
+    assert select.choose(host, check=SHARED)[0] == "stap"
+    assert "bpftrace not installed (apt-get install bpftrace)" in dict(select.assess(host, SHARED))["bpf"].reason
     host = facts("deb10-4.19", cc=None)
-    name, reason, _ = select.choose(host)
+    name, reason, _ = select.choose(host, check=SHARED)
     assert name == "ftrace"
     assert "comm, x-types, maxactive" in reason
 
@@ -71,7 +74,7 @@ def test_deb10_4_19_without_btf_prefers_stap():
 def test_fc_6_18_picks_bpf_in_tracepoint_mode():
     host = facts("fc-6.18")
     assert select.preference(host)[0] == ("bpf", "ftrace", "stap")
-    name, reason, assessed = select.choose(host)
+    name, reason, assessed = select.choose(host, check=SHARED)
     assert name == "bpf"
     assert checks.dynamic_mode(host) == checks.TRACEPOINT
     assert "tracepoint mode" in reason
@@ -81,15 +84,15 @@ def test_fc_6_18_picks_bpf_in_tracepoint_mode():
 
 
 def test_fc_6_18_without_bpftrace_uses_ftrace_tracepoints():
-    name, reason, _ = select.choose(facts("fc-6.18", bpftrace=None, bpftrace_loads=None))
+    name, reason, _ = select.choose(facts("fc-6.18", bpftrace=None, bpftrace_loads=None), check=SHARED)
     assert name == "ftrace"
     assert "tracepoint mode" in reason
 
 
 def test_bpftrace_that_cannot_load_is_not_picked():
     host = facts("fc-6.18", bpftrace_loads=False, bpftrace_error="ERROR: failed to load")
-    assert select.choose(host)[0] == "ftrace"
-    assert "cannot load a program here: ERROR: failed to load" in dict(select.assess(host))["bpf"].reason
+    assert select.choose(host, check=SHARED)[0] == "ftrace"
+    assert "cannot load a program here: ERROR: failed to load" in dict(select.assess(host, SHARED))["bpf"].reason
 
 
 def test_lab_6_1_picks_bpf_with_kprobes():
@@ -98,26 +101,26 @@ def test_lab_6_1_picks_bpf_with_kprobes():
         pytest.skip("6.1 lab facts not recorded")
     host = facts("lab-6.1")
     assert checks.dynamic_mode(host) == checks.KPROBE
-    name, reason, _ = select.choose(host)
+    name, reason, _ = select.choose(host, check=SHARED)
     assert name == "bpf" and "kprobe mode" in reason
 
 
 def test_requested_backend():
     host = facts("fc-6.18")
-    name, reason, _ = select.choose(host, requested="ftrace")
+    name, reason, _ = select.choose(host, check=SHARED, requested="ftrace")
     assert name == "ftrace" and reason.startswith("requested with --backend")
     with pytest.raises(BackendUnavailable) as info:
-        select.choose(host, requested="stap")
+        select.choose(host, check=SHARED, requested="stap")
     assert str(info.value).startswith("backend stap cannot run here: kernel built without CONFIG_KPROBES")
     with pytest.raises(BackendUnavailable) as info:
-        select.choose(host, requested="dtrace")
+        select.choose(host, check=SHARED, requested="dtrace")
     assert "choose one of stap, ftrace, bpf" in str(info.value)
 
 
 def test_tracefs_not_mounted_but_mountable():
     host = facts("deb10-4.19", tracefs=None, kprobe_events=None, kprobe_syntax=[], tracepoints=[],
                  kernel_build=None)
-    name, reason, _ = select.choose(host)
+    name, reason, _ = select.choose(host, check=SHARED)
     assert name == "ftrace"
     assert "tracefs mounted when the trace starts" in reason
     host = facts("deb10-4.19", tracefs=None, tracefs_mountable=False, root=False)
@@ -138,7 +141,7 @@ def test_install_hints_follow_the_distribution():
 
 
 def test_doctor_text_on_fc_6_18():
-    text = doctor.format_doctor(facts("fc-6.18"))
+    text = doctor.format_doctor(facts("fc-6.18"), SHARED)
     lines = text.splitlines()
     assert any(line.split() == ["tracefs", "/sys/kernel/tracing", "(instances:", "yes)"] for line in lines)
     kprobe_line = [line for line in lines if line.strip().startswith("kprobe_events")][0]
@@ -151,25 +154,25 @@ def test_doctor_text_on_fc_6_18():
 
 
 def test_doctor_text_when_nothing_runs():
-    text = doctor.format_doctor(facts("el7-3.10", root=False, tracefs_mountable=False))
+    text = doctor.format_doctor(facts("el7-3.10", root=False, tracefs_mountable=False), SHARED)
     assert "trace would use: nothing; no backend can run here" in text
 
 
 def test_doctor_json():
-    report = doctor.doctor_json(facts("el7-3.10"))
+    report = doctor.doctor_json(facts("el7-3.10"), SHARED)
     again = json.loads(json.dumps(report))
     assert again["pick"]["name"] == "stap"
     assert [b["name"] for b in again["backends"]] == ["stap", "ftrace", "bpf"]
     assert [b["available"] for b in again["backends"]] == [True, True, False]
     assert again["host"]["release"] == "3.10.0-1160.el7.x86_64"
     assert again["preference"]["order"] == ["stap", "ftrace", "bpf"]
-    none = doctor.doctor_json(facts("el7-3.10", root=False, tracefs_mountable=False))
+    none = doctor.doctor_json(facts("el7-3.10", root=False, tracefs_mountable=False), SHARED)
     assert none["pick"]["name"] is None and "no backend can run here" in none["pick"]["reason"]
 
 
 @pytest.mark.parametrize("name", RECORDED)
 def test_doctor_golden(name):
-    text = doctor.format_doctor(facts(name)) + "\n"
+    text = doctor.format_doctor(facts(name), SHARED) + "\n"
     path = os.path.join(GOLDEN, name + ".txt")
     if os.environ.get("LEGACYTRACE_REGEN_GOLDEN") == "1":
         if not os.path.isdir(GOLDEN):
@@ -178,3 +181,27 @@ def test_doctor_golden(name):
             handle.write(text)
     with open(path) as handle:
         assert text == handle.read()
+
+
+def test_backend_checks_come_from_the_backends():
+    found = select.backend_checks()
+    assert list(found) == backends.names()
+    assert all(callable(check) for check in found.values())
+
+
+def test_backend_that_cannot_load_is_unavailable(monkeypatch):
+    monkeypatch.setitem(backends.REGISTRY, "bpf", "legacytrace.backends.nosuchmodule:Nope")
+    found = select.backend_checks()
+    verdict = found["bpf"](facts("fc-6.18"))
+    assert verdict == Availability(False, verdict.reason)
+    assert "not part of this build" in verdict.reason
+    assert found["ftrace"] is not None
+
+
+def test_default_checks_on_this_machine():
+    """The CLI's path: live facts, each backend's own check."""
+    host = probe_host()
+    text = doctor.format_doctor(host)
+    report = doctor.doctor_json(host)
+    assert [b["name"] for b in report["backends"]] == list(select.preference(host)[0])
+    assert ("trace would use: " + (report["pick"]["name"] or "nothing")) in text
