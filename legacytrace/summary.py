@@ -74,8 +74,9 @@ class Summary(object):
             seconds = (self.last_ns - self.first_ns) / 1e9
             span = " over {:.3f} s".format(seconds) if seconds >= 1 else \
                 " over {:.3f} ms".format(seconds * 1e3)
-        lines = ["{} events in {}{} flows{}.".format(
-            self.events, len(self.flows), "+" if self.other_flow_events else "", span)]
+        lines = ["{} in {}{} {}{}.".format(
+            _plural(self.events, "event"), len(self.flows), "+" if self.other_flow_events else "",
+            "flow" if len(self.flows) == 1 and not self.other_flow_events else "flows", span)]
         if self.functions:
             lines.append("events per function:")
             lines.extend("{:>10}  {}".format(n, func) for func, n in _ranked(self.functions))
@@ -99,3 +100,7 @@ class Summary(object):
 def _ranked(counter):
     """(key, count) pairs, most first, ties in key text order so that output is stable."""
     return sorted(counter.items(), key=lambda item: (-item[1], str(item[0])))
+
+
+def _plural(count, noun):
+    return "{} {}{}".format(count, noun, "" if count == 1 else "s")
