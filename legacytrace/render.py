@@ -48,7 +48,8 @@ value the mechanism could not know is null.
 With a summary requested, the last line is one object with "type": "summary"
 (event objects have no "type" key): events, flows (distinct flows counted),
 flows_capped, other_flow_events, no_flow_events, functions (name -> events),
-top_flows (list of {family, proto, saddr, sport, daddr, dport, events}),
+top_flows (list of {family, proto, saddr, sport, daddr, dport, events}, proto
+named as in events),
 lost (cause -> events), lost_total, filtered (dropped by the user-space flow
 check), evicted (packets the --flows view printed before their end),
 first_ns, last_ns.
@@ -132,7 +133,7 @@ class LiveRenderer(Renderer):
             time=time_text(ev.time_ns), cpu=_or_dash(ev.cpu), proc=process_text(ev),
             func=func_text(ev), flow=flow_text(ev), len=_or_dash(ev.length),
             pcolor=_process_color(ev), fcolor=_func_color(ev))
-            + extra_text(ev, self._cmdline, dev=True) + "\n")
+            + extra_text(ev, self._cmdline) + "\n")
 
     def close(self, summary):
         """Nothing to finish: every event is already out."""
@@ -206,7 +207,7 @@ class FlowsRenderer(Renderer):
              + " {fcolor}{func:<26}" + _RESET + " {len:>5}")
 
     def __init__(self, stream, egress=(), color=False, cmdline=True, max_functions=None,
-                 max_open=1024, max_events=1000):
+                 max_open=1024, max_events=256):
         self._stream = stream
         self._egress = frozenset(egress)
         self._color = color
@@ -253,7 +254,7 @@ class FlowsRenderer(Renderer):
                        for process, cmdline in packet.owners())
         shown = packet.events if self._shown is None else packet.events[:self._shown]
         for ev in shown:
-            extra = extra_text(ev, cmdline=False, dev=True)
+            extra = extra_text(ev, cmdline=False)
             if ev.family is not None:
                 ev_flow = flow_text(ev)
                 if ev_flow != flow:
@@ -344,10 +345,10 @@ def flow_text(ev):
     return "{} {} id={} seq={}".format(text, name, ev.icmp_id, ev.icmp_seq)
 
 
-def extra_text(ev, cmdline, dev):
+def extra_text(ev, cmdline):
     """" name=value ..." for dev, the custom fields and (task context only) cmd; "" if none."""
     parts = []
-    if dev and ev.dev is not None:
+    if ev.dev is not None:
         parts.append("dev=" + _quote(ev.dev))
     for name, value in ev.fields.items():
         parts.append("{}={}".format(_clean(str(name)), _quote(value)))

@@ -8,6 +8,8 @@ summary is complete only after the renderers are closed.
 """
 import collections
 
+from legacytrace.model import PROTO_NAMES
+
 
 class Summary(object):
     """Counters of one trace run; flows are counted for the first `max_flows` distinct ones."""
@@ -58,7 +60,8 @@ class Summary(object):
             "other_flow_events": self.other_flow_events,
             "no_flow_events": self.no_flow_events,
             "functions": dict(self.functions),
-            "top_flows": [dict(key._asdict(), events=n) for key, n in _ranked(self.flows)[:top]],
+            "top_flows": [dict(key._asdict(), proto=PROTO_NAMES.get(key.proto, key.proto), events=n)
+                          for key, n in _ranked(self.flows)[:top]],
             "lost": dict(self.lost),
             "lost_total": sum(self.lost.values()),
             "filtered": self.filtered,

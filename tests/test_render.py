@@ -284,7 +284,7 @@ def test_summary_counts():
     assert data["functions"]["ip_output"] == 2 and data["functions"]["kfree_skb"] == 1
     # ping out (seq 1 and 2 are one flow), ping in, NAT'd ping in, tcp6, udp; one without a tuple
     assert data["flows"] == 5 and data["no_flow_events"] == 1
-    assert data["top_flows"][0] == dict(family=4, proto=1, saddr="10.0.2.15", sport=None,
+    assert data["top_flows"][0] == dict(family=4, proto="icmp", saddr="10.0.2.15", sport=None,
                                         daddr="10.0.2.2", dport=None, events=4)
     assert data["lost"] == {"ftrace overrun": 3, "rate limit": 4} and data["lost_total"] == 7
     assert data["filtered"] == 5 and data["evicted"] == 0
