@@ -1,0 +1,216 @@
+"""The stap backend on the lab kernel: modules compiled on the host, run in the guest.
+
+Host phase (`host` marker): the backend compiles each program against the guest kernel's
+headers (stap -r LEGACYTRACE_LAB_RELEASE -R LEGACYTRACE_LAB_STAP_RUNTIME) into its module
+cache, LEGACYTRACE_LAB_CACHE/stap-backend (shared with the guest), and builds one module for
+elsewhere into LEGACYTRACE_LAB_SHARED, as `legacytrace build --backend stap -o` does.
+Guest phase: the same programs run from the cache (no compiler is started: the second run of
+a request starts in seconds), and known traffic must come out with the right tuple, pid and
+command line; a filtered program shows only its flow; the prebuilt module runs with staprun.
+"""
+import os
+import socket
+import sys
+import threading
+import time
+
+import pytest
+
+import labkit
+from legacytrace.backends import stap
+from legacytrace.flowfilter import FlowFilter
+from legacytrace.host import HostFacts
+from legacytrace.model import Probe, TraceRequest
+
+#: 6.1 argument positions (KERNEL_FACTS.md).
+PROBES = [
+    Probe("ip_rcv", 1), Probe("ip_local_deliver", 1), Probe("tcp_v4_rcv", 1), Probe("udp_rcv", 1),
+    Probe("ip_output", 3, 2, fields={"mark": "skb.mark", "mtu": "skb.dev.mtu"}),
+    Probe("ip_finish_output", 3, 2), Probe("__dev_queue_xmit", 1),
+]
+#: Fixed ports, so that a filter can be compiled on the host before the guest exists.
+UDP_PORT = 47001
+TCP_PORT = 47002
+FILTERS = {
+    "all": {},
+    "udp": {"proto": "udp", "dport": str(UDP_PORT)},
+}
+PREBUILT = "lt_lab_icmp.ko"
+UDP_SEND = labkit.UDP_SEND
+TCP_CLIENT = ("import socket,sys;c=socket.create_connection((sys.argv[1],int(sys.argv[2])));"
+              "c.sendall(b'GET / HTTP/1.1\\r\\n\\r\\n');c.close()")
+
+
+def program(name, release):
+    request = TraceRequest(PROBES, FlowFilter.parse(**FILTERS[name]), HostFacts(release=release),
+                           run_id="lt{}".format(os.getpid()))
+    return stap.StapBackend().build(request)
+
+
+@pytest.fixture
+def module_cache(lab_cache, monkeypatch):
+    path = lab_cache / "stap-backend"
+    monkeypatch.setenv(stap.CACHE_ENV, str(path))
+    return path
+
+
+# --- host phase ------------------------------------------------------------------
+
+@pytest.mark.host
+@pytest.mark.parametrize("name", sorted(FILTERS))
+def test_host_compiles_then_hits_the_cache(name, lab_release, stap_runtime, module_cache):
+    backend = stap.StapBackend()
+    built = backend.compile(program(name, lab_release), runtime=str(stap_runtime))
+    started = time.monotonic()
+    again = backend.compile(program(name, lab_release), runtime=str(stap_runtime))
+    assert again == built
+    assert time.monotonic() - started < 2, "the second compile of the same request was not cached"
+
+
+@pytest.mark.host
+def test_host_builds_a_module_for_elsewhere(lab_release, lab_shared, stap_runtime, module_cache):
+    request = TraceRequest(PROBES, FlowFilter.parse(proto="icmp"), HostFacts(release=lab_release))
+    backend = stap.StapBackend()
+    out = lab_shared / PREBUILT
+    assert backend.compile(backend.build(request), runtime=str(stap_runtime), out=str(out)) == str(out)
+    assert out.stat().st_size > 0
+
+
+# --- guest phase -------------------------------------------------------------------
+
+class Tracer(object):
+    """A live stap session whose lines are collected by a thread while traffic runs."""
+
+    def __init__(self, program, runtime):
+        self.backend = stap.StapBackend()
+        self.session = self.backend.run(program, runtime=str(runtime))
+        self.lines = []
+        self.attach_seconds = None
+
+    def __enter__(self):
+        started = time.monotonic()
+        self.session.__enter__()
+        self.attach_seconds = time.monotonic() - started
+        self.thread = threading.Thread(target=lambda: self.lines.extend(self.session.lines()),
+                                       daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        time.sleep(1.0)  # the transport flushes on a timer
+        self.session.__exit__(*exc)
+        self.thread.join(10)
+
+    @property
+    def events(self):
+        return [e for e in (self.backend.parse(line) for line in self.lines) if e is not None]
+
+
+def udp_datagram():
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver:
+        receiver.bind((labkit.LOOPBACK, UDP_PORT))
+        sender = labkit.run_process("udp", [sys.executable, "-c", UDP_SEND, labkit.LOOPBACK,
+                                            str(UDP_PORT), labkit.UDP_PAYLOAD], dport=UDP_PORT)
+        receiver.settimeout(10)
+        assert receiver.recvfrom(100)[0] == labkit.UDP_PAYLOAD.encode()
+    return sender
+
+
+def tcp_connection():
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind((labkit.LOOPBACK, TCP_PORT))
+        server.listen(1)
+        client = labkit.run_process("tcp", [sys.executable, "-c", TCP_CLIENT, labkit.LOOPBACK,
+                                            str(TCP_PORT)], dport=TCP_PORT)
+        server.settimeout(10)
+        server.accept()[0].close()
+    return client
+
+
+def sent_by(events, workload, func):
+    return [e for e in events if e.func == func and e.pid == workload.pid]
+
+
+def save_capture(lab_shared, name, lines):
+    """Raw LT1 lines of this run, for tests/data/stap/ (see its README)."""
+    with open(str(lab_shared / "stap-{}-{}.txt".format(name, os.uname().release)), "w") as out:
+        out.write("".join(line + "\n" for line in lines))
+
+
+def test_flows_appear_with_tuple_pid_and_cmdline(lab_release, stap_runtime, module_cache,
+                                                 lab_shared, loopback):
+    with Tracer(program("all", lab_release), stap_runtime) as tracer:
+        assert tracer.attach_seconds < 30, "the module was not taken from the cache"
+        ping = labkit.ping()
+        udp = udp_datagram()
+        tcp = tcp_connection()
+    save_capture(lab_shared, "all", tracer.lines)
+    events = tracer.events
+    assert events, "no events: {}".format(tracer.session.stderr)
+
+    requests = [e for e in sent_by(events, ping, "ip_output") if e.icmp_type == 8]
+    assert len(requests) == 2, events
+    for event in requests:
+        assert (event.family, event.proto, event.saddr, event.daddr) == (4, 1, "127.0.0.1", "127.0.0.1")
+        assert event.context == "task" and event.comm == "ping"
+        assert event.cmdline == " ".join(ping.argv)
+        assert event.length == 84 and event.dev == "lo"
+        assert event.fields == {"mark": 0, "mtu": 65536}
+    seqs = sorted(e.icmp_seq for e in requests)
+    assert seqs == [1, 2]
+    received = [e for e in events if e.func == "ip_rcv" and e.proto == 1]
+    assert sorted(e.icmp_type for e in received) == [0, 0, 8, 8]
+    assert all(e.context == "softirq" for e in received)
+
+    out = sent_by(events, udp, "ip_output")
+    assert [(e.proto, e.dport, e.comm) for e in out] == [(17, UDP_PORT, udp.comm)], events
+    assert out[0].cmdline.startswith(sys.executable)
+    assert any(e.func == "udp_rcv" and e.dport == UDP_PORT and e.sport == out[0].sport for e in events)
+
+    syn = [e for e in sent_by(events, tcp, "ip_output") if e.dport == TCP_PORT]
+    assert syn and all(e.proto == 6 for e in syn)
+    assert syn[0].cmdline.startswith(sys.executable)
+    assert any(e.func == "tcp_v4_rcv" and e.sport == TCP_PORT and e.dport == syn[0].sport
+               for e in events), "the server's answer was not seen at tcp_v4_rcv"
+    assert tracer.session.lost == {}, tracer.session.lost
+
+
+def test_flow_filter_shows_only_its_flow(lab_release, stap_runtime, module_cache, lab_shared,
+                                         loopback):
+    with Tracer(program("udp", lab_release), stap_runtime) as tracer:
+        labkit.ping()
+        udp = udp_datagram()
+        tcp_connection()
+    save_capture(lab_shared, "udp", tracer.lines)
+    events = tracer.events
+    assert events
+    assert {(e.proto, e.dport) for e in events} == {(17, UDP_PORT)}, events
+    assert sent_by(events, udp, "ip_output")
+
+
+def test_module_built_elsewhere_runs_with_staprun(lab_shared, loopback):
+    backend = stap.StapBackend()
+    program = backend.module_program(str(lab_shared / PREBUILT))
+    tracer = Tracer(program, "/nonexistent-unused")
+    with tracer:
+        ping = labkit.ping()
+    requests = [e for e in sent_by(tracer.events, ping, "ip_output") if e.icmp_type == 8]
+    assert len(requests) == 2
+    assert {e.proto for e in tracer.events} == {1}
+
+
+def test_a_killed_staprun_leaves_a_module_that_cleanup_removes(lab_release, stap_runtime,
+                                                               module_cache, loopback):
+    backend = stap.StapBackend()
+    host = HostFacts(release=lab_release)
+    session = backend.run(program("udp", lab_release), runtime=str(stap_runtime))
+    session.attach()
+    pid = session.proc.pid
+    session.proc.kill()
+    session.proc.wait()
+    leftovers = backend.leftovers(host)
+    assert any(name.endswith("_{}".format(pid)) for name in leftovers), leftovers
+    assert backend.cleanup(host) == leftovers
+    assert backend.leftovers(host) == []
+    session.detach()

@@ -1,0 +1,106 @@
+"""The stap backend's parser on lines captured from the 6.1 lab kernel (tests/data/stap/)."""
+import random
+
+import pytest
+
+from legacytrace.backends import stap
+
+CAPTURE = "explore-6.1.0-56-amd64.txt"
+
+
+@pytest.fixture
+def lines(datadir):
+    return (datadir / "stap" / CAPTURE).read_text().splitlines()
+
+
+@pytest.fixture
+def events(lines):
+    parse = stap.StapBackend().parse
+    return [parse(line) for line in lines]
+
+
+def test_every_event_line_parses_and_the_lost_line_does_not(lines, events):
+    assert len(lines) == 63
+    assert all(e is not None for e in events[:-1])
+    assert lines[-1] == "LT1\tL\tfault\t12" and events[-1] is None
+
+
+def test_ping_request_sent_by_ping(events):
+    first = events[0]
+    assert (first.backend, first.source, first.kind) == ("stap", "kprobe", "entry")
+    assert (first.func, first.pid, first.tid, first.comm, first.context) == (
+        "ip_finish_output", 126, 126, "ping", "task")
+    assert (first.family, first.proto, first.saddr, first.daddr) == (4, 1, "127.0.0.1", "127.0.0.1")
+    assert (first.icmp_type, first.icmp_code, first.icmp_id, first.icmp_seq) == (8, 0, 126, 1)
+    assert (first.sport, first.dport) == (None, None)
+    assert (first.length, first.dev, first.cpu) == (84, "lo", 0)
+    assert first.cmdline == "ping -c 2 -i 0.2 127.0.0.1"
+    assert first.skb == 0xff11000005023d00
+    assert first.time_ns == 1795301862397261290
+    assert first.fields == {}
+
+
+def test_receive_side_is_softirq_without_cmdline(events):
+    received = [e for e in events if e is not None and e.func == "ip_rcv" and e.proto == 1]
+    assert [e.icmp_type for e in received] == [8, 0, 8, 0]
+    assert all(e.context == "softirq" and e.in_interrupt and e.cmdline is None for e in received)
+
+
+def test_ipv6_addresses_are_canonical_and_device_may_be_unknown(events):
+    v6 = [e for e in events if e is not None and e.family == 6]
+    assert len(v6) == 6
+    assert {(e.saddr, e.daddr, e.proto) for e in v6} == {("::1", "::1", 58)}
+    assert [e.icmp_type for e in v6 if e.func == "ipv6_rcv"] == [128, 129]
+    assert [e.dev for e in v6 if e.func == "ip6_output"] == [None, None]
+
+
+def test_udp_and_tcp_ports(events):
+    udp = [e for e in events if e is not None and e.proto == 17]
+    assert {(e.sport, e.dport) for e in udp} == {(55172, 9999)}
+    assert [e.func for e in udp][-1] == "udp_rcv" and udp[-1].length == 13
+    tcp = [e for e in events if e is not None and e.proto == 6]
+    assert {(e.sport, e.dport) for e in tcp} == {(56538, 8080), (8080, 56538)}
+    assert all(e.icmp_type is None for e in tcp)
+
+
+def test_cmdline_escapes_are_undone(events):
+    client = [e for e in events if e is not None and e.pid == 129 and e.context == "task"]
+    assert client
+    # the argument held backslash-r backslash-n as text; text_str() doubled the backslashes
+    assert client[0].cmdline.endswith("c.send(b'GET / HTTP/1.1\\r\\n\\r\\n'); c.close()")
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("plain", "plain"),
+    ("a\\tb\\nc\\\\d\\\"e", "a\tb\nc\\d\"e"),
+    ("caf\\303\\251", "caf\u00e9"),          # stap 4.0: bytes >= 0x80 as octal
+    ("caf\\u00e9 \\U0001f600", "caf\u00e9 \U0001f600"),  # stap 4.1+: UTF-8 as \\u/\\U
+    ("bell\\a\\033[0m", "bell\a\x1b[0m"),
+])
+def test_unescape_reverses_text_str(text, expected):
+    assert stap.unescape(text) == expected
+
+
+def test_custom_fields_and_unreadable_ones(lines):
+    line = lines[0] + "\tmark=7\tmtu=-"
+    event = stap.StapBackend().parse(line)
+    assert event.fields == {"mark": 7, "mtu": None}
+
+
+def test_parse_never_raises_on_mangled_lines(lines):
+    parse = stap.StapBackend().parse
+    rng = random.Random(5)
+    junk = ["", "-", "x", "-1", "\\", "0x10", "zz", "1" * 40, "\x00", "\u00e9"]
+    for line in lines:
+        for cut in range(0, len(line), 7):
+            parse(line[:cut])
+        columns = line.split("\t")
+        for index in range(len(columns)):
+            for value in junk:
+                mangled = list(columns)
+                mangled[index] = value
+                parse("\t".join(mangled))
+        parse(line.replace("\t", " "))
+        parse("".join(rng.choice(line) for _ in range(len(line))))
+    assert parse("LT2\t" + lines[0][4:]) is None, "another protocol version is not ours"
+    assert parse(lines[0].replace("\t0\tip_finish", "\t9\tip_finish")) is None
