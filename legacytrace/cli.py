@@ -95,13 +95,12 @@ def doctor(as_json):
       legacytrace doctor
       legacytrace doctor --json | jq .pick
     """
-    from legacytrace import select
-    facts = hostmod.probe()
-    report = select.assess(facts)
+    from legacytrace import doctor as doctormod
+    facts = hostmod.probe_host()
     if as_json:
-        click.echo(json.dumps(select.doctor_json(facts, report), indent=2, sort_keys=True))
+        click.echo(json.dumps(doctormod.doctor_json(facts), indent=2, sort_keys=True))
     else:
-        click.echo(select.format_doctor(facts, report))
+        click.echo(doctormod.format_doctor(facts))
 
 
 def _manifest_probes(spec, host, regex, functions=None):
@@ -134,7 +133,7 @@ def _backend(name, facts):
     """The backend to use: `name`, or the auto pick; fail with the reason if it can't run."""
     from legacytrace import select
     from legacytrace import backends
-    chosen, reason = select.choose(facts, None if name == "auto" else name)
+    chosen, reason, _ = select.choose(facts, None if name == "auto" else name)
     if name == "auto":
         click.echo("legacytrace: using {}: {}".format(chosen, reason), err=True)
     return backends.get(chosen)
@@ -203,9 +202,9 @@ def trace(manifest, backend, count, duration, rate_limit, regex, **opts):
       sudo legacytrace trace -p udp --json -c 100 > events.jsonl
       sudo legacytrace trace -b ftrace my-manifest.yaml -T 10
     """
-    from legacytrace import render, procinfo, symbols, trace as tracemod
+    from legacytrace import procinfo, summary, symbols, trace as tracemod
     flow = _flow(opts)
-    facts = hostmod.probe()
+    facts = hostmod.probe_host()
     chosen = _backend(backend, facts)
     functions = symbols.KernelFunctions(facts.tracefs)
     manifest_obj, probes = _manifest_probes(manifest, facts, regex, functions)
@@ -215,7 +214,7 @@ def trace(manifest, backend, count, duration, rate_limit, regex, **opts):
                            manifest=manifest_obj.source)
     _warn_leftovers(chosen, facts)
     program = chosen.build(request)
-    stats = render.Summary()
+    stats = summary.Summary()
     ended = tracemod.run(chosen, program, flow, limits, sink, stats,
                          enrich=procinfo.CmdlineCache().enrich)
     sink.close(stats)
@@ -251,7 +250,7 @@ def generate(manifest, backend, fmt, regex, **opts):
       legacytrace generate -b bpf http1
     """
     flow = _flow(opts)
-    facts = hostmod.probe()
+    facts = hostmod.probe_host()
     chosen = _backend(backend, facts) if backend == "auto" else _load_backend(backend)
     manifest_obj, probes = _manifest_probes(manifest, facts, regex)
     request = TraceRequest(probes, flow, facts, run_id="lt{}".format(os.getpid()),
@@ -284,11 +283,11 @@ def parse(capture, backend, **opts):
       legacytrace parse -b ftrace trace-capture.txt --json
       sh dns-trace.sh; legacytrace parse -b ftrace legacytrace-capture.txt --flows
     """
-    from legacytrace import render
+    from legacytrace import summary
     flow = _flow(opts)
     chosen = _load_backend(backend)
     sink = _output(opts, [])
-    stats = render.Summary()
+    stats = summary.Summary()
     for line in capture:
         event = chosen.parse(line.rstrip("\n"), None)
         if event is None:
@@ -320,7 +319,7 @@ def list_functions(regex):
         pattern = re.compile(regex or "")
     except re.error as exc:
         raise UsageError("invalid REGEX {!r}: {}".format(regex, exc))
-    facts = hostmod.probe()
+    facts = hostmod.probe_host()
     functions = symbols.KernelFunctions(facts.tracefs)
     if not functions.known:
         raise LegacytraceError("cannot read available_filter_functions or /proc/kallsyms: "
@@ -344,7 +343,7 @@ def cleanup(backend):
       sudo legacytrace cleanup
     """
     from legacytrace import backends
-    facts = hostmod.probe()
+    facts = hostmod.probe_host()
     names = backends.names() if backend == "auto" else [backend]
     removed = []
     for name in names:
