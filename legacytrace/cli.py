@@ -10,7 +10,7 @@ import re
 
 import click
 
-from legacytrace import __version__, host as hostmod, manifest as manifestmod
+from legacytrace import __version__, host as hostmod, manifest as manifestmod, symbols
 from legacytrace.errors import LegacytraceError, UsageError
 from legacytrace.flowfilter import FlowFilter
 from legacytrace.model import Limits, TraceRequest
@@ -202,7 +202,7 @@ def trace(manifest, backend, count, duration, rate_limit, regex, **opts):
       sudo legacytrace trace -p udp --json -c 100 > events.jsonl
       sudo legacytrace trace -b ftrace my-manifest.yaml -T 10
     """
-    from legacytrace import procinfo, summary, symbols, trace as tracemod
+    from legacytrace import procinfo, summary, trace as tracemod
     flow = _flow(opts)
     facts = hostmod.probe_host()
     chosen = _backend(backend, facts)
@@ -239,8 +239,10 @@ def _warn_leftovers(backend, facts):
               help="Program format: text, or what the backend offers (ftrace: sh).")
 @click.option("-r", "--regex", metavar="REGEX",
               help="Only the manifest functions whose names match.")
+@click.option("--host-facts", type=click.File("r"), metavar="FILE",
+              help="Build for another host: `legacytrace doctor --json` saved there.")
 @handle_errors
-def generate(manifest, backend, fmt, regex, **opts):
+def generate(manifest, backend, fmt, regex, host_facts, **opts):
     """Print the program a trace would run, to review, save or take to another host.
 
     \b
@@ -248,11 +250,16 @@ def generate(manifest, backend, fmt, regex, **opts):
       legacytrace generate -b stap -p icmp > icmp.stp
       legacytrace generate -b ftrace --format sh -p udp --dport 53 > dns-trace.sh
       legacytrace generate -b bpf http1
+      legacytrace generate -b ftrace --host-facts el7-doctor.json --format sh > el7.sh
     """
     flow = _flow(opts)
-    facts = hostmod.probe_host()
+    if host_facts is None:
+        facts = hostmod.probe_host()
+        functions = symbols.KernelFunctions(facts.tracefs)
+    else:
+        facts, functions = _recorded_host(host_facts), None
     chosen = _backend(backend, facts) if backend == "auto" else _load_backend(backend)
-    manifest_obj, probes = _manifest_probes(manifest, facts, regex)
+    manifest_obj, probes = _manifest_probes(manifest, facts, regex, functions)
     request = TraceRequest(probes, flow, facts, run_id="lt{}".format(os.getpid()),
                            manifest=manifest_obj.source)
     program = chosen.build(request)
@@ -261,6 +268,16 @@ def generate(manifest, backend, fmt, regex, **opts):
         raise UsageError("backend {} has no format {!r}: choose one of {}".format(
             chosen.name, fmt, ", ".join(formats)))
     click.echo(program.text if fmt == "text" else chosen.export(program, fmt), nl=False)
+
+
+def _recorded_host(handle):
+    """HostFacts from a saved `doctor --json` (or a bare facts object)."""
+    try:
+        data = json.load(handle)
+        return hostmod.HostFacts.from_dict(data.get("host", data))
+    except (ValueError, AttributeError, TypeError) as exc:
+        raise UsageError("{}: not the output of `legacytrace doctor --json` ({})".format(
+            handle.name, exc))
 
 
 def _load_backend(name):
@@ -314,7 +331,6 @@ def list_functions(regex):
       legacytrace list-functions '^ip_'
       legacytrace list-functions 'tcp_(v4_)?rcv'
     """
-    from legacytrace import symbols
     try:
         pattern = re.compile(regex or "")
     except re.error as exc:
