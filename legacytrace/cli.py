@@ -7,13 +7,14 @@ import functools
 import json
 import os
 import re
+import sys
 
 import click
 
 from legacytrace import __version__, host as hostmod, manifest as manifestmod, symbols
 from legacytrace.errors import LegacytraceError, UsageError
 from legacytrace.flowfilter import FlowFilter
-from legacytrace.model import Limits, TraceRequest
+from legacytrace.model import SKB_FREE_FUNCTIONS, Limits, TraceRequest
 
 BACKEND_CHOICES = ("auto", "stap", "ftrace", "bpf")
 CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=100)
@@ -154,8 +155,11 @@ def output_options(command):
     return command
 
 
-def _output(opts, probes):
-    """The sink for events, from the output flags; colour only on a terminal."""
+def _output(opts, probes, replay=False):
+    """The sink for events, from the output flags; colour only on a terminal.
+
+    A replay (`parse`) shows no command lines: the processes of a capture are not here.
+    """
     from legacytrace import render
     as_json, flows, length = opts.pop("as_json"), opts.pop("flows"), opts.pop("length")
     color = opts.pop("color")
@@ -163,15 +167,15 @@ def _output(opts, probes):
         raise UsageError("--json and --flows are alternatives: choose one")
     if length and not flows:
         raise UsageError("--length caps the blocks of --flows: add --flows")
-    stream = click.get_text_stream("stdout")
+    stream = sys.stdout
     use_color = color == "always" or (color == "auto" and stream.isatty())
     if as_json:
         return render.JsonRenderer(stream)
     if flows:
-        return render.FlowsRenderer(stream, color=use_color,
-                                    egress=set(p.name for p in probes if p.egress),
-                                    max_functions=length)
-    return render.LiveRenderer(stream, color=use_color)
+        egress = SKB_FREE_FUNCTIONS.union(p.name for p in probes if p.egress)
+        return render.FlowsRenderer(stream, color=use_color, egress=egress,
+                                    cmdline=not replay, max_functions=length)
+    return render.LiveRenderer(stream, color=use_color, cmdline=not replay)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -303,7 +307,7 @@ def parse(capture, backend, **opts):
     from legacytrace import summary
     flow = _flow(opts)
     chosen = _load_backend(backend)
-    sink = _output(opts, [])
+    sink = _output(opts, [], replay=True)
     stats = summary.Summary()
     for line in capture:
         event = chosen.parse(line.rstrip("\n"), None)
