@@ -325,16 +325,17 @@ def process_text(ev):
 
 def func_text(ev):
     """The function, as name()=retval for a return event."""
+    func = _clean(ev.func)
     if ev.kind == "return":
-        return "{}()={}".format(ev.func, "?" if ev.retval is None else ev.retval)
-    return ev.func
+        return "{}()={}".format(func, "?" if ev.retval is None else ev.retval)
+    return func
 
 
 def flow_text(ev):
     """Protocol, addresses and ports ("tcp 10.0.2.15:22 > 10.0.2.2:50000"), ICMP type and echo ids."""
     if ev.family is None:
         return "-"
-    text = str(ev.key)
+    text = _clean(str(ev.key))
     if ev.icmp_type is None:
         return text
     name = ICMP_TYPES.get(ev.proto, {}).get(ev.icmp_type)

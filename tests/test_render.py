@@ -327,3 +327,43 @@ def test_json_odd_values_still_give_what_to_dict_says():
     for event, line in zip(odd, out.getvalue().splitlines()):
         assert json.loads(line) == json.loads(json.dumps(event.to_dict(), default=str)), line
     assert max(map(ord, out.getvalue())) < 128
+
+
+# --- any event a backend can make renders, in every format --------------------------
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+_text = st.text(max_size=20)
+_maybe_int = st.none() | st.integers(min_value=-2 ** 63, max_value=2 ** 64)
+_events = st.builds(
+    FlowEvent, backend=st.sampled_from(["stap", "ftrace", "bpf"]),
+    source=st.sampled_from(["kprobe", "kretprobe", "tracepoint"]),
+    time_ns=st.none() | st.integers(min_value=0, max_value=2 ** 64), cpu=_maybe_int,
+    pid=_maybe_int, tid=_maybe_int, comm=st.none() | _text,
+    context=st.sampled_from(["task", "softirq", "hardirq", "nmi"]), func=_text,
+    kind=st.sampled_from(["entry", "return"]), retval=_maybe_int,
+    skb=st.none() | st.integers(min_value=0, max_value=2 ** 64 - 1),
+    family=st.sampled_from([None, 4, 6]), proto=st.sampled_from([None, 1, 6, 17, 58, 132]),
+    saddr=st.none() | _text, daddr=st.none() | _text, sport=_maybe_int, dport=_maybe_int,
+    icmp_type=_maybe_int, icmp_code=_maybe_int, icmp_id=_maybe_int, icmp_seq=_maybe_int,
+    length=_maybe_int, dev=st.none() | _text,
+    fields=st.dictionaries(_text, _text | st.integers(), max_size=3), cmdline=st.none() | _text)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(_events, max_size=8))
+def test_any_events_render_in_every_format(events):
+    summary = summary_of(events)
+    live, lines, flows = io.StringIO(), io.StringIO(), io.StringIO()
+    for renderer in (LiveRenderer(live), LiveRenderer(io.StringIO(), color=True),
+                     JsonRenderer(lines, summary=True),
+                     FlowsRenderer(flows, egress=("kfree_skb",), max_open=2)):
+        render(renderer, events, summary)
+    assert len(live.getvalue().splitlines()) == (len(events) + 1 if events else 0)
+    parsed = [json.loads(line) for line in lines.getvalue().splitlines()]
+    assert parsed[:-1] == [json.loads(json.dumps(e.to_dict())) for e in events]
+    assert parsed[-1]["type"] == "summary"
+    for text in (live.getvalue(), flows.getvalue()):
+        assert all(c.isprintable() or c == "\n" for c in text)
+    assert flows.getvalue().count("\n=== ") + flows.getvalue().startswith("=== ") == \
+        flows.getvalue().count("\n--- ")
