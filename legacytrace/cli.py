@@ -217,12 +217,20 @@ def trace(manifest, backend, count, duration, rate_limit, regex, **opts):
     request = TraceRequest(probes, flow, facts, limits=limits, run_id="lt{}".format(os.getpid()),
                            manifest=manifest_obj.source)
     _warn_leftovers(chosen, facts)
-    program = chosen.build(request)
+    program = _build(chosen, request)
     stats = summary.Summary()
     ended = tracemod.run(chosen, program, flow, limits, sink, stats,
                          enrich=procinfo.CmdlineCache().enrich)
     sink.close(stats)
     click.echo("legacytrace: {}. {}".format(ended, stats.to_text()), err=True)
+
+
+def _build(backend, request):
+    """Build the program, and say which probes the backend had to leave out."""
+    program = backend.build(request)
+    for warning in program.data.get("warnings", ()):
+        click.echo("legacytrace: warning: " + warning, err=True)
+    return program
 
 
 def _warn_leftovers(backend, facts):
@@ -266,7 +274,7 @@ def generate(manifest, backend, fmt, regex, host_facts, **opts):
     manifest_obj, probes = _manifest_probes(manifest, facts, regex, functions)
     request = TraceRequest(probes, flow, facts, run_id="lt{}".format(os.getpid()),
                            manifest=manifest_obj.source)
-    program = chosen.build(request)
+    program = _build(chosen, request)
     formats = getattr(chosen, "formats", ("text",))
     if fmt not in formats:
         raise UsageError("backend {} has no format {!r}: choose one of {}".format(

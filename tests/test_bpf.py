@@ -5,7 +5,6 @@ regenerate them with `LEGACYTRACE_REGEN_GOLDEN=1 .venv/bin/pytest tests/test_bpf
 and review the diff. Parser input is bpftrace output captured on a real kernel
 (tests/data/bpf/README.md says how).
 """
-import ipaddress
 import os
 import subprocess
 import sys
@@ -261,24 +260,6 @@ def test_truncated_and_damaged_captured_lines_never_raise():
 def test_parse_never_raises(text):
     backends.get("bpf").parse("LT1\t" + text)
     backends.get("bpf").parse(text)
-
-
-def test_parse_rate():
-    """Parsing costs at most 40 times splitting the line: a guard against gross regressions
-    (measured under load: about 4 on 3.11, 12-19 on 3.6)."""
-    parser = backends.get("bpf")
-    lines = captured() * 300
-
-    def loop(func):
-        start = time.perf_counter()
-        for line in lines:
-            func(line)
-        return time.perf_counter() - start
-
-    split = min(loop(lambda line: line.split("\t", 24)) for _ in range(3))
-    parse = min(loop(parser.parse) for _ in range(3))
-    assert parse < 40 * split, "parse {:.2f} us/line, split {:.2f} us/line".format(
-        parse / len(lines) * 1e6, split / len(lines) * 1e6)
 
 
 # --- checks, errors, leftovers -------------------------------------------------------
