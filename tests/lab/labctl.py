@@ -317,6 +317,7 @@ def lab_env(lab: Lab, run_dir: Path, phase: str) -> Dict[str, str]:
         "LEGACYTRACE_LAB_SHARED": str(run_dir / "shared"),
         "LEGACYTRACE_LAB_STRICT": os.environ.get("LEGACYTRACE_LAB_STRICT", "1"),
         "PYTHONDONTWRITEBYTECODE": "1",
+        "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",  # importing plugins (hypothesis) costs a minute under TCG
     }
     if phase == "guest":
         env["LEGACYTRACE_LAB"] = "1"

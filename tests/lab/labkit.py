@@ -10,7 +10,6 @@ import re
 import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -21,20 +20,9 @@ LOOPBACK = "127.0.0.1"
 UDP_PAYLOAD = "legacytrace-lab"
 HTTP_PATH = "/legacytrace-lab.txt"
 
-# Small programs run as their own processes so a test knows their pid and argv.
-UDP_SEND = (
-    "import socket,sys;"
-    "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);"
-    "s.sendto(sys.argv[3].encode(),(sys.argv[1],int(sys.argv[2])))"
-)
-UDP_RECV = (
-    "import socket,sys;"
-    "s=socket.socket(socket.AF_INET,socket.SOCK_DGRAM);"
-    "s.bind((sys.argv[1],int(sys.argv[2])));"
-    "print('ready',flush=True);"
-    "s.settimeout(30);"
-    "print(s.recvfrom(2048)[0].decode(),flush=True)"
-)
+# Senders are small programs of their own (bash, curl, busybox): under TCG every process
+# start costs seconds per shared library, and a Python start costs about ten.
+UDP_SEND = 'printf %s "$1" > /dev/udp/"$2"/"$3"'
 
 
 class LabError(RuntimeError):
@@ -53,11 +41,11 @@ class Workload:
     returncode: int
     output: str
     dport: Optional[int] = None
+    comm: str = ""
 
-    @property
-    def comm(self) -> str:
-        """What the kernel shows as comm: the executed file's base name, cut to 15 bytes."""
-        return os.path.basename(self.argv[0])[:15]
+    def __post_init__(self) -> None:
+        """comm as the kernel shows it: the executed file's base name, cut to 15 bytes."""
+        self.comm = self.comm or os.path.basename(self.argv[0])[:15]
 
     def as_dict(self) -> Dict[str, object]:
         """For sidecar files and failure messages."""
@@ -130,36 +118,57 @@ def ping(count: int = 2) -> Workload:
     return run_process("ping", ["ping", "-n", "-c", str(count), "-i", "0.2", "-W", "5", LOOPBACK])
 
 
-def udp_closed_port() -> Workload:
-    """A datagram to a port without a listener: the kernel answers ICMP port unreachable."""
-    port = free_port(socket.SOCK_DGRAM)
-    return run_process("udp-closed", [sys.executable, "-c", UDP_SEND, LOOPBACK, str(port), UDP_PAYLOAD],
+def udp_send(name: str, port: int) -> Workload:
+    """One datagram from bash's /dev/udp (the bash process itself sends it)."""
+    return run_process(name, ["bash", "-c", UDP_SEND, "bash", UDP_PAYLOAD, LOOPBACK, str(port)],
                        dport=port)
 
 
+def udp_closed_port() -> Workload:
+    """A datagram to a port without a listener: the kernel answers ICMP port unreachable."""
+    return udp_send("udp-closed", free_port(socket.SOCK_DGRAM))
+
+
 def udp_open_port() -> List[Workload]:
-    """A datagram to a listening socket; returns the sender and the receiver."""
-    port = free_port(socket.SOCK_DGRAM)
-    argv = [sys.executable, "-c", UDP_RECV, LOOPBACK, str(port)]
-    server = start_and_wait_for(argv, "ready")
-    sender = run_process("udp-open", [sys.executable, "-c", UDP_SEND, LOOPBACK, str(port), UDP_PAYLOAD],
-                         dport=port)
-    out, _ = server.communicate(timeout=60)
-    receiver = Workload("udp-receiver", argv, server.pid, server.returncode, "ready\n" + out)
-    if UDP_PAYLOAD not in out:
-        raise LabError("the UDP receiver got nothing: {!r}".format(out))
+    """A datagram to a socket of this process; returns the sender and the receiver (this process)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((LOOPBACK, 0))
+        sock.settimeout(30)
+        port = sock.getsockname()[1]
+        sender = udp_send("udp-open", port)
+        data = sock.recv(2048).decode()
+    if data != UDP_PAYLOAD:
+        raise LabError("the UDP receiver got {!r}".format(data))
+    me = Path("/proc/self")
+    argv = [a.decode() for a in me.joinpath("cmdline").read_bytes().split(b"\0")[:-1]]
+    receiver = Workload("udp-receiver", argv, os.getpid(), 0, data, port,
+                        me.joinpath("comm").read_text().strip())
     return [sender, receiver]
 
 
+def wait_listening(port: int, timeout: float = 60) -> None:
+    """Wait for a TCP listener without connecting to it (a probe connection would be traced too)."""
+    wanted = "{}:{:04X}".format("0100007F", port)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for line in Path("/proc/net/tcp").read_text().splitlines()[1:]:
+            fields = line.split()
+            if fields[1] == wanted and fields[3] == "0A":
+                return
+        time.sleep(0.1)
+    raise LabError("nothing listens on {}:{} after {} s".format(LOOPBACK, port, timeout))
+
+
 def http_request() -> List[Workload]:
-    """One TCP connection carrying an HTTP/1.1 GET to a local server; returns client and server."""
+    """One TCP connection carrying curl's HTTP/1.1 GET to busybox httpd; returns client and server."""
     port = free_port()
     with tempfile.TemporaryDirectory(prefix="ltlab-http-") as root:
         Path(root, HTTP_PATH.lstrip("/")).write_text("hello from the legacytrace lab\n")
-        argv = [sys.executable, "-u", "-m", "http.server", "--bind", LOOPBACK,
-                "--directory", root, str(port)]
-        server = start_and_wait_for(argv, "Serving HTTP")
+        argv = ["busybox", "httpd", "-f", "-v", "-p", "{}:{}".format(LOOPBACK, port), "-h", root]
+        server = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                  universal_newlines=True)
         try:
+            wait_listening(port)
             client = run_process("http", ["curl", "-sS", "--http1.1", "-o", "/dev/null",
                                           "-w", "%{http_code}",
                                           "http://{}:{}{}".format(LOOPBACK, port, HTTP_PATH)],
@@ -168,7 +177,7 @@ def http_request() -> List[Workload]:
             out = stop_process(server, signal.SIGTERM)
     if client.output.strip() != "200":
         raise LabError("HTTP request failed: curl said {!r}".format(client.output))
-    return [client, Workload("http-server", argv, server.pid, server.returncode, out)]
+    return [client, Workload("http-server", argv, server.pid, server.returncode, out, port)]
 
 
 def all_traffic() -> List[Workload]:
@@ -192,8 +201,8 @@ class Packet:
 
 
 PACKET_RE = re.compile(
-    r"^(?P<time>\d+\.\d+) IP (?P<src>[\d.]+?)(?:\.(?P<sport>\d+))? > "
-    r"(?P<dst>[\d.]+?)(?:\.(?P<dport>\d+))?: (?P<rest>.*)$")
+    r"^(?P<time>\d+\.\d+) IP (?P<src>\d+\.\d+\.\d+\.\d+)(?:\.(?P<sport>\d+))? > "
+    r"(?P<dst>\d+\.\d+\.\d+\.\d+)(?:\.(?P<dport>\d+))?: (?P<rest>.*)$")
 
 
 def parse_tcpdump_line(line: str) -> Optional[Packet]:
@@ -222,23 +231,18 @@ class Tcpdump:
     """tcpdump on an interface, started before and stopped after the traffic."""
 
     iface: str = "lo"
-    pcap: Path = field(default_factory=lambda: Path(tempfile.mkstemp(suffix=".pcap")[1]))
     proc: Optional[subprocess.Popen] = None
     text: List[str] = field(default_factory=list)
 
     def start(self) -> "Tcpdump":
         """Returns once tcpdump listens, so no packet of the traffic is missed."""
-        argv = ["tcpdump", "-i", self.iface, "-n", "-U", "--immediate-mode", "-w", str(self.pcap)]
+        argv = ["tcpdump", "-i", self.iface, "-n", "-tt", "-l", "--immediate-mode"]
         self.proc = start_and_wait_for(argv, "listening on", stream="stderr")
         return self
 
     def stop(self) -> List[Packet]:
-        """SIGINT to tcpdump itself flushes the file; then read it back as text."""
-        stop_process(self.proc)
-        out = subprocess.run(["tcpdump", "-r", str(self.pcap), "-n", "-tt"],
-                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                             universal_newlines=True, check=True).stdout
-        self.text = out.splitlines()
+        """SIGINT to tcpdump itself; it prints what is left and exits."""
+        self.text = stop_process(self.proc).splitlines()
         return self.packets()
 
     def packets(self) -> List[Packet]:
@@ -251,7 +255,6 @@ class Tcpdump:
     def __exit__(self, *exc) -> None:
         if self.proc and self.proc.poll() is None:
             self.stop()
-        self.pcap.unlink()
 
 
 # --- tracefs ------------------------------------------------------------------
@@ -266,9 +269,16 @@ def tracefs_root() -> Path:
 
 
 def append_line(path: Path, line: str) -> None:
-    """Append, never truncate: truncating kprobe_events deletes every probe on the system."""
-    with open(str(path), "a") as f:
-        f.write(line + "\n")
+    """Append, never truncate: truncating kprobe_events deletes every probe on the system.
+
+    A plain write on an O_APPEND descriptor, like the shell's `>>` (Python's "a" mode
+    also seeks, which tracefs refuses with EINVAL).
+    """
+    fd = os.open(str(path), os.O_WRONLY | os.O_APPEND)
+    try:
+        os.write(fd, (line + "\n").encode())
+    finally:
+        os.close(fd)
 
 
 class TraceSession:
