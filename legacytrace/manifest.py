@@ -20,6 +20,17 @@ fits the kernel version and exists on the host is used::
           - {name: ip_local_out_sk, skb_pos: 2, sk_pos: 1, kernel: "el7"}
           - {name: ip_local_out, skb_pos: 1, kernel: "<4.4"}
 
+Three more keys ask the backends for facts beyond the packet: `args` (per variant)
+names other arguments by position, from a fixed vocabulary (`ARG_TYPES`) so that
+the backend knows their C type; `peek: {arg: msg, bytes: N}` asks for the first N
+bytes of the user data that a `struct msghdr *` argument points to; `caller: true`
+asks for the return address (where a drop happened)::
+
+      - peek: {arg: msg, bytes: 64}
+        variants:
+          - {name: tcp_sendmsg, sk_pos: 1, args: {msg: 2}, kernel: ">=4.1"}
+          - {name: tcp_sendmsg, sk_pos: 2, args: {msg: 3}, kernel: "<4.1"}
+
 `kernel` is a space- or comma-separated list of conditions that must all hold:
 `>=X.Y[.Z]`, `<X.Y[.Z]` and `elN` (a RHEL/CentOS N kernel, which differ from
 upstream of the same version) or `!elN`.
@@ -48,15 +59,24 @@ FIELD_PATH_RE = re.compile(
 #: x86_64 passes the first six arguments in registers; kprobes read them from there.
 MAX_ARG_POS = 6
 
-_FUNCTION_KEYS = {"name", "skb_pos", "sk_pos", "egress", "description", "fields", "variants"}
-_VARIANT_KEYS = {"name", "skb_pos", "sk_pos", "kernel"}
+#: Extra arguments a variant may name (`args`), with the C type a backend reads them as.
+ARG_TYPES = collections.OrderedDict([("msg", "struct msghdr *"),
+                                     ("reason", "enum skb_drop_reason")])
+#: `peek` reads user data through this kind of argument, at most this many bytes.
+PEEK_ARGS = ("msg",)
+PEEK_MAX = 128
+
+_FUNCTION_KEYS = {"name", "skb_pos", "sk_pos", "args", "egress", "description", "fields",
+                  "variants", "peek", "caller"}
+_VARIANT_KEYS = {"name", "skb_pos", "sk_pos", "args", "kernel"}
 _TOP_KEYS = {"functions", "name", "description"}
 _CONDITION_RE = re.compile(r"^(>=|<)(\d+\.\d+(?:\.\d+)?)$|^(!?)el(\d+)$")
 
 
-class Variant(collections.namedtuple("Variant", "name skb_pos sk_pos versions el")):
+class Variant(collections.namedtuple("Variant", "name skb_pos sk_pos versions el args")):
     """One spelling of a function for some kernels: name, argument positions, kernel range.
 
+    `args` maps extra argument names (`ARG_TYPES`) to 1-based positions.
     `el` is None (any kernel), an int N (only .elN kernels) or -N (not .elN kernels).
     """
 
@@ -74,8 +94,10 @@ class Variant(collections.namedtuple("Variant", "name skb_pos sk_pos versions el
 
 
 class ManifestFunction(collections.namedtuple(
-        "ManifestFunction", "variants egress description fields")):
-    """One manifest entry: its variants in order of preference, and what they share."""
+        "ManifestFunction", "variants egress description fields peek caller")):
+    """One manifest entry: its variants in order of preference, and what they share.
+
+    `peek` is None or {"arg": name, "bytes": N}; `caller` asks for the return address."""
 
     __slots__ = ()
 
@@ -141,8 +163,8 @@ def _function(entry, where):
         where = "{} ({})".format(where, entry["name"])
     _no_unknown(entry, _FUNCTION_KEYS, where)
     if "variants" in entry:
-        if "name" in entry or "skb_pos" in entry or "sk_pos" in entry:
-            raise UsageError("{}: give either name/skb_pos/sk_pos or variants, not both"
+        if any(key in entry for key in ("name", "skb_pos", "sk_pos", "args")):
+            raise UsageError("{}: give either name/skb_pos/sk_pos/args or variants, not both"
                              .format(where))
         raw = entry["variants"]
         if not isinstance(raw, list) or not raw:
@@ -150,14 +172,60 @@ def _function(entry, where):
         variants = tuple(_variant(v, "{}.variants[{}]".format(where, i))
                          for i, v in enumerate(raw))
     else:
-        variants = (_variant(dict((k, entry[k]) for k in ("name", "skb_pos", "sk_pos")
+        variants = (_variant(dict((k, entry[k]) for k in ("name", "skb_pos", "sk_pos", "args")
                                   if k in entry), where),)
-    egress = entry.get("egress", False)
-    if not isinstance(egress, bool):
-        raise UsageError("{}: egress must be true or false, got {!r}".format(where, egress))
+    egress, caller = (_flag(entry, key, where) for key in ("egress", "caller"))
     return ManifestFunction(variants, egress,
                             _text(entry.get("description", ""), "description", where),
-                            _fields(entry.get("fields", {}), where))
+                            _fields(entry.get("fields", {}), where),
+                            _peek(entry.get("peek"), variants, where), caller)
+
+
+def _flag(entry, key, where):
+    value = entry.get(key, False)
+    if not isinstance(value, bool):
+        raise UsageError("{}: {} must be true or false, got {!r}".format(where, key, value))
+    return value
+
+
+def _args(value, taken, where):
+    """Validate `args: {name: position}`; `taken` are the skb/sk positions."""
+    if value is None:
+        return collections.OrderedDict()
+    if not isinstance(value, dict) or not value:
+        raise UsageError("{}: args must be a mapping of name: position, e.g. {{msg: 2}}"
+                         .format(where))
+    args = collections.OrderedDict()
+    for name in sorted(value, key=str):
+        if name not in ARG_TYPES:
+            raise UsageError("{}: args: unknown argument {!r} (known: {})".format(
+                where, name, ", ".join(ARG_TYPES)))
+        position = _position(value[name], "args: " + name, where)
+        if position in taken or position in args.values():
+            raise UsageError("{}: args: {} is at position {}, which another argument "
+                             "already has".format(where, name, position))
+        args[name] = position
+    return args
+
+
+def _peek(value, variants, where):
+    """Validate `peek: {arg: NAME, bytes: N}`; every variant must say where NAME is."""
+    if value is None:
+        return None
+    if not isinstance(value, dict) or set(value) != {"arg", "bytes"}:
+        raise UsageError("{}: peek must be {{arg: msg, bytes: N}}".format(where))
+    if value["arg"] not in PEEK_ARGS:
+        raise UsageError("{}: peek reads through {}, not {!r}".format(
+            where, " or ".join(PEEK_ARGS), value["arg"]))
+    size = value["bytes"]
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= PEEK_MAX:
+        raise UsageError("{}: peek bytes must be an integer from 1 to {}, got {!r}".format(
+            where, PEEK_MAX, size))
+    for variant in variants:
+        if value["arg"] not in variant.args:
+            raise UsageError("{}: peek reads {} but variant {} has no args: {{{}: N}}"
+                             .format(where, value["arg"], variant.name, value["arg"]))
+    return {"arg": value["arg"], "bytes": size}
 
 
 def _variant(entry, where):
@@ -176,7 +244,8 @@ def _variant(entry, where):
     if skb_pos is not None and skb_pos == sk_pos:
         raise UsageError("{}: skb_pos and sk_pos are both {}".format(where, skb_pos))
     versions, el = _kernel_condition(entry.get("kernel"), where)
-    return Variant(name, skb_pos, sk_pos, versions, el)
+    args = _args(entry.get("args"), (skb_pos, sk_pos), where)
+    return Variant(name, skb_pos, sk_pos, versions, el, args)
 
 
 def check_symbol(name, where):
@@ -285,7 +354,8 @@ def resolve(manifest, kernel, exists=None, skb_position=None):
                     "kernel's BTF): set skb_pos: {}".format(
                         manifest.source, variant.name, actual, variant.skb_pos, actual))
         probes.append(Probe(variant.name, variant.skb_pos, variant.sk_pos, function.egress,
-                            function.description, function.fields))
+                            function.description, function.fields, args=variant.args,
+                            peek=function.peek, caller=function.caller))
     return Resolution(probes, missing)
 
 

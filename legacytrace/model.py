@@ -109,12 +109,17 @@ class Probe(object):
     `struct sk_buff *` and `struct sock *` (None when the function has none).
     `egress` marks a function that ends a packet's journey (kfree_skb).
     `fields` are the manifest's custom fields (name -> validated field path).
+    `args` are extra arguments to report (name -> 1-based position; names and C types
+    in `legacytrace.manifest.ARG_TYPES`, e.g. reason -> enum skb_drop_reason), `peek`
+    is None or {"arg": "msg", "bytes": N} (the first N bytes of the user data behind
+    that struct msghdr * argument), `caller` asks for the return address.
     """
 
-    __slots__ = ("name", "skb_pos", "sk_pos", "egress", "description", "fields", "kind")
+    __slots__ = ("name", "skb_pos", "sk_pos", "egress", "description", "fields", "kind",
+                 "args", "peek", "caller")
 
     def __init__(self, name, skb_pos=None, sk_pos=None, egress=False, description="",
-                 fields=None, kind="entry"):
+                 fields=None, kind="entry", args=None, peek=None, caller=False):
         self.name = name
         self.skb_pos = skb_pos
         self.sk_pos = sk_pos
@@ -122,6 +127,9 @@ class Probe(object):
         self.description = description
         self.fields = collections.OrderedDict(fields or ())
         self.kind = kind
+        self.args = collections.OrderedDict(args or ())
+        self.peek = dict(peek) if peek else None
+        self.caller = caller
 
     def __repr__(self):
         return "Probe({!r}, skb_pos={!r}, sk_pos={!r}, egress={!r})".format(
