@@ -63,10 +63,10 @@ WINDOWS = {"l3": (0, 48), "l2": (8, 64), "l4": (-40, 8), None: (-40, 64)}
 #: Positions where the IP header's offset from skb->data is the same for every packet.
 FIXED_L3 = {"l3": 0}
 
-_SYMBOL = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*$")
-_RUN_ID = re.compile(r"^[a-z0-9_]+$")
-_FIELD_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
-_FIELD_PATH = re.compile(r"^skb\.([a-z_][a-z0-9_]*)$")
+_SYMBOL = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*\Z")
+_RUN_ID = re.compile(r"^[a-z0-9_]+\Z")
+_FIELD_NAME = re.compile(r"^[a-z][a-z0-9_]*\Z")
+_FIELD_PATH = re.compile(r"^skb\.([a-z_][a-z0-9_]*)\Z")
 
 #: Transport protocols whose header starts with the two ports.
 PORT_PROTOCOLS = (6, 17, 132, 136)
