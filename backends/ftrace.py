@@ -17,7 +17,7 @@ import logging
 import os
 import re
 
-from legacytrace import ftrace_kprobe, ftrace_parse, offsets, tracefs
+from legacytrace import flowfilter, ftrace_kprobe, ftrace_parse, offsets, tracefs
 from legacytrace.backends.base import Availability, Backend, Program, Session
 from legacytrace.errors import LegacytraceError, UsageError
 
@@ -82,6 +82,7 @@ class FtraceBackend(Backend):
 
     def build(self, request):
         host = request.host
+        flowfilter.check_values(request.flow)
         group = ftrace_kprobe.group_name(request.run_id)
         data = {"group": group, "release": host.release, "definitions": [], "events": []}
         if host.kprobe_events:

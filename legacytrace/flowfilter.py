@@ -6,9 +6,13 @@ the same result. Values here are numbers and `ipaddress` objects only: nothing a
 user typed reaches generated code as text.
 """
 import ipaddress
+import re
 
 from legacytrace.errors import UsageError
 from legacytrace.model import PROTO_NUMBERS
+
+#: ASCII digits only: str.isdigit() also accepts "²" and "١", which int() refuses or reads.
+_DIGITS = re.compile(r"[0-9]+\Z")
 
 
 def parse_proto(text):
@@ -18,7 +22,7 @@ def parse_proto(text):
     name = str(text).strip().lower()
     if name in PROTO_NUMBERS:
         return PROTO_NUMBERS[name]
-    if name.isdigit() and int(name) <= 255:
+    if _DIGITS.match(name) and int(name) <= 255:
         return int(name)
     raise UsageError("invalid protocol {!r}: use tcp, udp, icmp, icmp6 or a number 0-255"
                      .format(text))
@@ -40,7 +44,7 @@ def parse_port(text, what):
     if text is None:
         return None
     value = str(text).strip()
-    if value.isdigit() and int(value) <= 65535:
+    if _DIGITS.match(value) and int(value) <= 65535:
         return int(value)
     raise UsageError("invalid {} {!r}: use a number from 0 to 65535".format(what, text))
 
@@ -54,6 +58,24 @@ def parse_family(text):
         return int(value)
     raise UsageError("invalid IP version {!r}: use 4 or 6".format(text))
 
+
+def check_values(flow):
+    """Raise UsageError unless `flow` holds only what FlowFilter.parse() makes: ints in range
+    and ipaddress networks. A caller may set attributes directly, so a backend calls this
+    before it compiles the filter into generated code."""
+    if flow is None:
+        return
+    for name, high in (("proto", 255), ("sport", 65535), ("dport", 65535)):
+        value = getattr(flow, name)
+        if value is not None and (type(value) is not int or not 0 <= value <= high):
+            raise UsageError("flow filter: {} {!r} is not a number from 0 to {}".format(
+                name, value, high))
+    if flow.family not in (None, 4, 6):
+        raise UsageError("flow filter: IP version {!r} is not 4 or 6".format(flow.family))
+    for name in ("saddr", "daddr"):
+        net = getattr(flow, name)
+        if net is not None and not isinstance(net, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+            raise UsageError("flow filter: {} {!r} is not a network".format(name, net))
 
 class FlowFilter(object):
     """Which flows to keep; an attribute left None matches anything.
