@@ -39,11 +39,11 @@ import time
 
 import jinja2
 
-from legacytrace import host as hostmod
+from legacytrace import flowfilter, host as hostmod
 from legacytrace.backends import checks
 from legacytrace.backends.base import Availability, Backend, Program, Session
 from legacytrace.errors import BackendUnavailable, LegacytraceError, UsageError
-from legacytrace.manifest import SYMBOL_MAX, SYMBOL_RE
+from legacytrace.manifest import FIELD_NAME_RE, FIELD_PATH_RE, SYMBOL_MAX, SYMBOL_RE
 from legacytrace.model import FlowEvent
 
 #: The line protocol's version tag: the first field of every line the program prints.
@@ -59,7 +59,7 @@ STOP_GRACE = 5.0
 
 #: Names this backend gives what it leaves on disk; the run id follows (lt<pid>).
 PREFIX = "legacytrace_"
-RUN_ID_RE = re.compile(r"^[a-z0-9_]{1,32}$")
+RUN_ID_RE = re.compile(r"^[a-z0-9_]{1,32}\Z")
 OWNER_RE = re.compile(r"^" + PREFIX + r"lt(\d+)_")
 
 CONTEXTS = {"0": "task", "1": "softirq", "2": "hardirq"}
@@ -141,6 +141,17 @@ def check_symbol(name):
     return name
 
 
+def check_fields(probe):
+    """The names of `probe`'s custom fields, each checked as the manifest checks it: the
+    warning that names them is a comment in the program."""
+    for field, path in probe.fields.items():
+        if not (isinstance(field, str) and FIELD_NAME_RE.match(field)
+                and isinstance(path, str) and FIELD_PATH_RE.match(path)):
+            raise UsageError("function {}: invalid custom field {!r}: {!r}".format(
+                probe.name, field, path))
+    return list(probe.fields)
+
+
 def check_position(pos, what, name):
     """Return a 1-based argument position 1..6 (x86_64 registers) or None, else raise UsageError."""
     if pos is None:
@@ -193,6 +204,7 @@ def filter_terms(flow):
     """
     if flow is None or flow.is_empty():
         return None
+    flowfilter.check_values(flow)
     family = flow.family
     if family not in (None, 4, 6):
         raise UsageError("flow filter: family {!r} is not 4 or 6".format(family))
@@ -232,7 +244,7 @@ def kprobe_plans(probes):
             continue
         if probe.fields:
             warnings.append("{}: custom fields ({}) are not supported by the bpf backend yet"
-                            .format(name, ", ".join(probe.fields)))
+                            .format(name, ", ".join(check_fields(probe))))
         extras_format, extras_args = _extras(())
         plans.append(ProbePlan(
             func=name, description=_comment(probe.description), source="kprobe",
@@ -267,7 +279,7 @@ def tracepoint_plans(probes, host):
             continue
         if probe.fields:
             warnings.append("{}: custom fields ({}) are not supported by the bpf backend yet"
-                            .format(name, ", ".join(probe.fields)))
+                            .format(name, ", ".join(check_fields(probe))))
         used[tracepoint.event] = name
         extras = [extra for extra in tracepoint.extras
                   if extra.since is None or version >= extra.since]
