@@ -1,0 +1,386 @@
+"""Property-based tests (hypothesis): any input gives a valid result or a clean error.
+
+- manifests: any YAML document (and any text) parses to a valid Manifest or raises
+  UsageError, never anything else;
+- the flow filter: any command-line text gives a FlowFilter or a UsageError, and a
+  built filter's matches() never raises on any event;
+- every backend's line parser: any line, and any mutation of a line captured from a
+  real kernel, gives a FlowEvent or None, never an exception;
+- hostile identifiers (function names, custom field names and paths, run ids, filter
+  values of the wrong type) either stop the build with a LegacytraceError or were safe
+  already: nothing unvalidated reaches the stap script (kernel C), kprobe_events lines or
+  the bpftrace program.
+
+Bounded for CI: few examples per property, no deadline; the file runs in a few seconds.
+"""
+import glob
+import ipaddress
+import os
+import re
+
+import yaml
+from hypothesis import HealthCheck, given, settings, strategies as st
+
+from legacytrace import backends, flowfilter, manifest, offsets
+from legacytrace.backends.ftrace import FtraceBackend
+from legacytrace.errors import LegacytraceError, UsageError
+from legacytrace.flowfilter import FlowFilter
+from legacytrace.host import HostFacts
+from legacytrace.model import FlowEvent, Probe, TraceRequest
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+DATA = os.path.join(HERE, "data")
+BOUNDED = settings(max_examples=150, deadline=None, derandomize=True,
+                   suppress_health_check=[HealthCheck.too_slow])
+
+# --- what "safe" means for text that reaches generated code ------------------------
+#: A kernel symbol, anchored at the very end (`$` would let a trailing newline through).
+SAFE_SYMBOL = re.compile(r"[A-Za-z_][A-Za-z0-9_]*(\.(isra|constprop|part|cold|llvm)\.[0-9]+)*\Z")
+SAFE_FIELD_NAME = re.compile(r"[a-z_][a-z0-9_]{0,31}\Z")
+SAFE_FIELD_PATH = re.compile(r"(skb|sk|skb_shinfo\(skb\))(\.[a-z_][a-z0-9_]{0,63}){1,4}\Z")
+SAFE_RUN_ID = re.compile(r"[a-z0-9_]+\Z")
+
+# Text that would break out of a C string, a stap/bpftrace block or a kprobe_events line.
+HOSTILE = ["\n", "\r", "\x00", '"', "'", "\\", "%{", "%}", "}", "{", ";", "*/", "//", " ",
+           "\t", "$(id)", "`", "/", ":", "-:", "+0(%di)", "\u2028", "..", "(", ")"]
+
+
+def hostile_text(valid):
+    """Mostly-valid identifiers with hostile pieces inserted, and arbitrary text."""
+    piece = st.sampled_from(HOSTILE)
+    spliced = st.tuples(valid, piece, st.text(max_size=4)).map(lambda t: t[0] + t[1] + t[2])
+    prefixed = st.tuples(piece, valid).map(lambda t: t[0] + t[1])
+    return st.one_of(valid, spliced, prefixed, st.text(max_size=20))
+
+
+SYMBOLS = st.from_regex(r"\A[a-z_][a-z0-9_]{0,20}\Z")
+FIELD_NAMES = st.from_regex(r"\A[a-z_][a-z0-9_]{0,10}\Z")
+FIELD_PATHS = st.sampled_from(["skb.len", "skb.mark", "skb.dev.mtu", "sk.sk_mark",
+                               "skb_shinfo(skb).gso_size"])
+
+
+# --- manifests -----------------------------------------------------------------------
+
+KEYS = sorted(manifest._FUNCTION_KEYS | manifest._VARIANT_KEYS | manifest._TOP_KEYS) + ["color"]
+SCALARS = st.one_of(st.none(), st.booleans(), st.integers(-10, 300), st.floats(allow_nan=True),
+                    SYMBOLS, hostile_text(SYMBOLS), st.sampled_from([">=4.4", "<4.4", "el7",
+                                                                      "!el7", ">=5 <4", "skb.len"]))
+VALUES = st.recursive(
+    SCALARS,
+    lambda inner: st.one_of(st.lists(inner, max_size=4),
+                            st.dictionaries(st.one_of(st.sampled_from(KEYS), st.text(max_size=5)),
+                                            inner, max_size=5)),
+    max_leaves=20)
+FUNCTION = st.fixed_dictionaries(
+    {"name": hostile_text(SYMBOLS)},
+    optional={"skb_pos": st.one_of(st.integers(-1, 8), st.text(max_size=3)),
+              "sk_pos": st.integers(0, 7), "egress": VALUES, "description": VALUES,
+              "fields": st.dictionaries(hostile_text(FIELD_NAMES),
+                                        st.one_of(FIELD_PATHS, hostile_text(FIELD_PATHS)),
+                                        max_size=3),
+              "variants": VALUES, "kernel": VALUES, "color": VALUES})
+DOCUMENTS = st.one_of(
+    VALUES,
+    st.fixed_dictionaries({"functions": st.lists(st.one_of(FUNCTION, VALUES), max_size=4)},
+                          optional={"name": VALUES, "description": VALUES}))
+
+
+def check_manifest(parsed):
+    """A manifest that passed validation carries only safe names, paths and positions."""
+    assert parsed.functions
+    for function in parsed.functions:
+        assert isinstance(function.egress, bool)
+        for variant in function.variants:
+            assert SAFE_SYMBOL.match(variant.name) and len(variant.name) <= manifest.SYMBOL_MAX
+            for pos in (variant.skb_pos, variant.sk_pos):
+                assert pos is None or (type(pos) is int and 1 <= pos <= manifest.MAX_ARG_POS)
+        for name, path in function.fields.items():
+            assert SAFE_FIELD_NAME.match(name) and SAFE_FIELD_PATH.match(path), (name, path)
+
+
+@BOUNDED
+@given(DOCUMENTS)
+def test_any_manifest_document_is_valid_or_a_usage_error(document):
+    text = yaml.safe_dump(document, allow_unicode=True)
+    try:
+        parsed = manifest.parse(text, "prop.yaml")
+    except UsageError as err:
+        assert "\n" not in str(err).strip() or "prop.yaml" in str(err)
+        return
+    check_manifest(parsed)
+
+
+@BOUNDED
+@given(st.one_of(st.text(max_size=200), st.binary(max_size=200)))
+def test_any_manifest_text_is_valid_or_a_usage_error(text):
+    try:
+        parsed = manifest.parse(text, "prop.yaml")
+    except UsageError:
+        return
+    check_manifest(parsed)
+
+
+# --- the flow filter ---------------------------------------------------------------------
+
+def flow_text(examples):
+    return st.one_of(st.none(), st.sampled_from(examples), st.text(max_size=12),
+                     st.integers(-5, 70000).map(str))
+
+
+FLOW_ARGS = st.fixed_dictionaries({
+    "family": flow_text(["4", "6", "ipv4", "ipv6", "5"]),
+    "proto": flow_text(["tcp", "udp", "icmp", "icmp6", "17", "256", "\u00b2"]),
+    "saddr": flow_text(["10.0.0.1", "10.0.0.0/8", "fe80::/10", "::1", "10.0.0.300", "1.2.3.4/33"]),
+    "daddr": flow_text(["127.0.0.1", "::ffff:1.2.3.4", "0.0.0.0/0"]),
+    "sport": flow_text(["53", "65535", "65536", "-1", "\u0663"]),
+    "dport": flow_text(["80", "0", "08", "1e3"]),
+})
+TRICKY = st.sampled_from(["\u00b2", "\u0663", "\uff11", "1\n", " 80 ", "0x50", "+1", "1_0",
+                          "10.0.0.1%lo", "fe80::1%eth0", "::ffff:1.2.3.4/200", "ipv", "4\x00"])
+
+
+@BOUNDED
+@given(st.sampled_from([(flowfilter.parse_proto, ()), (flowfilter.parse_family, ()),
+                        (flowfilter.parse_port, ("port",)), (flowfilter.parse_net, ("address",))]),
+       st.one_of(TRICKY, st.text(max_size=10), st.integers().map(str)))
+def test_each_flow_value_parses_or_is_a_usage_error(parser, text):
+    function, extra = parser
+    try:
+        value = function(text, *extra)
+    except UsageError as err:
+        assert "\n" not in str(err).replace(repr(text), "")
+        return
+    assert value is None or isinstance(value, (int, ipaddress.IPv4Network, ipaddress.IPv6Network))
+
+
+IP4 = st.ip_addresses(v=4).map(str)
+IP6 = st.ip_addresses(v=6).map(str)
+EVENTS = st.builds(
+    lambda family, proto, saddr, daddr, sport, dport: FlowEvent(
+        family=family, proto=proto, saddr=saddr, daddr=daddr, sport=sport, dport=dport),
+    st.sampled_from([None, 4, 6, 5]), st.one_of(st.none(), st.integers(0, 255)),
+    st.one_of(st.none(), IP4, IP6, st.text(max_size=8)), st.one_of(st.none(), IP4, IP6),
+    st.one_of(st.none(), st.integers(0, 65535)), st.one_of(st.none(), st.integers(0, 65535)))
+
+
+@BOUNDED
+@given(FLOW_ARGS, st.lists(EVENTS, max_size=5))
+def test_any_filter_text_gives_a_filter_or_a_usage_error(args, events):
+    try:
+        flow = FlowFilter.parse(**args)
+    except UsageError as err:
+        assert str(err) and "\n" not in str(err)
+        return
+    assert flow.family in (None, 4, 6)
+    assert flow.proto is None or (type(flow.proto) is int and 0 <= flow.proto <= 255)
+    for port in (flow.sport, flow.dport):
+        assert port is None or (type(port) is int and 0 <= port <= 65535)
+    for net in (flow.saddr, flow.daddr):
+        assert net is None or isinstance(net, (ipaddress.IPv4Network, ipaddress.IPv6Network))
+    for event in events:
+        assert flow.matches(event) in (True, False)
+
+
+# --- line parsers: any line is an event or nothing --------------------------------------
+
+def captured_lines():
+    """Lines captured from real kernels (tests/data/*/, see each folder's README), and the
+    kprobe lines KERNEL_FACTS.md quotes from the 6.1 lab guest and an EL7 3.10 guest."""
+    lines = [
+        "            ping-72    [000] d.s1     3.288210: r: (ip_rcv+0x0/0x3e0) len=0x54",
+        "ping-87 [000] ..s1. 3.607227: iprcv: (ip_rcv+0x0/0x1d0) skb=0xffff8dcf81335800 len=84",
+    ]
+    patterns = ["ftrace/*.trace", "ftrace/*.txt", "stap/*.txt", "bpf/*.txt"]
+    for pattern in patterns:
+        for path in sorted(glob.glob(os.path.join(DATA, pattern))):
+            with open(path, errors="replace") as handle:
+                lines.extend(line.rstrip("\n") for line in handle if line.strip())
+    return [line for line in lines if not line.startswith("#")][:400]
+
+
+SEEDS = captured_lines()
+SEPARATORS = st.sampled_from(["\t", " ", "=", ":", "-", "(", ")", "0x", "\\", "/", "[", "]"])
+
+
+@st.composite
+def mutated(draw):
+    """A captured line with one of its tab/space separated fields replaced, cut or doubled."""
+    line = draw(st.sampled_from(SEEDS))
+    sep = "\t" if "\t" in line else " "
+    parts = line.split(sep)
+    index = draw(st.integers(0, len(parts) - 1))
+    how = draw(st.sampled_from(["replace", "cut", "drop", "double", "splice"]))
+    if how == "replace":
+        parts[index] = draw(st.one_of(st.text(max_size=12), st.integers().map(str),
+                                      st.sampled_from(["-1", "", "0x", "ffffffffffffffffffff",
+                                                       "\u00b2", "nan", "(fault)", "9" * 40])))
+    elif how == "cut":
+        return sep.join(parts)[:draw(st.integers(0, len(line)))]
+    elif how == "drop":
+        del parts[index]
+    elif how == "double":
+        parts.insert(index, parts[index])
+    else:
+        parts[index] = parts[index] + draw(SEPARATORS) + draw(st.text(max_size=6))
+    return sep.join(parts)
+
+
+LINES = st.one_of(mutated(), st.sampled_from(SEEDS), st.text(max_size=120))
+
+
+def check_parse(name, line):
+    backend = backends.get(name)
+    event = backend.parse(line, None)
+    assert event is None or isinstance(event, FlowEvent), event
+    if event is not None:
+        assert event.family in (None, 4, 6), event
+        assert event.context in ("task", "softirq", "hardirq", "nmi"), event
+
+
+def test_every_seed_parses_in_its_own_backend():
+    """The seeds are real events: the mutations start from lines that parse."""
+    parsed = [line for line in SEEDS
+              if any(backends.get(n).parse(line, None) for n in ("ftrace", "stap", "bpf"))]
+    assert len(parsed) > 20
+
+
+@BOUNDED
+@given(LINES)
+def test_ftrace_parse_never_raises(line):
+    check_parse("ftrace", line)
+
+
+@BOUNDED
+@given(LINES)
+def test_stap_parse_never_raises(line):
+    check_parse("stap", line)
+
+
+@BOUNDED
+@given(LINES)
+def test_bpf_parse_never_raises(line):
+    check_parse("bpf", line)
+
+
+# --- hostile identifiers never reach generated code ---------------------------------------
+
+LAB_61 = dict(release="6.1.0-56-amd64", root=True, tracefs="/sys/kernel/tracing",
+              kprobe_events=True, kprobe_pmu=True, btf="/sys/kernel/btf/vmlinux",
+              bpftrace="0.17.0", bpftrace_loads=True, instances=True, arch="x86_64",
+              tracepoints=["net:netif_receive_skb", "net:net_dev_queue", "skb:kfree_skb"])
+EL7 = dict(LAB_61, release="3.10.0-1160.el7.x86_64", btf=None, kprobe_pmu=False,
+           tracefs="/sys/kernel/debug/tracing")
+
+#: Real functions too: those where a backend compiles the flow filter into the kernel side
+#: (the IP header at skb->data, a struct sock *), so that hostile filter values get there.
+KNOWN = st.sampled_from(["ip_rcv", "ip_output", "tcp_sendmsg", "__dev_queue_xmit"])
+PROBES = st.builds(
+    lambda name, skb_pos, sk_pos, fields: Probe(name, skb_pos, sk_pos, fields=fields),
+    st.one_of(KNOWN, KNOWN, hostile_text(SYMBOLS)),
+    st.one_of(st.sampled_from([1, 1, 3, None]), st.integers(-2, 9), st.text(max_size=2),
+              st.booleans()),
+    st.one_of(st.none(), st.integers(0, 7)),
+    st.dictionaries(hostile_text(FIELD_NAMES), st.one_of(FIELD_PATHS, hostile_text(FIELD_PATHS)),
+                    max_size=2))
+RUN_IDS = st.one_of(st.just("lt4242"), hostile_text(st.from_regex(r"\Alt[0-9]{1,6}\Z")))
+NETS = st.one_of(
+    st.none(),
+    st.tuples(st.ip_addresses(), st.integers(0, 128)).map(
+        lambda t: ipaddress.ip_network("{}/{}".format(t[0], min(t[1], t[0].max_prefixlen)),
+                                       strict=False)))
+
+
+@st.composite
+def flows(draw):
+    """Valid filters, and filters whose attributes were set to values of the wrong type
+    (a caller that bypassed FlowFilter.parse): the backends must check them again."""
+    family = draw(st.sampled_from([None, 4, 6]))
+    flow = FlowFilter(family=family, saddr=draw(NETS if family is None else st.none()))
+    for name, values in (("proto", st.one_of(st.none(), st.integers(0, 255))),
+                         ("sport", st.one_of(st.none(), st.integers(0, 65535))),
+                         ("dport", st.one_of(st.none(), st.integers(0, 65535)))):
+        setattr(flow, name, draw(values))
+    if draw(st.booleans()):
+        setattr(flow, draw(st.sampled_from(["proto", "sport", "dport", "family", "saddr"])),
+                draw(st.one_of(hostile_text(st.just("17")), st.integers(-5, 1 << 20),
+                               st.booleans(), st.floats())))
+    return flow
+
+
+def request_is_safe(request, run_id_used=True):
+    """True when every user-supplied value of the request would pass strict validation.
+
+    `run_id_used`: the stap backend names its module by content hash, so the run id
+    never reaches its script."""
+    if run_id_used and (not isinstance(request.run_id, str) or not SAFE_RUN_ID.match(request.run_id)):
+        return False
+    for probe in request.probes:
+        if not isinstance(probe.name, str) or not SAFE_SYMBOL.match(probe.name):
+            return False
+        if any(pos is not None and (type(pos) is not int or not 1 <= pos <= 6)
+               for pos in (probe.skb_pos, probe.sk_pos)):
+            return False
+        for name, path in probe.fields.items():
+            if not SAFE_FIELD_NAME.match(name) or not SAFE_FIELD_PATH.match(path):
+                return False
+    flow = request.flow
+    for name, high in (("proto", 255), ("sport", 65535), ("dport", 65535)):
+        value = getattr(flow, name)
+        if value is not None and (type(value) is not int or not 0 <= value <= high):
+            return False
+    if flow.family not in (None, 4, 6):
+        return False
+    return all(net is None or isinstance(net, (ipaddress.IPv4Network, ipaddress.IPv6Network))
+               for net in (flow.saddr, flow.daddr))
+
+
+def el7_ftrace():
+    return FtraceBackend(layout_for=lambda host: offsets.from_table(host.release))
+
+
+BUILDERS = {
+    "stap": (lambda: backends.get("stap"), LAB_61),
+    "ftrace": (el7_ftrace, EL7),
+    "bpf": (lambda: backends.get("bpf"), LAB_61),
+}
+
+
+def check_build(name, probes, flow, run_id):
+    make, facts = BUILDERS[name]
+    request = TraceRequest(probes, flow, HostFacts(**facts), run_id=run_id)
+    try:
+        program = make().build(request)
+    except LegacytraceError:
+        return
+    assert request_is_safe(request, run_id_used=name != "stap"), \
+        "built from unvalidated input:\n" + program.text
+    if name == "ftrace":
+        for definition in program.data["definitions"]:
+            assert "\n" not in definition.line(program.data["group"])
+
+
+@settings(BOUNDED, max_examples=100)
+@given(st.lists(PROBES, min_size=1, max_size=3), flows(), RUN_IDS)
+def test_stap_builds_only_from_validated_input(probes, flow, run_id):
+    check_build("stap", probes, flow, run_id)
+
+
+@settings(BOUNDED, max_examples=100)
+@given(st.lists(PROBES, min_size=1, max_size=3), flows(), RUN_IDS)
+def test_ftrace_builds_only_from_validated_input(probes, flow, run_id):
+    check_build("ftrace", probes, flow, run_id)
+
+
+@settings(BOUNDED, max_examples=100)
+@given(st.lists(PROBES, min_size=1, max_size=3), flows(), RUN_IDS)
+def test_bpf_builds_only_from_validated_input(probes, flow, run_id):
+    check_build("bpf", probes, flow, run_id)
+
+
+@BOUNDED
+@given(st.sampled_from(sorted(BUILDERS)), st.sampled_from(HOSTILE[:4]))
+def test_a_trailing_newline_never_passes(name, piece):
+    """`$` in a regex matches before a final newline; every check must anchor with \\Z."""
+    probes = [Probe("ip_rcv" + piece, 1)]
+    check_build(name, probes, FlowFilter(), "lt4242")
+    check_build(name, [Probe("ip_rcv", 1)], FlowFilter(), "lt4242" + piece)
