@@ -14,7 +14,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional
+from typing import Dict, Iterable, List, Optional, Set
 
 LOOPBACK = "127.0.0.1"
 UDP_PAYLOAD = "legacytrace-lab"
@@ -289,7 +289,6 @@ class TraceSession:
         self.inst = self.root / "instances" / instance
         self.kprobes: List[str] = []
         self.enabled: List[str] = []
-        self.options: Dict[str, str] = {}
 
     def __enter__(self) -> "TraceSession":
         self.inst.mkdir()
@@ -313,11 +312,9 @@ class TraceSession:
         (self.inst / "events" / event / "enable").write_text("1")
         self.enabled.append(event)
 
-    def set_global_option(self, name: str, value: str) -> None:
-        """Some options (record-tgid) exist only at the top level: remember and restore them."""
-        path = self.root / "options" / name
-        self.options.setdefault(name, path.read_text().strip())
-        path.write_text(value)
+    def set(self, name: str, value: str) -> None:
+        """Write an instance file (trace_clock, options/hash-ptr); the instance dies with the session."""
+        (self.inst / name).write_text(value)
 
     def read_pipe(self, settle: float = 0.5) -> str:
         """Drain trace_pipe without blocking, until it stays empty for `settle` seconds."""
@@ -357,9 +354,6 @@ class TraceSession:
         for event in self.kprobes:
             append_line(self.root / "kprobe_events", "-:" + event)
         self.kprobes = []
-        for name, value in self.options.items():
-            (self.root / "options" / name).write_text(value)
-        self.options = {}
 
 
 # --- struct layout from BTF ---------------------------------------------------
@@ -383,6 +377,12 @@ def btf_offsets(struct: str, members: Iterable[str],
             raise LabError("pahole shows no member {} in struct {}".format(name, struct))
         found[name] = int(m.group(1))
     return found
+
+
+def kernel_symbols() -> Set[str]:
+    """Names in /proc/kallsyms outside modules: a static function the compiler inlined is absent."""
+    with open("/proc/kallsyms") as f:
+        return {fields[2] for fields in map(str.split, f) if len(fields) == 3}
 
 
 def kernel_release() -> str:
