@@ -3,6 +3,7 @@
 Every failure the user can act on is a LegacytraceError: one line on stderr,
 a non-zero exit, no traceback. Flags follow bcc, pwru and ipftrace.
 """
+import errno
 import functools
 import json
 import os
@@ -52,8 +53,18 @@ def _flow(opts):
                             sport=opts.pop("sport"), dport=opts.pop("dport"))
 
 
+#: Set to 1 to see the traceback of an internal error instead of its one-line report.
+DEBUG_ENV = "LEGACYTRACE_DEBUG"
+
+
 def handle_errors(func):
-    """Turn a LegacytraceError into one line on stderr and its exit code."""
+    """Turn a LegacytraceError into one line on stderr and its exit code.
+
+    Any other exception is a bug: by the time it gets here the trace session has detached
+    (Session.__exit__), so it becomes one line asking for a report, exit 1; with
+    LEGACYTRACE_DEBUG=1 the traceback shows instead. click's own exits pass through, and so
+    does a closed output pipe (EPIPE), which click's main() ends quietly.
+    """
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
         try:
@@ -62,6 +73,14 @@ def handle_errors(func):
             if exc.exit_code == 2:
                 raise click.UsageError(str(exc))
             raise click.ClickException(str(exc))
+        except (click.exceptions.ClickException, click.exceptions.Abort, click.exceptions.Exit):
+            raise
+        except Exception as exc:
+            if getattr(exc, "errno", None) == errno.EPIPE or os.environ.get(DEBUG_ENV) == "1":
+                raise
+            raise click.ClickException(
+                "internal error: {}: {} (a bug in legacytrace: please report it with the command "
+                "line; {}=1 shows the traceback)".format(type(exc).__name__, exc, DEBUG_ENV))
     return wrapper
 
 
