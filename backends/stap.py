@@ -55,9 +55,11 @@ RUNTIME_ENV = "LEGACYTRACE_STAP_RUNTIME"
 STAP_DEFINES = ("-DSTP_NO_OVERLOAD", "-DMAXSKIPPED=100000000")
 #: `uname -r` text, or a build tree path for `stap -r`.
 RELEASE_RE = re.compile(r"^[A-Za-z0-9_.+~-]{1,100}$")
-#: Loaded modules that are ours: lt_<hex of the content hash>_<pid of staprun>; staprun -R
-#: keeps the first 15 characters of the name (seen on the 6.1 lab: lt_016d8cec070e_120).
-LOADED_RE = re.compile(r"^(lt_[0-9a-f]{1,16})_([0-9]+)$")
+#: A module staprun -R loaded: NAME cut to leave room for _<pid of staprun>, within the
+#: length of NAME (seen on the 6.1 lab: lt_016d8cec070e491c -> lt_016d8cec070e_120).
+RENAMED_RE = re.compile(r"^lt_[A-Za-z0-9_]*_([0-9]+)$")
+#: Module names of `legacytrace build -o lt_NAME.ko`.
+BUILT_NAME_RE = re.compile(r"lt_[a-z0-9_]{1,40}")
 #: How long the module may take to load and register its probes (QEMU TCG is slow).
 ATTACH_TIMEOUT = 120.0
 STOP_TIMEOUT = 30.0
@@ -102,26 +104,43 @@ class StapBackend(Backend):
             "probes": [probe["name"] for probe in probes]})
 
     def module_program(self, path):
-        """A Program for a module built elsewhere (`legacytrace trace --stap-module`)."""
-        if not path.endswith(".ko") or not os.path.isfile(path):
-            raise UsageError("{}: not a SystemTap module file (NAME.ko built with "
-                             "`legacytrace build --backend stap`)".format(path))
+        """A Program for a module built elsewhere (`legacytrace trace --stap-module`).
+
+        staprun needs the file to keep the name it was built with (NAME.ko holds NAME).
+        """
+        name = os.path.basename(path)[:-3] if path.endswith(".ko") else ""
+        if not BUILT_NAME_RE.fullmatch(name) or not os.path.isfile(path):
+            raise UsageError("{}: not a module built with `legacytrace build --backend stap "
+                             "-o lt_NAME.ko`".format(path))
+        with open(path, "rb") as handle:
+            if name.encode("ascii") + b"\0" not in handle.read():
+                raise UsageError("{} was built under another name: rename it back to the "
+                                 "file name it was built as".format(path))
         return Program(self.name, "# prebuilt SystemTap module {}\n".format(path),
-                       {"protocol": PROTOCOL, "module": os.path.abspath(path)})
+                       {"protocol": PROTOCOL, "module": os.path.abspath(path), "rename": False})
 
     def compile(self, program, release=None, runtime=None, out=None):
         """Return the path of the module for `program`, compiling it unless cached.
 
         `release` (a `uname -r` or a build tree, default the program's target) and
         `runtime` (a SystemTap runtime directory, default $LEGACYTRACE_STAP_RUNTIME)
-        pass through as `stap -r` / `stap -R`. `out` also copies the module there.
+        pass through as `stap -r` / `stap -R`. `out` (lt_NAME.ko) builds the module under
+        that name, for `legacytrace build`, and copies it there.
         """
+        name = None
+        if out:
+            name = os.path.basename(out)[:-3] if out.endswith(".ko") else ""
+            if not BUILT_NAME_RE.fullmatch(name):
+                raise UsageError("{}: name the module lt_NAME.ko, NAME of lower-case letters, "
+                                 "digits and _ (at most 40): SystemTap module names are C "
+                                 "identifiers and `legacytrace cleanup` knows ours by lt_"
+                                 .format(out))
         command = _stap_command(program, release, runtime)
-        name = "lt_" + _digest(command, program.text, _stap_version())[:16]
-        cache = cache_dir()
-        module = os.path.join(cache, name + ".ko")
+        key = _digest(command + [name or ""], program.text, _stap_version())[:16]
+        name = name or "lt_" + key
+        module = os.path.join(cache_dir(), key, name + ".ko")
         if not os.path.isfile(module):
-            _compile_into(cache, name, command, program.text)
+            _compile_into(os.path.dirname(module), name, command, program.text)
         if out:
             shutil.copyfile(module, out)
             return out
@@ -138,12 +157,22 @@ class StapBackend(Backend):
             return None
 
     def leftovers(self, host):
-        """Names of our loaded modules whose staprun is gone (a killed run)."""
+        """Our loaded modules (lt_*) that no live staprun runs: a killed run left them.
+
+        A module staprun -R renamed ends in the staprun's pid; a prebuilt one keeps its
+        name, and then any live staprun naming its file owns it.
+        """
+        running = _stapruns()
         found = []
         for name in _loaded_modules():
-            match = LOADED_RE.match(name)
-            if match and not _staprun_alive(int(match.group(2))):
-                found.append(name)
+            if not name.startswith("lt_"):
+                continue
+            match = RENAMED_RE.match(name)
+            if match and int(match.group(1)) in running:
+                continue
+            if any("/{}.ko".format(name) in cmdline for cmdline in running.values()):
+                continue
+            found.append(name)
         return found
 
     def cleanup(self, host):
@@ -178,7 +207,9 @@ class StapSession(Session):
     def attach(self):
         module = self.program.data.get("module") or self.backend.compile(
             self.program, self.release, self.runtime)
-        self.proc = subprocess.Popen(["staprun", "-R", module], stdin=subprocess.DEVNULL,
+        # -R: load under NAME_<pid> so that runs of one cached module do not collide
+        rename = ["-R"] if self.program.data.get("rename", True) else []
+        self.proc = subprocess.Popen(["staprun"] + rename + [module], stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      preexec_fn=_die_with_parent)
         self._stderr_thread = threading.Thread(target=self._read_stderr, daemon=True)
@@ -462,20 +493,25 @@ def _stap_version():
     return result.output.splitlines()[0] if result.output else ""
 
 
-def _compile_into(cache, name, command, text):
-    """stap -m NAME in a scratch directory, then move NAME.ko (and the script) into the cache."""
-    scratch = tempfile.mkdtemp(prefix=name + ".", dir=cache)
+def _compile_into(target, name, command, text):
+    """stap -m NAME in a scratch directory, then move it, NAME.ko and NAME.stp, to target."""
+    parent = os.path.dirname(target)
+    scratch = tempfile.mkdtemp(prefix=".{}.".format(name), dir=parent)
     try:
         script = os.path.join(scratch, name + ".stp")
         with open(script, "w") as handle:
             handle.write(text)
         result = _call(command + ["-m", name, script], cwd=scratch)
-        built = os.path.join(scratch, name + ".ko")
-        if result.returncode != 0 or not os.path.isfile(built):
+        if result.returncode != 0 or not os.path.isfile(os.path.join(scratch, name + ".ko")):
             raise LegacytraceError("stap could not compile the program: {}".format(
                 _errors(result.output.splitlines()) or "exit status {}".format(result.returncode)))
-        os.rename(script, os.path.join(cache, name + ".stp"))
-        os.rename(built, os.path.join(cache, name + ".ko"))
+        for leftover in os.listdir(scratch):
+            if leftover not in (name + ".ko", name + ".stp"):
+                os.remove(os.path.join(scratch, leftover))
+        os.rename(scratch, target)  # atomic; a concurrent build of the same key may win
+    except OSError:
+        if not os.path.isdir(target):
+            raise
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
 
@@ -520,13 +556,21 @@ def _loaded_modules():
         return []
 
 
-def _staprun_alive(pid):
-    """staprun execs stapio in the same process: either name means the run is alive."""
-    try:
-        with open("/proc/{}/comm".format(pid)) as handle:
-            return handle.read().strip() in ("staprun", "stapio")
-    except OSError:
-        return False
+def _stapruns():
+    """pid -> command line of every staprun (it execs stapio in the same process)."""
+    found = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open("/proc/{}/comm".format(entry)) as handle:
+                if handle.read().strip() not in ("staprun", "stapio"):
+                    continue
+            with open("/proc/{}/cmdline".format(entry), "rb") as handle:
+                found[int(entry)] = handle.read().decode("utf-8", "replace").replace("\0", " ")
+        except OSError:
+            continue
+    return found
 
 
 def _warn(message):

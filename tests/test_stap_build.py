@@ -233,6 +233,7 @@ def test_second_compile_of_the_same_program_is_cached(fake_stap, tmp_path):
     assert backend.compile(program) == first
     assert len(calls(fake_stap)) == 1, "the second compile ran stap again"
     assert os.path.isfile(first[:-3] + ".stp"), "the cache keeps the script next to the module"
+    assert os.path.basename(os.path.dirname(first)) == os.path.basename(first)[3:-3]
     command = calls(fake_stap)[0].split()
     assert command[:3] == ["-g", "-p4", "-DSTP_NO_OVERLOAD"]
     assert command[command.index("-r") + 1] == "6.1.0-56-amd64"
@@ -251,10 +252,19 @@ def test_a_different_program_or_runtime_is_a_different_module(fake_stap, tmp_pat
     assert "-R {}".format(runtime) in calls(fake_stap)[2]
 
 
-def test_compile_out_copies_the_module(fake_stap, tmp_path):
-    out = tmp_path / "icmp.ko"
+def test_compile_out_builds_under_the_file_name(fake_stap, tmp_path):
+    out = tmp_path / "lt_icmp.ko"
     path = stap.StapBackend().compile(build(PROBES_61), out=str(out))
     assert path == str(out) and out.read_text() == "module\n"
+    command = calls(fake_stap)[0].split()
+    assert command[command.index("-m") + 1] == "lt_icmp"
+
+
+@pytest.mark.parametrize("name", ["icmp.ko", "lt_icmp", "lt_ICMP.ko", "lt_a;b.ko", "lt_.ko",
+                                  "lt_" + "a" * 41 + ".ko", "lt_a\n.ko"])
+def test_compile_out_name_must_be_a_module_name(fake_stap, tmp_path, name):
+    with pytest.raises(UsageError):
+        stap.StapBackend().compile(build(PROBES_61), out=str(tmp_path / name))
 
 
 def test_compile_failure_names_the_error(tmp_path, monkeypatch):
@@ -275,17 +285,21 @@ def test_compile_failure_names_the_error(tmp_path, monkeypatch):
 
 # --- leftovers of killed runs --------------------------------------------------
 
-def test_leftovers_are_our_modules_whose_staprun_is_gone(monkeypatch):
-    loaded = ["lt_0123456789abcdef_100", "lt_0123456789abcdef_200", "lt_short_300",
+LIVE = {200: "staprun -R /root/.cache/legacytrace/stap/0123/lt_0123456789abcdef.ko",
+        300: "stapio /tmp/lt_icmp.ko"}
+
+
+def test_leftovers_are_our_modules_that_no_staprun_runs(monkeypatch):
+    loaded = ["lt_0123456789ab_100", "lt_0123456789ab_200", "lt_icmp", "lt_udp",
               "nf_tables", "stap_0123456789abcdef_400"]
     monkeypatch.setattr(stap, "_loaded_modules", lambda: list(loaded))
-    monkeypatch.setattr(stap, "_staprun_alive", lambda pid: pid == 200)
+    monkeypatch.setattr(stap, "_stapruns", lambda: dict(LIVE))
     assert stap.StapBackend().leftovers(HostFacts(release="6.1.0-56-amd64")) == [
-        "lt_0123456789abcdef_100"]
+        "lt_0123456789ab_100", "lt_udp"]
 
 
 def test_cleanup_unloads_only_leftovers(monkeypatch):
-    loaded = ["lt_0123456789abcdef_100", "lt_fedcba9876543210_200"]
+    loaded = ["lt_0123456789ab_100", "lt_0123456789ab_200"]
     commands = []
 
     def fake_call(argv, cwd=None):
@@ -294,23 +308,29 @@ def test_cleanup_unloads_only_leftovers(monkeypatch):
         return stap._Result(0, "")
 
     monkeypatch.setattr(stap, "_loaded_modules", lambda: list(loaded))
-    monkeypatch.setattr(stap, "_staprun_alive", lambda pid: pid == 200)
+    monkeypatch.setattr(stap, "_stapruns", lambda: dict(LIVE))
     monkeypatch.setattr(stap, "_call", fake_call)
     removed = stap.StapBackend().cleanup(HostFacts(release="6.1.0-56-amd64"))
-    assert removed == ["lt_0123456789abcdef_100"]
-    assert commands == [["staprun", "-d", "lt_0123456789abcdef_100"]]
+    assert removed == ["lt_0123456789ab_100"]
+    assert commands == [["staprun", "-d", "lt_0123456789ab_100"]]
 
 
-def test_staprun_alive_reads_proc():
-    assert not stap._staprun_alive(os.getpid())   # this is python, not staprun
-    assert not stap._staprun_alive(2 ** 22 + 1)   # above pid_max: no such process
+def test_stapruns_reads_proc():
+    assert os.getpid() not in stap._stapruns()   # this is python, not staprun
 
 
-def test_module_program_needs_a_module_file(tmp_path):
+def test_module_program_needs_a_module_built_under_its_name(tmp_path):
     backend = stap.StapBackend()
     with pytest.raises(UsageError):
-        backend.module_program(str(tmp_path / "missing.ko"))
-    module = tmp_path / "icmp.ko"
-    module.write_bytes(b"\x7fELF")
+        backend.module_program(str(tmp_path / "lt_missing.ko"))
+    renamed = tmp_path / "lt_icmp.ko"
+    renamed.write_bytes(b"\x7fELF\0lt_other\0")
+    with pytest.raises(UsageError):
+        backend.module_program(str(renamed))
+    module = tmp_path / "lt_other.ko"
+    renamed.rename(module)
     program = backend.module_program(str(module))
-    assert program.data["module"] == str(module)
+    assert program.data["module"] == str(module) and program.data["rename"] is False
+    for bad in ("icmp.ko", "lt_a-b.ko", "lt_x.o", "lt_.ko"):
+        with pytest.raises(UsageError):
+            backend.module_program(str(tmp_path / bad))

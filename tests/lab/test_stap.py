@@ -36,7 +36,8 @@ FILTERS = {
     "udp": {"proto": "udp", "dport": str(UDP_PORT)},
 }
 PREBUILT = "lt_lab_icmp.ko"
-UDP_SEND = labkit.UDP_SEND
+UDP_SEND = ("import socket,sys;socket.socket(socket.AF_INET,socket.SOCK_DGRAM)"
+            ".sendto(sys.argv[3].encode(),(sys.argv[1],int(sys.argv[2])))")
 TCP_CLIENT = ("import socket,sys;c=socket.create_connection((sys.argv[1],int(sys.argv[2])));"
               "c.sendall(b'GET / HTTP/1.1\\r\\n\\r\\n');c.close()")
 
@@ -81,9 +82,10 @@ def test_host_builds_a_module_for_elsewhere(lab_release, lab_shared, stap_runtim
 class Tracer(object):
     """A live stap session whose lines are collected by a thread while traffic runs."""
 
-    def __init__(self, program, runtime):
+    def __init__(self, program, runtime=None, capture=None):
         self.backend = stap.StapBackend()
-        self.session = self.backend.run(program, runtime=str(runtime))
+        self.session = self.backend.run(program, runtime=runtime and str(runtime))
+        self.capture = capture and str(capture)
         self.lines = []
         self.attach_seconds = None
 
@@ -100,6 +102,9 @@ class Tracer(object):
         time.sleep(1.0)  # the transport flushes on a timer
         self.session.__exit__(*exc)
         self.thread.join(10)
+        if self.capture:
+            with open(self.capture, "w") as out:
+                out.write("".join(line + "\n" for line in self.lines))
 
     @property
     def events(self):
@@ -111,6 +116,7 @@ def udp_datagram():
         receiver.bind((labkit.LOOPBACK, UDP_PORT))
         sender = labkit.run_process("udp", [sys.executable, "-c", UDP_SEND, labkit.LOOPBACK,
                                             str(UDP_PORT), labkit.UDP_PAYLOAD], dport=UDP_PORT)
+        assert sender.returncode == 0, sender.output
         receiver.settimeout(10)
         assert receiver.recvfrom(100)[0] == labkit.UDP_PAYLOAD.encode()
     return sender
@@ -123,6 +129,7 @@ def tcp_connection():
         server.listen(1)
         client = labkit.run_process("tcp", [sys.executable, "-c", TCP_CLIENT, labkit.LOOPBACK,
                                             str(TCP_PORT)], dport=TCP_PORT)
+        assert client.returncode == 0, client.output
         server.settimeout(10)
         server.accept()[0].close()
     return client
@@ -132,20 +139,19 @@ def sent_by(events, workload, func):
     return [e for e in events if e.func == func and e.pid == workload.pid]
 
 
-def save_capture(lab_shared, name, lines):
-    """Raw LT1 lines of this run, for tests/data/stap/ (see its README)."""
-    with open(str(lab_shared / "stap-{}-{}.txt".format(name, os.uname().release)), "w") as out:
-        out.write("".join(line + "\n" for line in lines))
+def capture_path(lab_shared, name):
+    """Raw LT1 lines of this run, kept for tests/data/stap/ (see its README)."""
+    return lab_shared / "stap-{}-{}.txt".format(name, os.uname().release)
 
 
 def test_flows_appear_with_tuple_pid_and_cmdline(lab_release, stap_runtime, module_cache,
                                                  lab_shared, loopback):
-    with Tracer(program("all", lab_release), stap_runtime) as tracer:
+    with Tracer(program("all", lab_release), stap_runtime,
+                capture_path(lab_shared, "all")) as tracer:
         assert tracer.attach_seconds < 30, "the module was not taken from the cache"
         ping = labkit.ping()
         udp = udp_datagram()
         tcp = tcp_connection()
-    save_capture(lab_shared, "all", tracer.lines)
     events = tracer.events
     assert events, "no events: {}".format(tracer.session.stderr)
 
@@ -178,11 +184,11 @@ def test_flows_appear_with_tuple_pid_and_cmdline(lab_release, stap_runtime, modu
 
 def test_flow_filter_shows_only_its_flow(lab_release, stap_runtime, module_cache, lab_shared,
                                          loopback):
-    with Tracer(program("udp", lab_release), stap_runtime) as tracer:
+    with Tracer(program("udp", lab_release), stap_runtime,
+                capture_path(lab_shared, "udp")) as tracer:
         labkit.ping()
         udp = udp_datagram()
         tcp_connection()
-    save_capture(lab_shared, "udp", tracer.lines)
     events = tracer.events
     assert events
     assert {(e.proto, e.dport) for e in events} == {(17, UDP_PORT)}, events
@@ -192,7 +198,7 @@ def test_flow_filter_shows_only_its_flow(lab_release, stap_runtime, module_cache
 def test_module_built_elsewhere_runs_with_staprun(lab_shared, loopback):
     backend = stap.StapBackend()
     program = backend.module_program(str(lab_shared / PREBUILT))
-    tracer = Tracer(program, "/nonexistent-unused")
+    tracer = Tracer(program, capture=capture_path(lab_shared, "prebuilt"))
     with tracer:
         ping = labkit.ping()
     requests = [e for e in sent_by(tracer.events, ping, "ip_output") if e.icmp_type == 8]
