@@ -227,7 +227,7 @@ def trace(manifest, backend, count, duration, rate_limit, regex, **opts):
     """
     from legacytrace import procinfo, summary, trace as tracemod
     flow = _flow(opts)
-    facts = hostmod.probe_host()
+    facts = _probe_mounted()
     chosen = _backend(backend, facts)
     functions = symbols.KernelFunctions(facts.tracefs)
     manifest_obj, probes = _manifest_probes(manifest, facts, regex, functions)
@@ -250,6 +250,18 @@ def _build(backend, request):
     for warning in program.data.get("warnings", ()):
         click.echo("legacytrace: warning: " + warning, err=True)
     return program
+
+
+def _probe_mounted():
+    """HostFacts read after mounting tracefs where it is not mounted yet (as root): ftrace and
+    bpf need it, and probe_host() alone, which mounts nothing, would find no tracepoints.
+    A failed mount is left to the backend checks, which say what is missing."""
+    if hostmod.is_root():
+        try:
+            hostmod.ensure_tracefs()
+        except LegacytraceError:
+            pass
+    return hostmod.probe_host()
 
 
 def _warn_leftovers(backend, facts):
@@ -390,7 +402,7 @@ def cleanup(backend):
       sudo legacytrace cleanup
     """
     from legacytrace import backends
-    facts = hostmod.probe_host()
+    facts = _probe_mounted()
     names = backends.names() if backend == "auto" else [backend]
     removed = []
     for name in names:
