@@ -298,6 +298,19 @@ class BTF(object):
         [("skb", "struct sk_buff *"), ("dev", "struct net_device *"), ...]."""
         return self._params(self._func_proto(func))
 
+    def functions(self, wanted=None):
+        """Yield (name, [(param name, C type)]) for each function (FUNC) in id order.
+
+        `wanted(name)`, when given, selects functions before their parameters are
+        decoded. One pass for discovery (`legacytrace list-functions --skb`): looking
+        each name up with `func_params` would search the string table every time.
+        """
+        for tid in range(1, len(self._starts)):
+            if self._kind(tid) == KIND_FUNC:
+                name = self._str(self._names[tid])
+                if wanted is None or wanted(name):
+                    yield name, self._params(self._words[self._starts[tid] + 2])
+
     def arg_position(self, func, struct_name):
         """1-based position of the first `struct struct_name *` parameter of `func`, or None.
 
