@@ -123,14 +123,16 @@ def doctor(as_json):
         click.echo(doctormod.format_doctor(facts))
 
 
-def _manifest_probes(spec, host, regex, functions=None):
-    """Load and resolve a manifest for `host`; warn once about functions the kernel lacks."""
+def _manifest_probes(spec, host, regex, functions=None, live=False):
+    """Load and resolve a manifest for `host`; warn once about functions the kernel lacks.
+
+    On the running host (`live`) with BTF, each sk_buff position is checked
+    against the function's prototype.
+    """
+    from legacytrace import discover
     manifest = manifestmod.load(spec or "generic")
     if regex:
-        try:
-            pattern = re.compile(regex)
-        except re.error as exc:
-            raise UsageError("invalid --regex {!r}: {}".format(regex, exc))
+        pattern = discover.compile_regex(regex)
         kept = tuple(f for f in manifest.functions
                      if any(pattern.search(v.name) for v in f.variants))
         if not kept:
@@ -138,7 +140,8 @@ def _manifest_probes(spec, host, regex, functions=None):
                 regex, manifest.source))
         manifest = manifest._replace(functions=kept)
     exists = functions.__contains__ if functions is not None and functions.known else None
-    result = manifestmod.resolve(manifest, host.kernel, exists=exists)
+    skb_position = _btf_skb_position(host) if live else None
+    result = manifestmod.resolve(manifest, host.kernel, exists=exists, skb_position=skb_position)
     if result.missing:
         click.echo("legacytrace: warning: {} of {} functions do not exist on kernel {} and "
                    "are skipped: {}".format(len(result.missing), len(manifest.functions),
@@ -147,6 +150,24 @@ def _manifest_probes(spec, host, regex, functions=None):
         raise UsageError("{}: none of its functions exists on kernel {}".format(
             manifest.source, host.release))
     return manifest, result.probes
+
+
+def _btf_skb_position(host):
+    """skb_position(name) from the host's BTF, or None without BTF (EL7)."""
+    from legacytrace import btf
+    if not host.btf:
+        return None
+    try:
+        types = btf.load(host.btf)
+    except (IOError, OSError, LegacytraceError):
+        return None
+
+    def skb_position(name):
+        try:
+            return types.skb_position(name)
+        except LegacytraceError:
+            return None  # not in BTF (a .isra clone, or no BTF for it): nothing to check
+    return skb_position
 
 
 def _backend(name, facts):
@@ -230,7 +251,7 @@ def trace(manifest, backend, count, duration, rate_limit, regex, **opts):
     facts = _probe_mounted()
     chosen = _backend(backend, facts)
     functions = symbols.KernelFunctions(facts.tracefs)
-    manifest_obj, probes = _manifest_probes(manifest, facts, regex, functions)
+    manifest_obj, probes = _manifest_probes(manifest, facts, regex, functions, live=True)
     sink = _output(opts, probes)
     limits = Limits(count=count, duration=duration, rate=rate_limit)
     request = TraceRequest(probes, flow, facts, limits=limits, run_id="lt{}".format(os.getpid()),
@@ -302,7 +323,8 @@ def generate(manifest, backend, fmt, regex, host_facts, **opts):
     else:
         facts, functions = _recorded_host(host_facts), None
     chosen = _backend(backend, facts) if backend == "auto" else _load_backend(backend)
-    manifest_obj, probes = _manifest_probes(manifest, facts, regex, functions)
+    manifest_obj, probes = _manifest_probes(manifest, facts, regex, functions,
+                                             live=host_facts is None)
     request = TraceRequest(probes, flow, facts, run_id="lt{}".format(os.getpid()),
                            manifest=manifest_obj.source)
     program = _build(chosen, request)
@@ -363,28 +385,57 @@ def parse(capture, backend, **opts):
 
 @cli.command("list-functions", context_settings=CONTEXT)
 @click.argument("regex", required=False)
+@click.option("--skb", is_flag=True,
+              help="Only functions taking a struct sk_buff *, with its position (needs BTF).")
 @handle_errors
-def list_functions(regex):
+def list_functions(regex, skb):
     """List the kernel functions that can be probed, like `bpftrace -l`.
 
     Reads available_filter_functions when readable, /proc/kallsyms otherwise.
+    With --skb, the kernel's BTF gives each function's sk_buff (and sock) position.
 
     \b
     Examples:
       legacytrace list-functions '^ip_'
-      legacytrace list-functions 'tcp_(v4_)?rcv'
+      legacytrace list-functions --skb '^tcp_v4_'
     """
-    try:
-        pattern = re.compile(regex or "")
-    except re.error as exc:
-        raise UsageError("invalid REGEX {!r}: {}".format(regex, exc))
+    from legacytrace import discover
+    pattern = discover.compile_regex(regex)
+    functions = _kernel_functions(hostmod.probe_host())
+    if not skb:
+        for name in sorted(n for n in functions.names() if pattern.search(n)):
+            click.echo(name)
+        return
+    for found in discover.skb_functions(discover.load_btf(), pattern.pattern, functions):
+        click.echo("{:<40} skb_pos={} sk_pos={}  {}".format(
+            found.name, found.skb_pos, found.sk_pos or "-", found.prototype))
+
+
+@cli.command("manifest", context_settings=CONTEXT)
+@click.option("--from-btf", "regex", required=True, metavar="REGEX",
+              help="Functions whose names match REGEX and take a struct sk_buff *.")
+@handle_errors
+def manifest_cmd(regex):
+    """Write a manifest for this kernel from its BTF (positions read from prototypes).
+
+    \b
+    Examples:
+      legacytrace manifest --from-btf '^(ip|ip6)_(rcv|output)' > mine.yaml
+      sudo legacytrace trace mine.yaml -p tcp
+    """
+    from legacytrace import discover
     facts = hostmod.probe_host()
+    text = discover.manifest_from_btf(regex, discover.load_btf(), _kernel_functions(facts),
+                                      release=facts.release)
+    click.echo(text, nl=False)
+
+
+def _kernel_functions(facts):
     functions = symbols.KernelFunctions(facts.tracefs)
     if not functions.known:
         raise LegacytraceError("cannot read available_filter_functions or /proc/kallsyms: "
                                "run as root")
-    for name in sorted(n for n in functions.names() if pattern.search(n)):
-        click.echo(name)
+    return functions
 
 
 @cli.command(context_settings=CONTEXT)

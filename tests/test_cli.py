@@ -75,3 +75,24 @@ def test_help_teaches_with_examples():
         result = run(command, "--help")
         assert result.exit_code == 0
         assert "Example" in result.output, command
+
+
+def test_wrong_skb_pos_is_caught_by_this_hosts_btf(tmp_path):
+    from conftest import require
+    import os
+    require(os.path.exists("/sys/kernel/btf/vmlinux"), "this kernel has no BTF")
+    manifest = tmp_path / "wrong.yaml"
+    manifest.write_text("functions:\n  - {name: ip_output, skb_pos: 1}\n")
+    result = run("generate", "-b", "ftrace", str(manifest))
+    assert result.exit_code == 2
+    assert "ip_output takes its struct sk_buff * as argument 3, not 1" in result.output
+
+
+def test_list_functions_skb_from_this_hosts_btf():
+    from conftest import require
+    import os
+    require(os.path.exists("/sys/kernel/btf/vmlinux") and os.geteuid() == 0,
+            "needs BTF and root (kallsyms)")
+    result = run("list-functions", "--skb", "^ip_output$")
+    assert result.exit_code == 0, result.output
+    assert result.output.split()[:3] == ["ip_output", "skb_pos=3", "sk_pos=2"]
