@@ -59,6 +59,10 @@ class FtraceBackend(Backend):
             return Availability.no("needs root to write tracefs")
         if not (host.tracefs or host.tracefs_mountable):
             return Availability.no("no tracefs or debugfs (kernel without CONFIG_FTRACE?)")
+        if not host.tracefs:
+            return Availability.no("tracefs is not mounted and could not be mounted: mount -t "
+                                   "tracefs nodev /sys/kernel/tracing (3.10: debugfs on "
+                                   "/sys/kernel/debug)")
         if host.kprobe_events:
             if host.arch != "x86_64":
                 return Availability.no("kprobe fetch args are written for x86_64, not " + host.arch)
