@@ -7,7 +7,6 @@ import errno
 import functools
 import json
 import os
-import re
 import sys
 
 import click
