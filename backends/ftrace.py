@@ -194,6 +194,8 @@ class FtraceSession(Session):
         self._root = root
         self._undo = []
         self._fd = None
+        #: functions whose probe the kernel refused (a warning names each)
+        self.skipped = []
 
     def _step(self, what, do, undo):
         self._undo.append((what, undo))
@@ -210,16 +212,30 @@ class FtraceSession(Session):
         if data["mode"] == "kprobe" and not fs.exists("kprobe_events"):
             raise tracefs.TracefsError("this kernel has no kprobe_events: the program was built "
                                        "for another one; build it on this host")
+        attached = set()
         for definition in data["definitions"]:
-            self._step("remove kprobe {}/{}".format(group, definition.event),
-                       functools.partial(fs.add_kprobe, definition.line(group)),
-                       functools.partial(fs.remove_kprobe, group, definition.event))
+            # A function the kernel refuses (notrace, inlined away, blacklisted) is a warning,
+            # not the end of the trace: the other functions still tell the packet's path.
+            try:
+                self._step("remove kprobe {}/{}".format(group, definition.event),
+                           functools.partial(fs.add_kprobe, definition.line(group)),
+                           functools.partial(fs.remove_kprobe, group, definition.event))
+            except tracefs.TracefsError as err:
+                log.warning("ftrace: %s is not traced: %s", definition.symbol, err)
+                self.skipped.append(definition.symbol)
+                continue
+            attached.add(definition.event)
+        if data["definitions"] and not attached:
+            raise tracefs.TracefsError("the kernel refused every probe ({}): see the warnings "
+                                       "above".format(", ".join(self.skipped)))
         instance = group if fs.has_instances() else None
         if instance:
             self._step("remove instance " + instance, functools.partial(fs.make_instance, instance),
                        functools.partial(fs.remove_instance, instance))
             self._options(fs, instance)
         for system, event, text in data["events"]:
+            if data["mode"] == "kprobe" and event not in attached:
+                continue
             if text:
                 fs.set_filter(instance, system, event, text)
             self._step("disable {}/{}".format(system, event),

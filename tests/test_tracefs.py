@@ -27,7 +27,7 @@ class FakeTracefs(tracefs.Tracefs):
     def _write(self, path, text, flags):
         rel = os.path.relpath(path, self.root)
         self.log.append((rel, text, "append" if flags & os.O_APPEND else "write"))
-        if self.fail_on and self.fail_on in rel:
+        if self.fail_on and (self.fail_on in rel or self.fail_on in text):
             raise OSError(16, "Device or resource busy")
         super(FakeTracefs, self)._write(path, text, flags)
 
@@ -111,6 +111,24 @@ def test_failed_attach_undoes_what_was_done(fake, tmp_path):
     assert removed == ["-:legacytrace_lt77/ip_output", "-:legacytrace_lt77/ip_rcv"]
     assert ("rmdir legacytrace_lt77", "", "") in fs.log
     assert not (tmp_path / "instances" / "legacytrace_lt77").exists()
+
+
+def test_a_refused_probe_is_skipped_with_a_warning(fake, tmp_path, caplog):
+    fs = fake(fail_on="ip_output ip_output")          # the kernel refuses this definition
+    session = FtraceSession(program(), root=str(tmp_path))
+    with session:
+        assert session.skipped == ["ip_output"]
+    assert "ip_output is not traced" in caplog.text
+    assert not any("ip_output/enable" in rel for rel, _, _ in fs.log)
+    assert [text for _, text, _ in fs.log if text.startswith("-:")] == ["-:legacytrace_lt77/ip_rcv"]
+
+
+def test_every_probe_refused_is_an_error(fake, tmp_path):
+    fake(fail_on="kprobe_events")
+    with pytest.raises(tracefs.TracefsError) as err:
+        with FtraceSession(program(), root=str(tmp_path)):
+            pass
+    assert "refused every probe (ip_rcv, ip_output)" in str(err.value)
 
 
 def test_teardown_step_that_fails_warns_and_goes_on(fake, tmp_path, caplog):
