@@ -155,3 +155,23 @@ def test_decode_ip_refuses_what_is_not_an_ip_header():
     assert not decode_ip(event, packet[14:], 0, eth_le=0xdd86)   # skb->protocol says IPv6
     assert not decode_ip(event, packet[14:30], 0)       # shorter than the header
     assert not decode_ip(event, packet[14:], -2)
+
+
+def test_61_kprobe_capture_of_the_sh_script_gives_the_ping_tuples():
+    """Real 6.1 lines of our own probes: x-types hex, window words, dev string and (fault)."""
+    lines = _trace_lines("kprobe-6.1-sh-capture.trace")
+    events = [parse_line(l) for l in lines[1:]]
+    assert len(events) == 8 and all(events)
+    for event in events:
+        assert (event.family, event.proto, event.saddr, event.daddr) == (4, 1, "127.0.0.1", "127.0.0.1")
+        assert (event.length, event.icmp_code, event.icmp_id) == (84, 0, 131)   # ping's id is its pid
+        assert (event.comm, event.pid, event.source) == ("ping", 131, "kprobe")
+        assert event.dev == ("lo" if event.func == "ip_rcv" else None)         # dev=(fault) at ip_output
+    requests = [e for e in events if e.icmp_type == 8]
+    replies = [e for e in events if e.icmp_type == 0]
+    assert [e.icmp_seq for e in requests] == [1, 1, 2, 2] and [e.icmp_seq for e in replies] == [1, 1, 2, 2]
+    # the requests leave ip_output from ping itself; the replies are sent in softirq context
+    assert [e.context for e in requests if e.func == "ip_output"] == ["task", "task"]
+    assert {e.context for e in replies} == {"softirq"}
+    # each sk_buff is seen at ip_output and then at ip_rcv
+    assert [e.skb for e in events if e.func == "ip_output"] == [e.skb for e in events if e.func == "ip_rcv"]
