@@ -1,0 +1,277 @@
+"""The bad-input matrix (tests/BAD_INPUT.md): each case runs the real `legacytrace` command
+and must end with one line naming the problem, a non-zero exit code, no traceback, and
+nothing of the run left attached (no tracefs instance or kprobe group of its pid, no
+bpftrace script folder, no tracer process).
+
+Cases that need the environment to be broken (not root, no tracefs, read-only tracefs,
+no stap or bpftrace) break it for the child only: another user id (setpriv), another
+mount namespace (unshare -m) or a PATH without the tool. They need root and skip without
+it; the kernel's own refusal of a probe is proved in the lab (tests/lab/test_lifecycle.py).
+"""
+import glob
+import os
+import shutil
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+LEGACYTRACE = str(Path(sys.executable).parent / "legacytrace")
+EL7_FACTS = str(HERE / "data" / "hosts" / "el7-3.10.json")
+ROOT = os.geteuid() == 0
+needs_root = pytest.mark.skipif(not ROOT, reason="breaks the environment of a child: needs root")
+
+
+def leftovers_of(pid):
+    """Everything named after run `lt<pid>` that is still there: instances, kprobes, folders,
+    processes."""
+    name = "legacytrace_lt{}".format(pid)
+    found = []
+    for root in ("/sys/kernel/tracing", "/sys/kernel/debug/tracing"):
+        if os.path.isdir(os.path.join(root, "instances", name)):
+            found.append("instance " + name)
+        try:
+            with open(os.path.join(root, "kprobe_events")) as handle:
+                found.extend(line for line in handle if name + "/" in line)
+        except OSError:
+            pass
+    found.extend(glob.glob("/tmp/{}_*".format(name)))
+    for cmdline in glob.glob("/proc/[0-9]*/cmdline"):
+        try:
+            with open(cmdline, "rb") as handle:
+                if name.encode() in handle.read():
+                    found.append(cmdline)
+        except OSError:
+            pass
+    return found
+
+
+class Result(object):
+    def __init__(self, proc, out, err):
+        self.code = proc.returncode
+        self.out = out
+        self.err = err
+        self.last = err.strip().splitlines()[-1] if err.strip() else ""
+        self.leftovers = leftovers_of(proc.pid)
+
+
+def run(args, prefix=(), env=None, timeout=120):
+    """`legacytrace ARGS` (behind `prefix`, e.g. setpriv or unshare), in its own process."""
+    full_env = dict(os.environ, **(env or {}))
+    proc = subprocess.Popen(list(prefix) + [LEGACYTRACE] + list(args), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, env=full_env, universal_newlines=True)
+    out, err = proc.communicate(timeout=timeout)
+    return Result(proc, out, err)
+
+
+def check(result, code, *words):
+    """One error line with `words`, exit `code`, no traceback, nothing left attached."""
+    assert result.code == code, (result.code, result.err)
+    assert "Traceback" not in result.err, result.err
+    assert result.last.startswith("Error: "), result.err
+    for word in words:
+        assert word in result.last, (word, result.last)
+    assert result.leftovers == [], result.leftovers
+
+
+def in_namespace(shell):
+    """A prefix that runs legacytrace after `shell` in a private mount namespace."""
+    return ["unshare", "-m", "sh", "-c", shell + ' && exec "$0" "$@"']
+
+
+@pytest.fixture
+def manifest(tmp_path):
+    def write(text):
+        path = tmp_path / "m.yaml"
+        path.write_text(textwrap.dedent(text))
+        return str(path)
+    return write
+
+
+# --- manifests -------------------------------------------------------------------------
+
+@pytest.mark.parametrize("text, words", [
+    ("functions: [\n", ["invalid YAML", "line 2"]),
+    ("functions:\n  - name: ip_rcv\n    skb_pos: one\n", ["skb_pos must be an integer"]),
+    ("functions:\n  - name: ip_rcv\n    skb_pos: 9\n", ["skb_pos must be from 1 to 6"]),
+    ("functions: ip_rcv\n", ["'functions' must be a non-empty list"]),
+    ("functions:\n  - name: ip_rcv\n    skb_pos: 1\n    colour: red\n", ["unknown key 'colour'"]),
+    ("functions:\n  - name: 'ip_rcv; rm -rf /'\n    skb_pos: 1\n", ["is not a kernel function name"]),
+    ("functions:\n  - name: ip_rcv\n    skb_pos: 1\n    fields: {len: 'skb->len'}\n",
+     ["field len has path 'skb->len'"]),
+], ids=["malformed-yaml", "wrong-type", "out-of-range", "not-a-list", "unknown-key",
+        "hostile-name", "bad-field-path"])
+def test_manifest_errors(manifest, text, words):
+    check(run(["generate", "-b", "ftrace", manifest(text)]), 2, *words)
+
+
+def test_every_manifest_function_missing(manifest):
+    path = manifest("""\
+        functions:
+          - {name: legacytrace_no_such_fn_a, skb_pos: 1}
+          - {name: legacytrace_no_such_fn_b, skb_pos: 1}
+        """)
+    result = run(["generate", "-b", "ftrace", path])
+    check(result, 2, "none of its functions exists on kernel " + os.uname().release)
+    assert "2 of 2 functions do not exist" in result.err
+
+
+def test_unknown_bundled_manifest():
+    check(run(["generate", "-b", "ftrace", "no-such-manifest"]), 2, "not found", "generic")
+
+
+# --- the flow filter -------------------------------------------------------------------
+
+@pytest.mark.parametrize("args, words", [
+    (["-s", "10.0.0.300"], ["invalid source address '10.0.0.300'"]),
+    (["-d", "10.0.0.0/33"], ["invalid destination address '10.0.0.0/33'"]),
+    (["--dport", "70000"], ["invalid destination port '70000'"]),
+    (["--sport", "-1"], ["invalid source port '-1'"]),
+    (["--dport", "\u00b2"], ["invalid destination port"]),
+    (["-p", "sctpx"], ["invalid protocol 'sctpx'"]),
+    (["-p", "256"], ["invalid protocol '256'"]),
+    (["-4", "-d", "::1"], ["mixes IPv4 and IPv6"]),
+    (["-p", "icmp", "--dport", "80"], ["need -p tcp or -p udp"]),
+    (["-iv", "5"], ["invalid IP version '5'"]),
+], ids=["address", "cidr", "port-high", "port-negative", "port-unicode-digit", "protocol",
+        "protocol-number", "family-mix", "ports-on-icmp", "ipversion"])
+def test_flow_filter_errors(args, words):
+    check(run(["generate", "-b", "ftrace"] + args), 2, *words)
+
+
+# --- options ---------------------------------------------------------------------------
+
+def test_unknown_program_format():
+    check(run(["generate", "-b", "bpf", "-f", "xml"]), 2, "backend bpf has no format 'xml'")
+
+
+def test_json_and_flows_together():
+    check(run(["parse", "-b", "ftrace", "--json", "--flows", os.devnull]), 2,
+          "--json and --flows are alternatives")
+
+
+def test_invalid_regex():
+    check(run(["generate", "-b", "ftrace", "-r", "ip_(rcv"]), 2, "invalid", "'ip_(rcv'", "missing )")
+
+
+# --- limits of the kernel's kprobe_events ------------------------------------------------
+
+def test_more_fetch_args_than_kprobe_events_allows(manifest):
+    """A kprobe takes at most 128 fetch args (MAX_TRACE_ARGS): 130 custom fields cannot fit."""
+    fields = "".join("      f{}: skb.len\n".format(i) for i in range(130))
+    path = manifest("functions:\n  - name: ip_rcv\n    skb_pos: 1\n    fields:\n" + fields)
+    check(run(["generate", "-b", "ftrace", "--host-facts", EL7_FACTS, path]), 2,
+          "probe ip_rcv:", "fetch args")
+
+
+# --- the host cannot run the backend ---------------------------------------------------
+
+@needs_root
+@pytest.mark.skipif(not shutil.which("setpriv"), reason="needs setpriv (util-linux)")
+@pytest.mark.parametrize("backend, words", [
+    ("ftrace", ["backend ftrace cannot run here", "needs root"]),
+    ("bpf", ["backend bpf cannot run here", "root"]),
+    ("auto", ["no backend can run here", "root"]),
+])
+def test_not_root(backend, words):
+    result = run(["trace", "-b", backend, "-T", "1"],
+                 prefix=["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"])
+    check(result, 1, *words)
+
+
+@needs_root
+def test_no_tracefs():
+    """tracefs unmounted and impossible to mount (a tmpfs hides /sys/kernel/tracing)."""
+    shell = "umount /sys/kernel/tracing 2>/dev/null; umount /sys/kernel/debug 2>/dev/null; " \
+            "mount -t tmpfs none /sys/kernel"
+    check(run(["trace", "-b", "ftrace", "-T", "1"], prefix=in_namespace(shell)), 1,
+          "tracefs is not mounted", "mount -t tracefs nodev /sys/kernel/tracing")
+
+
+@needs_root
+def test_tracefs_unmounted_is_mounted_for_the_trace():
+    """Not an error: trace mounts tracefs itself (it used to refuse ftrace here)."""
+    result = run(["trace", "-b", "ftrace", "-T", "1"],
+                 prefix=in_namespace("umount /sys/kernel/tracing 2>/dev/null; true"))
+    assert result.code == 0 and "Traceback" not in result.err, result.err
+    assert "duration of 1 s reached" in result.err
+    assert result.leftovers == []
+
+
+@needs_root
+@pytest.mark.skipif(not os.path.isdir("/sys/kernel/tracing/events"), reason="needs tracefs")
+def test_read_only_tracefs():
+    """A read-only mount of tracefs: the first write fails, and nothing stays half-done."""
+    shell = "mount -o remount,ro,bind /sys/kernel/tracing"
+    result = run(["trace", "-b", "ftrace", "-T", "1"], prefix=in_namespace(shell))
+    check(result, 1, "Read-only file system")
+
+
+@pytest.fixture
+def path_without(tmp_path):
+    """A PATH holding every command of this system except `hidden` (links in one folder)."""
+    def make(*hidden):
+        folder = tmp_path / "bin"
+        folder.mkdir()
+        for directory in ("/usr/local/sbin", "/usr/local/bin", "/usr/sbin", "/usr/bin",
+                          "/sbin", "/bin"):
+            for entry in sorted(glob.glob(directory + "/*")):
+                link = folder / os.path.basename(entry)
+                if link.name not in hidden and not os.path.lexists(str(link)):
+                    link.symlink_to(entry)
+        return {"PATH": str(folder)}
+    return make
+
+
+@needs_root
+def test_stap_missing(path_without):
+    result = run(["trace", "-b", "stap", "-T", "1"], env=path_without("stap", "staprun"))
+    check(result, 1, "backend stap cannot run here", "stap not installed")
+
+
+@needs_root
+def test_bpftrace_missing(path_without):
+    result = run(["trace", "-b", "bpf", "-T", "1"], env=path_without("bpftrace"))
+    check(result, 1, "backend bpf cannot run here", "bpftrace not installed",
+          "install bpftrace")
+
+
+@needs_root
+@pytest.mark.skipif(os.path.exists("/lib/modules/{}/build".format(os.uname().release)),
+                    reason="this host has the headers of its running kernel")
+def test_kernel_headers_not_matching_the_running_kernel():
+    """This machine has headers of other kernels (the lab's 6.1), not of the one it runs."""
+    result = run(["trace", "-b", "stap", "-T", "1"])
+    check(result, 1, "backend stap cannot run here",
+          "no kernel headers for " + os.uname().release, "install")
+
+
+# --- a bug: one line, not a traceback --------------------------------------------------
+
+FAILING_PARSE = '''
+from legacytrace import backends
+_get = backends.get
+def get(name):
+    backend = _get(name)
+    def parse(line, program=None):
+        raise RuntimeError("injected by the test")
+    backend.parse = parse
+    return backend
+backends.get = get
+'''
+
+
+def test_internal_error_is_one_line(tmp_path):
+    """An unexpected exception (here from a parser) ends as one line asking for a report;
+    LEGACYTRACE_DEBUG=1 shows the traceback."""
+    (tmp_path / "sitecustomize.py").write_text(FAILING_PARSE)
+    capture = tmp_path / "capture.txt"
+    capture.write_text("anything\n")
+    env = {"PYTHONPATH": str(tmp_path)}
+    result = run(["parse", "-b", "ftrace", str(capture)], env=env)
+    check(result, 1, "internal error: RuntimeError: injected by the test", "report")
+    debug = run(["parse", "-b", "ftrace", str(capture)], env=dict(env, LEGACYTRACE_DEBUG="1"))
+    assert debug.code == 1 and "Traceback" in debug.err and "injected by the test" in debug.err
