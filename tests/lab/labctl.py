@@ -431,14 +431,19 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
                         help="hard limit in seconds for one guest boot")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("setup").set_defaults(func=cmd_setup)
-    p_run = sub.add_parser("run")
-    p_run.add_argument("pytest_args", nargs=argparse.REMAINDER, help="passed to pytest in both phases")
-    p_run.set_defaults(func=cmd_run)
+    sub.add_parser("run", usage="labctl.py run [PYTEST ARGS]  (passed to pytest in both phases)"
+                   ).set_defaults(func=cmd_run)
     p_cap = sub.add_parser("capture")
     p_cap.add_argument("names", nargs="*", help="captures to make (default: all)")
     p_cap.set_defaults(func=cmd_capture)
     sub.add_parser("shell").set_defaults(func=cmd_shell)
-    return parser.parse_args(argv)
+    if "run" not in argv:
+        return parser.parse_args(argv)
+    cut = list(argv).index("run") + 1  # everything after `run` is pytest's, options included
+    args = parser.parse_args(argv[:cut])
+    rest = list(argv[cut:])
+    args.pytest_args = rest[1:] if rest[:1] == ["--"] else rest
+    return args
 
 
 def show_console_tail(console: Path, lines: int = 40) -> None:
