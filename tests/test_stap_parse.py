@@ -104,3 +104,26 @@ def test_parse_never_raises_on_mangled_lines(lines):
         parse("".join(rng.choice(line) for _ in range(len(line))))
     assert parse("LT2\t" + lines[0][4:]) is None, "another protocol version is not ours"
     assert parse(lines[0].replace("\t0\tip_finish", "\t9\tip_finish")) is None
+
+
+def test_lab_run_with_fields_and_local_clock(datadir):
+    parse = stap.StapBackend().parse
+    lines = (datadir / "stap" / "lab-all-6.1.0-56-amd64.txt").read_text().splitlines()
+    events = [parse(line) for line in lines]
+    assert all(e is not None for e in events)
+    first = events[0]
+    assert (first.func, first.comm, first.icmp_type, first.dev) == ("ip_output", "ping", 8, None)
+    assert first.fields == {"mark": 0, "mtu": None}
+    assert first.time_ns == 138837858972  # local_clock(): ns since the guest booted
+    assert first.cmdline == "ping -n -c 2 -i 0.2 -W 5 127.0.0.1"
+    times = [e.time_ns for e in events]
+    assert all(0 < t < 10 ** 12 for t in times)
+
+
+@pytest.mark.parametrize("name, protos", [("udp", {17}), ("prebuilt", {1})])
+def test_lab_filtered_runs_hold_only_their_flow(datadir, name, protos):
+    parse = stap.StapBackend().parse
+    lines = (datadir / "stap" / "lab-{}-6.1.0-56-amd64.txt".format(name)).read_text().splitlines()
+    events = [parse(line) for line in lines]
+    assert events and all(e is not None for e in events)
+    assert {e.proto for e in events} == protos
