@@ -231,8 +231,10 @@ def _output(opts, probes, replay=False):
               help="Show at most N events per second; the rest are counted as lost.")
 @click.option("-r", "--regex", metavar="REGEX",
               help="Probe only the manifest functions whose names match.")
+@click.option("--stap-module", type=click.Path(exists=True, dir_okay=False), metavar="FILE.ko",
+              help="Run a module made by `legacytrace build` (needs only staprun here).")
 @handle_errors
-def trace(manifest, backend, count, duration, rate_limit, regex, **opts):
+def trace(manifest, backend, count, duration, rate_limit, regex, stap_module, **opts):
     """Trace packets through the functions of MANIFEST (default: the bundled `generic`).
 
     MANIFEST is a YAML file in ipftrace's format, or a bundled name
@@ -244,19 +246,27 @@ def trace(manifest, backend, count, duration, rate_limit, regex, **opts):
       sudo legacytrace trace -p tcp -d 10.0.0.0/8 --dport 80 --flows
       sudo legacytrace trace -p udp --json -c 100 > events.jsonl
       sudo legacytrace trace -b ftrace my-manifest.yaml -T 10
+      sudo legacytrace trace --stap-module lt_icmp.ko     # built on another host
     """
     from legacytrace import procinfo, summary, trace as tracemod
     flow = _flow(opts)
-    facts = _probe_mounted()
-    chosen = _backend(backend, facts)
-    functions = symbols.KernelFunctions(facts.tracefs)
-    manifest_obj, probes = _manifest_probes(manifest, facts, regex, functions, live=True)
-    sink = _output(opts, probes)
     limits = Limits(count=count, duration=duration, rate=rate_limit)
-    request = TraceRequest(probes, flow, facts, limits=limits, run_id="lt{}".format(os.getpid()),
-                           manifest=manifest_obj.source)
+    facts = _probe_mounted()
+    if stap_module:
+        if backend not in ("auto", "stap") or manifest or regex:
+            raise UsageError("--stap-module runs a prebuilt SystemTap module: it takes no "
+                             "MANIFEST, --regex or other --backend")
+        chosen = _load_backend("stap")
+        program, probes = chosen.module_program(stap_module), []
+    else:
+        chosen = _backend(backend, facts)
+        functions = symbols.KernelFunctions(facts.tracefs)
+        manifest_obj, probes = _manifest_probes(manifest, facts, regex, functions, live=True)
+        request = TraceRequest(probes, flow, facts, limits=limits,
+                               run_id="lt{}".format(os.getpid()), manifest=manifest_obj.source)
+        program = _build(chosen, request)
+    sink = _output(opts, probes)
     _warn_leftovers(chosen, facts)
-    program = _build(chosen, request)
     stats = summary.Summary()
     ended = tracemod.run(chosen, program, flow, limits, sink, stats,
                          enrich=procinfo.CmdlineCache().enrich)
@@ -332,6 +342,48 @@ def generate(manifest, backend, fmt, regex, host_facts, **opts):
         raise UsageError("backend {} has no format {!r}: choose one of {}".format(
             chosen.name, fmt, ", ".join(formats)))
     click.echo(program.text if fmt == "text" else chosen.export(program, fmt), nl=False)
+
+
+@cli.command(context_settings=CONTEXT)
+@click.argument("manifest", required=False, metavar="[MANIFEST]")
+@flow_options
+@click.option("-b", "--backend", type=click.Choice(["stap"]), default="stap",
+              show_default=True, help="Backend that builds a binary program.")
+@click.option("-r", "--release", metavar="RELEASE",
+              help="Kernel release to build for (its kernel-devel/headers must be here); "
+                   "default: the running kernel.")
+@click.option("-R", "--runtime", type=click.Path(exists=True, file_okay=False), metavar="DIR",
+              help="SystemTap runtime directory (stap -R).")
+@click.option("-o", "--output", required=True, metavar="lt_NAME.ko",
+              help="Where to write the module; its name must stay as built.")
+@handle_errors
+def build(manifest, backend, release, runtime, output, **opts):
+    """Build a SystemTap module to run on another host with only staprun.
+
+    The target needs systemtap-runtime and the same kernel release; no compiler, no
+    kernel-devel. Run it there with `legacytrace trace --stap-module lt_NAME.ko`.
+
+    \b
+    Examples:
+      legacytrace build -p icmp -r 3.10.0-1160.el7.x86_64 -o lt_icmp.ko icmp-senders
+      scp lt_icmp.ko el7host: && ssh el7host sudo legacytrace trace --stap-module lt_icmp.ko
+    """
+    from legacytrace.kernel import KernelRelease
+    flow = _flow(opts)
+    if release:
+        facts = hostmod.HostFacts(release=KernelRelease.parse(release).raw)
+        functions, live = None, False
+    else:
+        facts = hostmod.probe_host()
+        functions, live = symbols.KernelFunctions(facts.tracefs), True
+    chosen = _load_backend(backend)
+    manifest_obj, probes = _manifest_probes(manifest, facts, regex=None, functions=functions,
+                                            live=live)
+    request = TraceRequest(probes, flow, facts, run_id="lt{}".format(os.getpid()),
+                           manifest=manifest_obj.source)
+    path = chosen.compile(_build(chosen, request), release=release, runtime=runtime,
+                          out=output)
+    click.echo("legacytrace: built {} for kernel {}".format(path, facts.release), err=True)
 
 
 def _recorded_host(handle):
