@@ -177,9 +177,10 @@ def test_more_fetch_args_than_kprobe_events_allows(manifest):
     ("auto", ["no backend can run here", "root"]),
 ])
 def test_not_root(backend, words):
-    result = run(["trace", "-b", backend, "-T", "1"],
-                 prefix=["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"])
-    check(result, 1, *words)
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+    if run(["--version"], prefix=nobody).code != 0:
+        pytest.skip("this venv's interpreter is not readable by uid 65534 (e.g. under /root)")
+    check(run(["trace", "-b", backend, "-T", "1"], prefix=nobody), 1, *words)
 
 
 @needs_root
