@@ -4,6 +4,7 @@ Every failure the user can act on is a LegacytraceError: one line on stderr,
 a non-zero exit, no traceback. Flags follow bcc, pwru and ipftrace.
 """
 import errno
+import collections
 import functools
 import json
 import os
@@ -269,7 +270,10 @@ def trace(manifest, backend, count, duration, rate_limit, regex, stap_module, **
     _warn_leftovers(chosen, facts)
     stats = summary.Summary()
     ended = tracemod.run(chosen, program, flow, limits, sink, stats,
-                         enrich=procinfo.CmdlineCache().enrich)
+                         enrich=procinfo.CmdlineCache().enrich,
+                         attached=lambda: click.echo(
+                             "legacytrace: tracing with {} ({}); Ctrl-C to stop".format(
+                                 chosen.name, flow.describe()), err=True))
     sink.close(stats)
     click.echo("legacytrace: {}. {}".format(ended, stats.to_text()), err=True)
 
@@ -277,9 +281,18 @@ def trace(manifest, backend, count, duration, rate_limit, regex, stap_module, **
 def _build(backend, request):
     """Build the program, and say which probes the backend had to leave out."""
     program = backend.build(request)
-    for warning in program.data.get("warnings", ()):
-        click.echo("legacytrace: warning: " + warning, err=True)
+    for reason, names in _grouped(program.data.get("warnings", ())):
+        click.echo("legacytrace: warning: {}: {}".format(reason, ", ".join(names)), err=True)
     return program
+
+
+def _grouped(warnings):
+    """`NAME: why` warnings as one (why, [NAME, ...]) per reason, in first-seen order."""
+    groups = collections.OrderedDict()
+    for warning in warnings:
+        name, _, why = warning.partition(": ")
+        groups.setdefault(why or name, []).append(name if why else "")
+    return [(why, [n for n in names if n]) for why, names in groups.items()]
 
 
 def _probe_mounted():

@@ -9,7 +9,7 @@ import ipaddress
 import re
 
 from legacytrace.errors import UsageError
-from legacytrace.model import PROTO_NUMBERS
+from legacytrace.model import PROTO_NAMES, PROTO_NUMBERS
 
 #: ASCII digits only: str.isdigit() also accepts "²" and "١", which int() refuses or reads.
 _DIGITS = re.compile(r"[0-9]+\Z")
@@ -151,7 +151,8 @@ class FlowFilter(object):
         parts = []
         if self.family is not None:
             parts.append("-{}".format(self.family))
-        for flag, value in (("-p", self.proto), ("-s", self.saddr), ("-d", self.daddr),
+        proto = PROTO_NAMES.get(self.proto, self.proto)
+        for flag, value in (("-p", proto), ("-s", self.saddr), ("-d", self.daddr),
                             ("--sport", self.sport), ("--dport", self.dport)):
             if value is not None:
                 parts.append("{} {}".format(flag, value))

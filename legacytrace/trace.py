@@ -69,12 +69,13 @@ class RateLimit(object):
         return False
 
 
-def run(backend, program, flow, limits, sink, stats, enrich=None):
+def run(backend, program, flow, limits, sink, stats, enrich=None, attached=None):
     """Run `program` with `backend` until it ends, a limit is reached or a signal stops it.
 
-    `sink.event(ev)` receives every kept event; `stats` (a render.Summary) counts
+    `sink.event(ev)` receives every kept event; `stats` (a summary.Summary) counts
     events, user-space filtering, rate-limited events and the session's lost
-    events. Returns the reason the trace ended, in words.
+    events. `attached()` is called once the probes are in place. Returns the reason
+    the trace ended, in words.
     """
     rate = RateLimit(limits.rate) if limits.rate else None
     parse = backend.parse
@@ -83,6 +84,8 @@ def run(backend, program, flow, limits, sink, stats, enrich=None):
         session = backend.run(program)
         try:
             with session:
+                if attached is not None:
+                    attached()
                 for line in session.lines():
                     event = parse(line, program)
                     if event is None:

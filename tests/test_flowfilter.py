@@ -67,5 +67,5 @@ def test_empty_filter_matches_events_without_tuple():
 
 
 def test_describe():
-    assert FlowFilter.parse(proto="udp", dport="53").describe() == "-p 17 --dport 53"
+    assert FlowFilter.parse(proto="udp", dport="53").describe() == "-p udp --dport 53"
     assert FlowFilter().describe() == "(all flows)"
