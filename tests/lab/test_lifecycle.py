@@ -69,6 +69,19 @@ def manifest_path(folder):
 
 # --- guest helpers ------------------------------------------------------------------------
 
+class Tracing(object):
+    """The tracefs root, and what was there before the test (the guest's /tmp shows the
+    host's, where a killed run of someone else may have left a folder)."""
+
+    def __init__(self, root):
+        self.root = root
+        self.baseline = []
+        self.baseline = ours(self)
+
+    def __truediv__(self, name):
+        return self.root / name
+
+
 @pytest.fixture
 def foreign(loopback):
     """Another tool's probe, enabled at the top level, before our runs and checked after."""
@@ -76,15 +89,16 @@ def foreign(loopback):
     labkit.append_line(root / "kprobe_events", "p:ltforeign/sentinel ip_rcv")
     enable = root / "events" / "ltforeign" / "sentinel" / "enable"
     enable.write_text("1")
-    yield root
+    yield Tracing(root)
     assert "ltforeign/sentinel" in (root / "kprobe_events").read_text()
     assert enable.read_text().strip() == "1", "another tool's probe was disabled"
     enable.write_text("0")
     labkit.append_line(root / "kprobe_events", "-:ltforeign/sentinel")
 
 
-def ours(root):
-    """What any legacytrace run has attached right now, by kind."""
+def ours(tracing):
+    """What legacytrace runs attached and left since the test began, by kind."""
+    root = tracing.root
     found = [line for line in (root / "kprobe_events").read_text().splitlines()
              if "legacytrace_" in line]
     found += ["instance " + name for name in os.listdir(str(root / "instances"))
@@ -99,7 +113,7 @@ def ours(root):
     found += ["module " + line.split()[0] for line in Path("/proc/modules").read_text().splitlines()
               if stap.LOADED_RE.match(line.split()[0])]
     found += ["folder " + str(p) for p in Path("/tmp").glob("legacytrace_lt*")]
-    return found
+    return [item for item in found if item not in tracing.baseline]
 
 
 def ping():
@@ -295,8 +309,9 @@ def test_concurrent_runs_see_their_own_flows(backend, foreign, tmp_path, cli_env
 
 # --- a probe the kernel refuses ----------------------------------------------------------------
 
-def refused_candidates(root):
+def refused_candidates(tracing):
     """Functions ftrace lists but kprobes refuse (the kprobe blacklist), on this kernel."""
+    root = tracing.root
     subprocess.run(["mount", "-t", "debugfs", "nodev", "/sys/kernel/debug"],
                    stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     blacklist = Path("/sys/kernel/debug/kprobes/blacklist")
