@@ -39,6 +39,7 @@ BOOT_OPTIONS = ("--force-9p", "--disable-kvm", "--memory", "2G", "--cpus", "2",
                 "--append", "nokaslr", "--verbose")
 APT_MAX_AGE = 24 * 3600
 KEEP_RUNS = 5
+PRUNE_AGE = 3 * 3600
 STAP_RUNTIME = Path("/usr/share/systemtap/runtime")
 
 
@@ -251,11 +252,12 @@ def setup(cache: Path) -> Lab:
 # --- booting -----------------------------------------------------------------------
 
 def new_run_dir(cache: Path, kind: str) -> Path:
-    """A fresh directory per run (concurrent runs must not share one); old ones are pruned."""
+    """A fresh directory per run (concurrent runs must not share one); the last few are kept."""
     runs = cache / "runs"
     runs.mkdir(parents=True, exist_ok=True)
     for old in sorted(runs.iterdir(), key=lambda p: p.stat().st_mtime)[:-KEEP_RUNS]:
-        shutil.rmtree(str(old), ignore_errors=True)
+        if time.time() - old.stat().st_mtime > PRUNE_AGE:  # never a run still going
+            shutil.rmtree(str(old), ignore_errors=True)
     run_dir = Path(tempfile.mkdtemp(prefix="{}-{}-".format(time.strftime("%Y%m%d-%H%M%S"), kind),
                                     dir=str(runs)))
     for sub in ("shared", "results"):
@@ -276,9 +278,24 @@ def vng_env(lab: Lab) -> Dict[str, str]:
     return dict(os.environ, PATH="{}:{}".format(lab.vng.parent, os.environ.get("PATH", "")))
 
 
+def stream_new(path: Optional[Path], pos: int) -> int:
+    """Print what the guest appended to path since pos (live progress); returns the new position."""
+    if path is None or not path.exists():
+        return pos
+    with open(str(path), "rb") as f:
+        f.seek(pos)
+        data = f.read()
+    sys.stdout.write(data.decode("utf-8", "replace"))
+    sys.stdout.flush()
+    return pos + len(data)
+
+
 def boot(lab: Lab, run_dir: Path, commands: Sequence[str], rw: Sequence[Path] = (),
-         ro: Sequence[Path] = (), timeout: int = 1800) -> int:
-    """Boot once, run the shell commands as root, return their exit code (read from the shared dir)."""
+         ro: Sequence[Path] = (), timeout: int = 1800, follow: Optional[Path] = None) -> int:
+    """Boot once, run the shell commands as root, return their exit code (read from the shared dir).
+
+    follow: a file the commands write in the shared cache, printed as it grows.
+    """
     rc_file = run_dir / "results" / "guest-rc"
     script = run_dir / "guest.sh"
     body = "\n".join(commands)
@@ -291,13 +308,16 @@ def boot(lab: Lab, run_dir: Path, commands: Sequence[str], rw: Sequence[Path] = 
         out.flush()
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
                                 env=vng_env(lab), start_new_session=True, cwd=str(CHECKOUT))
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-            raise LabError("the guest did not finish within {} s (LEGACYTRACE_LAB_TIMEOUT)".format(timeout),
-                           console)
+        pos = 0
+        while proc.poll() is None:
+            if time.monotonic() - started > timeout:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                raise LabError("the guest did not finish within {} s (LEGACYTRACE_LAB_TIMEOUT)".format(
+                    timeout), console)
+            time.sleep(2)
+            pos = stream_new(follow, pos)
+        stream_new(follow, pos)
     log("guest ran for {:.0f} s".format(time.monotonic() - started))
     if not rc_file.exists():
         raise LabError("the guest wrote no exit code: it did not boot, panicked or could not start "
@@ -354,9 +374,7 @@ def guest_phase(lab: Lab, run_dir: Path, venv: Path, args: Sequence[str], timeou
         "dmesg > {}".format(shlex.quote(str(run_dir / "results" / "dmesg.txt"))),
         "(exit $rc)",
     ]
-    rc = boot(lab, run_dir, commands, ro=[CHECKOUT], timeout=timeout)
-    print(output.read_text() if output.exists() else "(the guest's pytest wrote no output)", flush=True)
-    return rc
+    return boot(lab, run_dir, commands, ro=[CHECKOUT], timeout=timeout, follow=output)
 
 
 def keep_results(run_dir: Path) -> None:
@@ -412,9 +430,7 @@ def cmd_capture(args: argparse.Namespace) -> int:
     capture = [str(venv / "bin" / "python"), str(LAB_DIR / "capture.py")] + args.names
     commands = ["cd {} || exit 97".format(shlex.quote(str(CHECKOUT))),
                 "{} > {} 2>&1".format(" ".join(map(shlex.quote, capture)), shlex.quote(str(output)))]
-    rc = boot(lab, run_dir, commands, rw=[CHECKOUT], timeout=args.timeout)
-    print(output.read_text() if output.exists() else "(capture.py wrote no output)", flush=True)
-    return rc
+    return boot(lab, run_dir, commands, rw=[CHECKOUT], timeout=args.timeout, follow=output)
 
 
 def cmd_shell(args: argparse.Namespace) -> int:
