@@ -25,7 +25,6 @@ import pytest
 
 import labkit
 
-from legacytrace.backends import stap
 
 LEGACYTRACE = str(Path(sys.executable).parent / "legacytrace")
 #: Functions every backend probes on 6.1 (4.4+ positions, KERNEL_FACTS.md).
@@ -57,6 +56,8 @@ def get(name):
     return backend
 backends.get = get
 """
+#: A loaded module of the stap backend: lt_NAME_<staprun pid> (staprun -R renames it).
+STAP_MODULE = re.compile(r"^lt_\w*_[0-9]+$")
 ATTACH_TIMEOUT = 300          # bpftrace takes 60-90 s to attach under TCG
 STOP_TIMEOUT = 120
 
@@ -86,14 +87,17 @@ class Tracing(object):
 def foreign(loopback):
     """Another tool's probe, enabled at the top level, before our runs and checked after."""
     root = labkit.tracefs_root()
+    tracing = Tracing(root)
     labkit.append_line(root / "kprobe_events", "p:ltforeign/sentinel ip_rcv")
     enable = root / "events" / "ltforeign" / "sentinel" / "enable"
-    enable.write_text("1")
-    yield Tracing(root)
-    assert "ltforeign/sentinel" in (root / "kprobe_events").read_text()
-    assert enable.read_text().strip() == "1", "another tool's probe was disabled"
-    enable.write_text("0")
-    labkit.append_line(root / "kprobe_events", "-:ltforeign/sentinel")
+    try:
+        enable.write_text("1")
+        yield tracing
+        assert "ltforeign/sentinel" in (root / "kprobe_events").read_text()
+        assert enable.read_text().strip() == "1", "another tool's probe was disabled"
+    finally:
+        enable.write_text("0")
+        labkit.append_line(root / "kprobe_events", "-:ltforeign/sentinel")
 
 
 def ours(tracing):
@@ -111,7 +115,7 @@ def ours(tracing):
         if name in ("bpftrace", "staprun", "stapio"):
             found.append("process {} {}".format(name, comm.parent.name))
     found += ["module " + line.split()[0] for line in Path("/proc/modules").read_text().splitlines()
-              if stap.LOADED_RE.match(line.split()[0])]
+              if STAP_MODULE.match(line.split()[0])]
     found += ["folder " + str(p) for p in Path("/tmp").glob("legacytrace_lt*")]
     return [item for item in found if item not in tracing.baseline]
 
