@@ -195,7 +195,7 @@ def output_options(command):
     return command
 
 
-def _output(opts, probes, replay=False):
+def _output(opts, probes, stream, replay=False):
     """The sink for events, from the output flags; colour only on a terminal.
 
     A replay (`parse`) shows no command lines: the processes of a capture are not here.
@@ -207,7 +207,6 @@ def _output(opts, probes, replay=False):
         raise UsageError("--json and --flows are alternatives: choose one")
     if length and not flows:
         raise UsageError("--length caps the blocks of --flows: add --flows")
-    stream = sys.stdout
     use_color = color == "always" or (color == "auto" and stream.isatty())
     if as_json:
         return render.JsonRenderer(stream)
@@ -266,16 +265,45 @@ def trace(manifest, backend, count, duration, rate_limit, regex, stap_module, **
         request = TraceRequest(probes, flow, facts, limits=limits,
                                run_id="lt{}".format(os.getpid()), manifest=manifest_obj.source)
         program = _build(chosen, request)
-    sink = _output(opts, probes)
+    stream = _line_buffered(sys.stdout)
+    sink = _output(opts, probes, stream)
     _warn_leftovers(chosen, facts)
     stats = summary.Summary()
-    ended = tracemod.run(chosen, program, flow, limits, sink, stats,
-                         enrich=procinfo.CmdlineCache().enrich,
-                         attached=lambda: click.echo(
-                             "legacytrace: tracing with {} ({}); Ctrl-C to stop".format(
-                                 chosen.name, flow.describe()), err=True))
-    sink.close(stats)
+    try:
+        ended = tracemod.run(chosen, program, flow, limits, sink, stats,
+                             enrich=procinfo.CmdlineCache().enrich,
+                             attached=lambda: click.echo(
+                                 "legacytrace: tracing with {} ({}); Ctrl-C to stop".format(
+                                     chosen.name, flow.describe()), err=True))
+        sink.close(stats)
+    except BrokenPipeError:
+        # `legacytrace trace | head -1`: the probes are already detached on the way out.
+        _discard(stream)
+        ended = "the output pipe closed"
     click.echo("legacytrace: {}. {}".format(ended, stats.to_text()), err=True)
+
+
+def _line_buffered(stream):
+    """A live trace's own handle on stdout, flushed at every line so that `| grep` sees
+    events as they happen (as `bpftrace -B line`). Streams without a file descriptor
+    (tests) are used as they are."""
+    try:
+        fd = os.dup(stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        return stream
+    return os.fdopen(fd, "w", buffering=1, encoding=stream.encoding or "utf-8",
+                     errors="backslashreplace")
+
+
+def _discard(stream):
+    """After the reader of a pipe left: point `stream` at /dev/null so that nothing
+    written or flushed later fails again."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, stream.fileno())
+    except (AttributeError, OSError, ValueError):
+        pass
+    os.close(devnull)
 
 
 def _build(backend, request):
@@ -432,7 +460,7 @@ def parse(capture, backend, **opts):
     from legacytrace import summary
     flow = _flow(opts)
     chosen = _load_backend(backend)
-    sink = _output(opts, [], replay=True)
+    sink = _output(opts, [], sys.stdout, replay=True)
     stats = summary.Summary()
     for line in capture:
         event = chosen.parse(line.rstrip("\n"), None)
