@@ -48,6 +48,7 @@ def strict_failure(report: Union[pytest.TestReport, pytest.CollectReport]) -> No
 
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
+    """Strict: a test that skipped (in any phase of setup, call, teardown) fails instead."""
     report = yield
     if STRICT and report.skipped and not hasattr(report, "wasxfail"):
         strict_failure(report)
@@ -56,6 +57,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Itera
 
 @pytest.hookimpl(wrapper=True)
 def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    """Strict: a whole module that skipped (importorskip, allow_module_level) fails instead."""
     report = yield
     if STRICT and report.skipped:
         strict_failure(report)
