@@ -16,6 +16,7 @@ import os
 import re
 import select
 import subprocess
+import time
 
 from legacytrace.errors import LegacytraceError
 
@@ -214,22 +215,23 @@ def read_lines(fd, idle=0.2):
     """Yield lines from a non-blocking trace_pipe descriptor; '' after `idle` s without data.
 
     The empty lines let a caller check its duration limit while nothing is traced
-    (parse('') is None). Ends when the descriptor is closed or reaches end of file.
+    (parse('') is None). A read is tried after every wait, ready or not: poll on
+    trace_pipe may wait for the buffer_percent watermark on some kernels (6.1), while a
+    non-blocking read returns what is there. Ends at end of file or a closed descriptor.
     """
     pending = b""
     while True:
         try:
             ready, _, _ = select.select([fd], [], [], idle)
-        except (OSError, ValueError):
-            return
-        if not ready:
-            yield ""
-            continue
-        try:
             chunk = os.read(fd, 65536)
         except OSError as exc:
-            if exc.errno in (errno.EAGAIN, errno.EINTR):
-                continue
+            if exc.errno not in (errno.EAGAIN, errno.EINTR):
+                return
+            if ready:
+                time.sleep(idle)          # ready but nothing to read: do not spin
+            yield ""
+            continue
+        except ValueError:
             return
         if not chunk:
             return

@@ -176,6 +176,7 @@ def test_cleanup_removes_dead_runs_only(tmp_path, monkeypatch):
 
 def test_read_lines_splits_chunks_and_reports_idle(tmp_path):
     read, write = os.pipe()
+    os.set_blocking(read, False)                      # as open_pipe() opens trace_pipe
     os.write(write, b"one\ntw")
     lines = tracefs.read_lines(read, idle=0.01)
     assert next(lines) == "one"

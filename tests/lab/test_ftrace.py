@@ -143,7 +143,7 @@ class Tracer:
         self.pid = self.proc.pid
 
     def stop(self, sig=signal.SIGINT, timeout=60):
-        time.sleep(0.5)                       # the last events reach trace_pipe
+        time.sleep(2)                         # the reader takes the last events (TCG is slow)
         self.proc.send_signal(sig)
         out, err = self.proc.communicate(timeout=timeout)
         self.stderr = err
