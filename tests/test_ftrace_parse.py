@@ -175,3 +175,45 @@ def test_61_kprobe_capture_of_the_sh_script_gives_the_ping_tuples():
     assert {e.context for e in replies} == {"softirq"}
     # each sk_buff is seen at ip_output and then at ip_rcv
     assert [e.skb for e in events if e.func == "ip_output"] == [e.skb for e in events if e.func == "ip_rcv"]
+
+
+def test_61_all_traffic_capture_agrees_with_tcpdump_and_the_senders():
+    """Real lab lines of every probe: the tuple at ip_rcv and at the transmit functions is
+    tcpdump's for every packet, and the echo requests leave ip_output from ping's pid."""
+    import json
+    lines = [l for l in _trace_lines("kprobe-6.1-all-traffic.trace") if l]
+    events = [parse_line(l) for l in lines]
+    assert all(events)
+    truth = set()
+    for line in (DATA / "kprobe-6.1-all-traffic.tcpdump.txt").read_text().splitlines():
+        src, sport, dst, dport, rest = _TCPDUMP.match(line).groups()
+        proto = 1 if rest.startswith("ICMP") else 17 if rest.startswith("UDP") else 6
+        truth.add((src, dst, proto, int(sport) if sport else None, int(dport) if dport else None))
+    for func in ("ip_rcv", "ip_local_deliver", "ip_output", "ip_finish_output", "__dev_queue_xmit"):
+        seen = set((e.saddr, e.daddr, e.proto, e.sport, e.dport) for e in events if e.func == func)
+        assert seen == truth, func
+    workloads = dict((w["name"], w) for w in json.loads(
+        (DATA / "kprobe-6.1-all-traffic.workloads.json").read_text()))
+    echo = [e for e in events if e.func == "ip_output" and e.icmp_type == 8]
+    assert [e.pid for e in echo] == [workloads["ping"]["pid"]] * 2
+    closed = [e for e in events if e.func == "ip_output" and e.dport == workloads["udp-closed"]["dport"]]
+    assert [e.pid for e in closed] == [workloads["udp-closed"]["pid"]]
+    connect = [e for e in events if e.func == "tcp_connect"]
+    assert [(e.pid, e.dport, e.proto, e.daddr) for e in connect] == \
+        [(workloads["http"]["pid"], workloads["http"]["dport"], 6, "127.0.0.1")]
+    # kfree_skb_reason(NULL) is common: all zero, no tuple
+    assert all(e.family is None for e in events if e.func == "kfree_skb_reason" and e.skb == 0)
+
+
+def test_61_record_tgid_column():
+    """`(TGID)` after COMM-PID; `(-------)` when the kernel has no tgid recorded (<idle>)."""
+    lines = [l for l in _trace_lines("kprobe-6.1-record-tgid.trace") if l]
+    events = [parse_line(l) for l in lines]
+    assert all(events)
+    unknown = 0
+    for line, event in zip(lines, events):
+        tid, tgid = re.match(r"^\s*\S+-(\d+)\s+\(\s*(\d+|-+)\)", line).groups()
+        assert event.tid == int(tid)
+        assert event.pid == (int(tgid) if tgid.isdigit() else int(tid))
+        unknown += not tgid.isdigit()
+    assert 0 < unknown < len(lines)

@@ -221,8 +221,7 @@ def test_flow_filter_shows_that_flow_only(tracing, foreign_probe, traffic, lab_s
     kernel_filter = filter_file.read_text()
     traffic.ping()
     traffic.http_request()
-    sent = labkit.run_process("udp", [sys.executable, "-c", labkit.UDP_SEND, "127.0.0.1",
-                                      str(port), labkit.UDP_PAYLOAD], dport=port)
+    sent = labkit.udp_send("udp", port)
     events = tracer.stop()
     assert "f4_dport" in kernel_filter and "none" not in kernel_filter, kernel_filter
     assert events, tracer.stderr
