@@ -183,7 +183,8 @@ def _backend(name, facts):
 def output_options(command):
     for option in reversed([
             click.option("--json", "as_json", is_flag=True,
-                         help="JSON Lines: one object per event (schema in README)."),
+                         help="JSON Lines: one object per event, the summary last "
+                              "(schema in README)."),
             click.option("--flows", is_flag=True,
                          help="Group by packet, ipftrace style: one block per packet journey."),
             click.option("-l", "--length", type=click.IntRange(1, None), metavar="N",
@@ -209,7 +210,7 @@ def _output(opts, probes, stream, replay=False):
         raise UsageError("--length caps the blocks of --flows: add --flows")
     use_color = color == "always" or (color == "auto" and stream.isatty())
     if as_json:
-        return render.JsonRenderer(stream)
+        return render.JsonRenderer(stream, summary=True)
     if flows:
         egress = SKB_FREE_FUNCTIONS.union(p.name for p in probes if p.egress)
         return render.FlowsRenderer(stream, color=use_color, egress=egress,

@@ -65,9 +65,12 @@ def test_parse_replays_a_capture_as_json(datadir):
     capture = str(datadir / "bpf" / "loopback-6.18.txt")
     result = run("parse", "-b", "bpf", capture, "--json", "-p", "icmp")
     assert result.exit_code == 0, result.output
-    events = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+    objects = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
+    events, summary = objects[:-1], objects[-1]
     assert events and all(e["proto"] == "icmp" for e in events)
     assert all(e["cmdline"] is None for e in events)
+    assert summary["type"] == "summary" and summary["events"] == len(events)
+    assert summary["lost_total"] == 0 and summary["filtered"] > 0
 
 
 def test_help_teaches_with_examples():
