@@ -1,4 +1,4 @@
-"""The bad-input matrix (tests/BAD_INPUT.md): each case runs the real `legacytrace` command
+"""The bad-input matrix (README.md, "Bad input"): each case runs the real `legacytrace` command
 and must end with one line naming the problem, a non-zero exit code, no traceback, and
 nothing of the run left attached (no tracefs instance or kprobe group of its pid, no
 bpftrace script folder, no tracer process).
