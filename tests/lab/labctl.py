@@ -223,6 +223,7 @@ def ensure_system_map(lab: Lab) -> None:
     target = Path("/boot/System.map-" + lab.release)
     if not target.exists() or target.read_bytes() != real.read_bytes():
         log("installing the real System.map as " + str(target))
+        target.parent.mkdir(exist_ok=True)
         write_atomic(target, real.read_text())
 
 
