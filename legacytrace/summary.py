@@ -36,16 +36,21 @@ class Summary(object):
         if ev.family is None:
             self.no_flow_events += 1
         else:
+            # One lookup of the key per event (bench/ingest.py times this path).
             key = ev.key
-            if key in self.flows or len(self.flows) < self._max_flows:
-                self.flows[key] += 1
+            count = self.flows.get(key)
+            if count is not None:
+                self.flows[key] = count + 1
+            elif len(self.flows) < self._max_flows:
+                self.flows[key] = 1
             else:
                 self.other_flow_events += 1
-        if ev.time_ns is not None:
-            if self.first_ns is None or ev.time_ns < self.first_ns:
-                self.first_ns = ev.time_ns
-            if self.last_ns is None or ev.time_ns > self.last_ns:
-                self.last_ns = ev.time_ns
+        time_ns = ev.time_ns
+        if time_ns is not None:
+            if self.first_ns is None or time_ns < self.first_ns:
+                self.first_ns = time_ns
+            if self.last_ns is None or time_ns > self.last_ns:
+                self.last_ns = time_ns
 
     def add_lost(self, lost):
         """Merge a Counter of lost events by cause (a Session's `lost`)."""
