@@ -59,3 +59,12 @@ lab-capture: venv
 
 lab-shell: venv
 	$(LABCTL) shell
+
+# --- benchmarks (BENCHMARKS.md): each prints its method, machine and figures; none asserts ---
+# make bench BENCH_ARGS='-b bpf --lines 200000 --stages'
+BENCH_ARGS ?=
+
+.PHONY: bench
+
+bench: venv
+	$(VENV)/bin/python bench/ingest.py $(BENCH_ARGS)
