@@ -39,7 +39,8 @@ vermin: venv
 
 unit: unit311 unit36 vermin
 
-test: unit lab
+# lab-setup first: it installs the tools (bpftrace, pahole, stap) that live unit tests use too.
+test: lab-setup unit lab
 
 # --- kernel lab (tests/lab/README.md): boots Debian's kernel under QEMU, runs tests/lab in it ---
 # make lab LAB_ARGS='-k kprobe'    pytest arguments for both phases (host and guest)

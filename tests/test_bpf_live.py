@@ -31,6 +31,7 @@ def host():
     require(os.geteuid() == 0, "needs root")
     require(shutil.which("bpftrace"), "needs bpftrace")
     require(os.path.exists("/sys/kernel/btf/vmlinux"), "needs BTF")
+    ensure_tracefs()  # as `legacytrace trace` does: tracefs may not be mounted after boot
     facts = probe_host()
     require(facts.tracefs, "needs a mounted tracefs")
     subprocess.call(["ip", "link", "set", "lo", "up"])
