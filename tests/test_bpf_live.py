@@ -19,7 +19,7 @@ from conftest import require
 from legacytrace import backends, select
 from legacytrace.backends import checks
 from legacytrace.flowfilter import FlowFilter
-from legacytrace.host import HostFacts, probe_host
+from legacytrace.host import HostFacts, ensure_tracefs, probe_host
 from legacytrace.model import Probe, TraceRequest
 
 PROBES = [Probe("__netif_receive_skb_core", 1), Probe("__dev_queue_xmit", 1)]
