@@ -292,7 +292,7 @@ def stream_new(path: Optional[Path], pos: int) -> int:
 
 
 def boot(lab: Lab, run_dir: Path, commands: Sequence[str], rw: Sequence[Path] = (),
-         ro: Sequence[Path] = (), timeout: int = 1800, follow: Optional[Path] = None) -> int:
+         ro: Sequence[Path] = (), timeout: int = 2400, follow: Optional[Path] = None) -> int:
     """Boot once, run the shell commands as root, return their exit code (read from the shared dir).
 
     follow: a file the commands write in the shared cache, printed as it grows.
@@ -446,7 +446,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--venv", default=os.environ.get("LEGACYTRACE_LAB_VENV", str(CHECKOUT / ".venv")),
                         help="the project's venv, whose pytest and python run the tests")
-    parser.add_argument("--timeout", type=int, default=int(os.environ.get("LEGACYTRACE_LAB_TIMEOUT", "1800")),
+    parser.add_argument("--timeout", type=int, default=int(os.environ.get("LEGACYTRACE_LAB_TIMEOUT", "2400")),
                         help="hard limit in seconds for one guest boot")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("setup").set_defaults(func=cmd_setup)
