@@ -15,9 +15,9 @@ from 4.9, so an unprefixed number is read as hex only when the line's pointer is
 Static tracepoints (net:*, skb:*) print their own formats: `len=%u` decimal,
 `skbaddr=%p` hex without `0x`, `reason: NAME` for kfree_skb from 5.17.
 """
-import ipaddress
 import re
 import struct
+from socket import AF_INET, AF_INET6, inet_ntop
 
 from legacytrace.model import FlowEvent
 
@@ -31,8 +31,6 @@ _LINE = re.compile(
 _KPROBE_BODY = re.compile(r"^\(([\w.]+)\+0x[0-9a-fA-F]+/0x[0-9a-fA-F]+(?: <- ([\w.]+))?\)\s?(.*)$")
 _ARG = re.compile(r'(\w+)=("[^"]*"|\(fault\)|\S*)')
 _REASON = re.compile(r"\breason: (\w+)")
-# Window words of the packet bytes around skb->data: dm40 is data-40, dp8 is data+8.
-_WINDOW = re.compile(r"^d([mp])(\d+)$")
 
 # Third flag character: h hardirq, H hardirq inside softirq, s softirq, z/Z NMI (newer kernels).
 _CONTEXT = {"s": "softirq", "h": "hardirq", "H": "hardirq", "z": "nmi", "Z": "nmi"}
@@ -40,9 +38,9 @@ _CONTEXT = {"s": "softirq", "h": "hardirq", "H": "hardirq", "z": "nmi", "Z": "nm
 # skb->protocol (__be16) as a little-endian u16 fetch prints it: 0x0800 -> 0x0008.
 ETH_P_IP_LE = 0x0008
 ETH_P_IPV6_LE = 0xdd86
-# struct sock_common.skc_family
-AF_INET = 2
-AF_INET6 = 10
+# struct sock_common.skc_family (Linux values)
+SK_AF_INET = 2
+SK_AF_INET6 = 10
 # IPv6 extension headers whose length is (byte1 + 1) * 8: hop-by-hop, routing, destination options.
 _IPV6_EXT = (0, 43, 60)
 _IPV6_FRAGMENT = 44
@@ -58,25 +56,33 @@ TRACEPOINTS = {
 
 
 def _numbers(args):
-    """Argument values as ints (strings and faults stay text) for one kprobe line.
+    """(values, window) of one kprobe line's `(name, text)` pairs, in one pass.
 
-    `0x..` is hex everywhere. An unprefixed number is decimal (4.9+ `u*` types), except
-    on kernels that print every `u*` as unprefixed hex (upstream 3.10): there the
-    sk_buff or sock pointer, a kernel address, shows hex digits without `0x`.
+    values: name -> int, or str for a string, None for `(fault)`. window: the
+    (offset from skb->data, int or None) of the window words, as printed (ascending).
+    `0x..` is hex. An unprefixed number is decimal (4.9+ `u*` types), except on kernels
+    that print every `u*` as unprefixed hex (upstream 3.10): there the sk_buff or sock
+    pointer, a kernel address, shows hex digits without `0x`.
     """
-    pointer = args.get("skb") or args.get("sk") or ""
-    radix = 16 if pointer[:2] != "0x" and not pointer.isdigit() and pointer else 10
-    values = {}
-    for name, text in args.items():
-        if text.startswith("0x"):
-            values[name] = int(text, 16)
-        elif text.startswith('"') and len(text) > 1:
-            values[name] = text[1:-1]
-        elif text == "(fault)" or not text:
-            values[name] = None
+    named = dict(args)
+    pointer = named.get("skb") or named.get("sk") or ""
+    radix = 16 if pointer and pointer[:2] != "0x" and not pointer.isdigit() else 10
+    values, window = {}, []
+    for name, text in args:
+        first = text[:1]
+        if first == '"':
+            value = text[1:-1]
+        elif first == "(" or not first:
+            value = None
+        elif text[1:2] == "x":
+            value = int(text, 16)
         else:
-            values[name] = int(text, radix)
-    return values
+            value = int(text, radix)
+        if name[0] == "d" and name[1:2] in ("m", "p") and name[2:].isdigit():
+            window.append((-int(name[2:]) if name[1] == "m" else int(name[2:]), value))
+        else:
+            values[name] = value
+    return values, window
 
 
 def _time_ns(secs, fraction):
@@ -109,7 +115,8 @@ def _parse(line):
         if kprobe is None:
             return None
         symbol, returned_from, args = kprobe.groups()
-        _kprobe(event, symbol, returned_from, _numbers(dict(_ARG.findall(args))))
+        values, window = _numbers(_ARG.findall(args))
+        _kprobe(event, symbol, returned_from, values, window)
     elif event_name in TRACEPOINTS:
         _tracepoint(event, event_name, body)
     else:
@@ -117,7 +124,7 @@ def _parse(line):
     return event
 
 
-def _kprobe(event, symbol, returned_from, values):
+def _kprobe(event, symbol, returned_from, values, window):
     if returned_from:
         event.source, event.kind, event.func = "kretprobe", "return", returned_from
     else:
@@ -130,12 +137,12 @@ def _kprobe(event, symbol, returned_from, values):
         if name.startswith("c_"):
             event.fields[name[2:]] = value
     if values.get("skb") is not None:
-        _skb(event, values)
+        _skb(event, values, window)
     elif values.get("sk") is not None:
         _sock(event, values)
 
 
-def _skb(event, values):
+def _skb(event, values, window):
     """Fill the packet fields from an sk_buff probe's arguments (legacytrace.ftrace_kprobe)."""
     event.skb = values["skb"]
     dev = values.get("dev")
@@ -145,27 +152,22 @@ def _skb(event, values):
         nh_at = values["head"] + values["nh"] - values["data"]
     except (KeyError, TypeError):
         return
-    start, window = _window(values)
-    if window is not None:
-        decode_ip(event, window, nh_at - start, values.get("eth") or 0)
+    buf = _window_bytes(window)
+    if buf is not None:
+        decode_ip(event, buf, nh_at - window[0][0], values.get("eth") or 0)
 
 
-def _window(values):
-    """(offset of the first byte from skb->data, the bytes) of the fetched window words."""
+def _window_bytes(window):
+    """The bytes of the window words, or None when they are missing, not contiguous or faulted."""
+    if not window:
+        return None
+    start = window[0][0]
     words = []
-    for name, value in values.items():
-        match = _WINDOW.match(name)
-        if match:
-            offset = int(match.group(2))
-            words.append((-offset if match.group(1) == "m" else offset, value))
-    if not words:
-        return 0, None
-    words.sort()
-    start = words[0][0]
-    if any(offset != start + 8 * index or not isinstance(value, int)
-           for index, (offset, value) in enumerate(words)):
-        return start, None
-    return start, b"".join(struct.pack("<Q", value) for _, value in words)
+    for index, (offset, value) in enumerate(window):
+        if offset != start + 8 * index or value is None:
+            return None
+        words.append(value)
+    return struct.pack("<{}Q".format(len(words)), *words)
 
 
 def decode_ip(event, buf, at, eth_le=0):
@@ -183,16 +185,16 @@ def decode_ip(event, buf, at, eth_le=0):
         if ihl < 20:
             return False
         event.family, event.proto = 4, buf[at + 9]
-        event.saddr = str(ipaddress.IPv4Address(bytes(buf[at + 12:at + 16])))
-        event.daddr = str(ipaddress.IPv4Address(bytes(buf[at + 16:at + 20])))
+        event.saddr = inet_ntop(AF_INET, buf[at + 12:at + 16])
+        event.daddr = inet_ntop(AF_INET, buf[at + 16:at + 20])
         fragment_offset = struct.unpack_from(">H", buf, at + 6)[0] & 0x1fff
         if fragment_offset == 0:
             _l4(event, buf, at + ihl)
         return True
     if version == 6 and eth_le in (0, ETH_P_IPV6_LE) and at + 40 <= len(buf):
         event.family = 6
-        event.saddr = str(ipaddress.IPv6Address(bytes(buf[at + 8:at + 24])))
-        event.daddr = str(ipaddress.IPv6Address(bytes(buf[at + 24:at + 40])))
+        event.saddr = inet_ntop(AF_INET6, buf[at + 8:at + 24])
+        event.daddr = inet_ntop(AF_INET6, buf[at + 24:at + 40])
         proto, at = buf[at + 6], at + 40
         while at + 8 <= len(buf) and proto in _IPV6_EXT + (_IPV6_FRAGMENT,):
             if proto == _IPV6_FRAGMENT:
@@ -229,16 +231,14 @@ def _sock(event, values):
     sock_common: a function named tcp_* or udp_* takes a socket of that protocol.
     """
     family = values.get("skc_family")
-    if family == AF_INET:
+    if family == SK_AF_INET:
         event.family = 4
-        event.saddr = str(ipaddress.IPv4Address(struct.pack("<I", values["skc_saddr"])))
-        event.daddr = str(ipaddress.IPv4Address(struct.pack("<I", values["skc_daddr"])))
-    elif family == AF_INET6 and values.get("skc_saddr6a") is not None:
+        event.saddr = inet_ntop(AF_INET, struct.pack("<I", values["skc_saddr"]))
+        event.daddr = inet_ntop(AF_INET, struct.pack("<I", values["skc_daddr"]))
+    elif family == SK_AF_INET6 and values.get("skc_saddr6a") is not None:
         event.family = 6
-        event.saddr = str(ipaddress.IPv6Address(
-            struct.pack("<QQ", values["skc_saddr6a"], values["skc_saddr6b"])))
-        event.daddr = str(ipaddress.IPv6Address(
-            struct.pack("<QQ", values["skc_daddr6a"], values["skc_daddr6b"])))
+        event.saddr = inet_ntop(AF_INET6, struct.pack("<QQ", values["skc_saddr6a"], values["skc_saddr6b"]))
+        event.daddr = inet_ntop(AF_INET6, struct.pack("<QQ", values["skc_daddr6a"], values["skc_daddr6b"]))
     else:
         return
     event.sport = values["skc_sport"]
