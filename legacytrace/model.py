@@ -31,7 +31,10 @@ class FlowKey(collections.namedtuple(
     def __str__(self):
         if self.family is None:
             return "-"
-        proto = PROTO_NAMES.get(self.proto, str(self.proto))
+        if self.proto is None:  # an IP header seen, its payload not (a fragment, say)
+            proto = "ipv{}".format(self.family)
+        else:
+            proto = PROTO_NAMES.get(self.proto, str(self.proto))
         return "{} {} > {}".format(proto, _endpoint(self.family, self.saddr, self.sport),
                                    _endpoint(self.family, self.daddr, self.dport))
 

@@ -1,0 +1,20 @@
+"""The shared model: flow keys as text, events as the JSON schema's dict."""
+from legacytrace.model import FlowEvent, FlowKey
+
+
+def test_flow_key_text():
+    assert str(FlowKey(4, 6, "10.0.0.1", 1234, "10.0.0.2", 80)) == "tcp 10.0.0.1:1234 > 10.0.0.2:80"
+    assert str(FlowKey(6, 17, "::1", 53, "::1", 5353)) == "udp [::1]:53 > [::1]:5353"
+    assert str(FlowKey(4, 1, "127.0.0.1", None, "127.0.0.1", None)) == "icmp 127.0.0.1 > 127.0.0.1"
+    assert str(FlowKey(4, None, "10.0.0.1", None, "10.0.0.2", None)) == "ipv4 10.0.0.1 > 10.0.0.2"
+    assert str(FlowKey(4, 132, "10.0.0.1", None, "10.0.0.2", None)) == "132 10.0.0.1 > 10.0.0.2"
+    assert str(FlowKey(None, None, None, None, None, None)) == "-"
+
+
+def test_event_defaults_and_dict():
+    ev = FlowEvent(backend="ftrace", func="ip_rcv", proto=17, family=4)
+    assert (ev.kind, ev.context, ev.fields, ev.in_interrupt) == ("entry", "task", {}, False)
+    data = ev.to_dict()
+    assert data["proto"] == "udp" and data["cmdline"] is None
+    assert list(data) == list(FlowEvent.__slots__)
+    assert FlowEvent(context="softirq").in_interrupt
