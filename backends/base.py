@@ -82,6 +82,8 @@ class Backend(object):
     name = None
     #: one line for `doctor` and `--help`
     summary = ""
+    #: optional manifest features the backend implements ("peek": payload bytes)
+    features = ()
 
     def check(self, host):
         """Return an `Availability` for `host` (a `legacytrace.host.HostFacts`)."""

@@ -310,7 +310,12 @@ def _discard(stream):
 def _build(backend, request):
     """Build the program, and say which probes the backend had to leave out."""
     program = backend.build(request)
-    for reason, names in _grouped(program.data.get("warnings", ())):
+    warnings = list(program.data.get("warnings", ()))
+    if "peek" not in getattr(backend, "features", ()):
+        warnings.extend("{}: the {} backend does not read payloads (peek) yet: the event comes "
+                        "without them".format(p.name, backend.name)
+                        for p in request.probes if p.peek)
+    for reason, names in _grouped(warnings):
         click.echo("legacytrace: warning: {}: {}".format(reason, ", ".join(names)), err=True)
     return program
 

@@ -99,3 +99,12 @@ def test_list_functions_skb_from_this_hosts_btf():
     result = run("list-functions", "--skb", "^ip_output$")
     assert result.exit_code == 0, result.output
     assert result.output.split()[:3] == ["ip_output", "skb_pos=3", "sk_pos=2"]
+
+
+def test_a_backend_without_payload_peeking_says_so(datadir):
+    facts = str(datadir / "hosts" / "lab-6.1.json")
+    result = CliRunner(mix_stderr=False).invoke(
+        cli, ["generate", "-b", "bpf", "--host-facts", facts, "http1"])
+    assert result.exit_code == 0, result.stderr
+    assert "the bpf backend does not read payloads (peek) yet" in result.stderr
+    assert "tcp_sendmsg" in result.stderr
