@@ -9,9 +9,3 @@ def test_kallsyms_keeps_text_symbols_only(datadir):
     assert {"ip_rcv", "__dev_queue_xmit", "tcp_v4_rcv"} <= names
     data = [l.split()[2] for l in lines if l.split()[1] in "dDbB"]
     assert data and not names.intersection(data)
-
-
-def test_available_filter_functions_with_modules():
-    names = symbols.parse_available_filter_functions(
-        ["ip_rcv\n", "nf_hook_slow\n", "veth_xmit [veth]\n", "\n"])
-    assert names == {"ip_rcv", "nf_hook_slow", "veth_xmit"}
