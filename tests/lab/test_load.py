@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from test_lifecycle import Run, ours, ping, udp  # noqa: F401 (fixtures below)
+from test_lifecycle import Run, ours, ping, settled, udp  # noqa: F401 (fixtures below)
 from test_lifecycle import foreign  # noqa: F401
 
 FLOOD = 200000
@@ -93,8 +93,9 @@ def test_flood_is_counted_and_a_stop_during_it_leaves_nothing(backend, foreign, 
     assert code == 0 and "Traceback" not in run.stderr, run.stderr
     assert stopped < 120, "stopping took {:.0f} s".format(stopped)
     total, causes = lost_counts(run.stderr)
+    assert run.summary is not None and run.summary["lost_total"] == total, run.lines[-1:]
     if backend == "ftrace":                 # 4 MiB per CPU cannot hold 200k packets' events
         assert total > 0 and "ring buffer overrun" in causes, run.stderr
     print("{}: {} events shown, lost: {} ({}), stop took {:.1f} s".format(
         backend, shown + len(run.lines), total, causes, stopped))
-    assert ours(foreign) == []
+    assert settled(foreign) == []
