@@ -107,13 +107,16 @@ def ours(tracing):
              if "legacytrace_" in line]
     found += ["instance " + name for name in os.listdir(str(root / "instances"))
               if name.startswith("legacytrace_")]
-    for comm in Path("/proc").glob("[0-9]*/comm"):
+    for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            name = comm.read_text().strip()
-        except OSError:
+            pid, rest = stat.read_text().split(" (", 1)
+        except (OSError, ValueError):
             continue
-        if name in ("bpftrace", "staprun", "stapio"):
-            found.append("process {} {}".format(name, comm.parent.name))
+        name, _, fields = rest.rpartition(") ")
+        # A zombie holds nothing attached; the lab's init (virtme-ng) does not reap
+        # orphans, so the child of a SIGKILLed run stays one.
+        if name in ("bpftrace", "staprun", "stapio") and not fields.startswith("Z"):
+            found.append("process {} {}".format(name, pid))
     found += ["module " + line.split()[0] for line in Path("/proc/modules").read_text().splitlines()
               if STAP_MODULE.match(line.split()[0])]
     found += ["folder " + str(p) for p in Path("/tmp").glob("legacytrace_lt*")]
