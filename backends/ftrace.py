@@ -18,6 +18,7 @@ import os
 import re
 
 from legacytrace import flowfilter, ftrace_kprobe, ftrace_parse, offsets, tracefs
+from legacytrace import host as hostmod
 from legacytrace.backends.base import Availability, Backend, Program, Session
 from legacytrace.errors import LegacytraceError, UsageError
 
@@ -207,7 +208,7 @@ class FtraceSession(Session):
 
     def attach(self):
         data = self.program.data
-        fs = tracefs.Tracefs(self._root or tracefs.find_or_mount())
+        fs = tracefs.Tracefs(self._root or hostmod.ensure_tracefs())
         group = data["group"]
         if data["mode"] == "kprobe" and not fs.exists("kprobe_events"):
             raise tracefs.TracefsError("this kernel has no kprobe_events: the program was built "

@@ -15,7 +15,6 @@ import errno
 import os
 import re
 import select
-import subprocess
 import time
 
 from legacytrace.errors import LegacytraceError
@@ -34,26 +33,6 @@ def find():
         if os.path.exists(os.path.join(path, "trace")):
             return path
     return None
-
-
-def _mount(fstype, where):
-    proc = subprocess.Popen(["mount", "-t", fstype, "nodev", where],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    proc.communicate()
-    return proc.returncode == 0
-
-
-def find_or_mount():
-    """The tracing directory, mounting tracefs (4.1+) or debugfs (3.10) when neither is."""
-    path = find()
-    if path is None and os.path.isdir(CANDIDATES[0]) and _mount("tracefs", CANDIDATES[0]):
-        path = find()
-    if path is None and os.path.isdir("/sys/kernel/debug") and _mount("debugfs", "/sys/kernel/debug"):
-        path = find()
-    if path is None:
-        raise TracefsError("no tracefs: mount -t tracefs nodev /sys/kernel/tracing (or debugfs on "
-                           "/sys/kernel/debug) failed; run as root on a kernel with CONFIG_FTRACE")
-    return path
 
 
 class Tracefs(object):
