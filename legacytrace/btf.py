@@ -311,6 +311,18 @@ class BTF(object):
                 if wanted is None or wanted(name):
                     yield name, self._params(self._words[self._starts[tid] + 2])
 
+    def enum_values(self, name):
+        """{value: enumerator name} of `enum name` (ENUM, or ENUM64 from 6.0), {} if absent."""
+        for tid in self.ids_named(name, (KIND_ENUM, KIND_ENUM64)):
+            signed = self._words[self._starts[tid] + 1] >> 31  # kind_flag: signed values (6.0+)
+            if self._kind(tid) == KIND_ENUM:
+                entries = ((name_off, _signed32(value) if signed else value)
+                           for name_off, value in self._entries(tid, 2))
+            else:
+                entries = ((name_off, low | high << 32) for name_off, low, high in self._entries(tid, 3))
+            return dict((value, self._str(name_off)) for name_off, value in entries)
+        return {}
+
     def arg_position(self, func, struct_name):
         """1-based position of the first `struct struct_name *` parameter of `func`, or None.
 
@@ -333,6 +345,10 @@ class BTF(object):
     def sock_position(self, func):
         """1-based position of `func`'s `struct sock *` argument, or None if it takes none."""
         return self.arg_position(func, "sock")
+
+
+def _signed32(word):
+    return word - (1 << 32) if word & 0x80000000 else word
 
 
 def load(path=VMLINUX):

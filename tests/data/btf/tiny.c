@@ -102,3 +102,19 @@ long no_skb(int count, const char *const *names, ...)
 {
 	return count + (names != 0);
 }
+
+/* enum skb_drop_reason as in include/net/dropreason-core.h (6.1: the first values), and an
+ * enum with a negative value (BTF's kind_flag marks signed enums from 6.0). */
+enum skb_drop_reason {
+	SKB_NOT_DROPPED_YET = 0,
+	SKB_CONSUMED,
+	SKB_DROP_REASON_NOT_SPECIFIED,
+	SKB_DROP_REASON_NO_SOCKET,
+};
+
+enum signed_example { NEGATIVE = -2, POSITIVE = 7 };
+
+void kfree_skb_reason(struct sk_buff *skb, enum skb_drop_reason reason)
+{
+	skb->len = reason + NEGATIVE;
+}
