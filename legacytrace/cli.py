@@ -249,7 +249,7 @@ def trace(manifest, backend, count, duration, rate_limit, regex, stap_module, **
       sudo legacytrace trace -b ftrace my-manifest.yaml -T 10
       sudo legacytrace trace --stap-module lt_icmp.ko     # built on another host
     """
-    from legacytrace import procinfo, summary, trace as tracemod
+    from legacytrace import enrich, procinfo, summary, trace as tracemod
     flow = _flow(opts)
     limits = Limits(count=count, duration=duration, rate=rate_limit)
     facts = _probe_mounted()
@@ -272,7 +272,7 @@ def trace(manifest, backend, count, duration, rate_limit, regex, stap_module, **
     stats = summary.Summary()
     try:
         ended = tracemod.run(chosen, program, flow, limits, sink, stats,
-                             enrich=procinfo.CmdlineCache().enrich,
+                             enrich=enrich.Enricher(procinfo.CmdlineCache(), facts.btf),
                              attached=lambda: click.echo(
                                  "legacytrace: tracing with {} ({}); Ctrl-C to stop".format(
                                      chosen.name, flow.describe()), err=True))

@@ -4,6 +4,7 @@
 missing or unreadable on kernels built without the function tracer (this
 development machine). /proc/kallsyms then gives the text symbols, a superset.
 """
+import bisect
 import os
 
 
@@ -17,14 +18,18 @@ def parse_available_filter_functions(lines):
     return names
 
 
-def parse_kallsyms(lines):
-    """Text symbols (types t/T) from /proc/kallsyms lines: `ADDR TYPE NAME [module]`."""
-    names = set()
+def _text_symbols(lines):
+    """(address text, name) of the text symbols (types t/T) in /proc/kallsyms lines:
+    `ADDR TYPE NAME [module]`."""
     for line in lines:
         parts = line.split()
         if len(parts) >= 3 and parts[1] in ("t", "T"):
-            names.add(parts[2])
-    return names
+            yield parts[0], parts[2]
+
+
+def parse_kallsyms(lines):
+    """Text symbol names from /proc/kallsyms lines."""
+    return set(name for _address, name in _text_symbols(lines))
 
 
 class KernelFunctions(object):
@@ -63,3 +68,41 @@ class KernelFunctions(object):
     def known(self):
         """False when neither source was readable: existence cannot be checked."""
         return self.names() is not None
+
+
+#: An address this far past a symbol's start is not in it (no kernel function is 1 MiB).
+MAX_FUNCTION_SIZE = 1 << 20
+
+
+class Kallsyms(object):
+    """Kernel text addresses -> "function+0xoffset", as %pS prints them, from /proc/kallsyms.
+
+    Used for return addresses (a manifest's `caller`) that a backend reports as numbers
+    (ftrace's fetch args cannot symbolize). Addresses read as 0 when not root
+    (kptr_restrict): then nothing can be named and numbers stay numbers.
+    """
+
+    def __init__(self, lines):
+        table = sorted((int(address, 16), name) for address, name in _text_symbols(lines)
+                       if int(address, 16))
+        self._addresses = [address for address, _name in table]
+        self._names = [name for _address, name in table]
+
+    @classmethod
+    def read(cls, path="/proc/kallsyms"):
+        """The running kernel's table; an empty one when it cannot be read."""
+        try:
+            with open(path) as handle:
+                return cls(handle)
+        except (IOError, OSError):
+            return cls(())
+
+    def name(self, address):
+        """`address` as "function+0xoffset", or None when it is not inside a known symbol."""
+        index = bisect.bisect_right(self._addresses, address) - 1
+        if index < 0:
+            return None
+        offset = address - self._addresses[index]
+        if offset >= MAX_FUNCTION_SIZE:  # past the last symbol (kallsyms gives no sizes)
+            return None
+        return "{}+{:#x}".format(self._names[index], offset) if offset else self._names[index]
