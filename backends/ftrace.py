@@ -17,7 +17,7 @@ import logging
 import os
 import re
 
-from legacytrace import flowfilter, ftrace_kprobe, ftrace_parse, offsets, tracefs
+from legacytrace import btf, flowfilter, ftrace_kprobe, ftrace_parse, offsets, tracefs
 from legacytrace import host as hostmod
 from legacytrace.backends.base import Availability, Backend, Program, Session
 from legacytrace.errors import LegacytraceError, UsageError
@@ -37,6 +37,14 @@ OWNED = re.compile(r"^legacytrace_lt(\d+)$")
 _KPROBE_LINE = re.compile(r"^[pr]\d*:([^/\s]+)/(\S+)")
 
 
+def kernel_types(layout):
+    """The kernel's types behind `layout`: its BTF (every struct and enum) when the layout
+    came from BTF, else what the layout itself holds (ftrace_kprobe.LayoutTypes)."""
+    if layout.source == "btf":
+        return btf.load(layout.origin)
+    return ftrace_kprobe.LayoutTypes(layout)
+
+
 def hex_types(host):
     """Whether the kernel has the x8..x64 fetch types (4.9+), as its tracing/README says
     (legacytrace.features: "x-types"). Without them `u*` types are used, which print hex
@@ -48,10 +56,15 @@ class FtraceBackend(Backend):
     name = "ftrace"
     summary = "raw tracefs: kprobe_events at struct offsets, or net/skb tracepoints without kprobes"
     formats = ("text", "sh")
+    #: peek reads user memory with the +u fetch (5.3+); build() warns where it cannot
+    features = ("peek",)
 
-    def __init__(self, layout_for=offsets.layout_for):
-        """`layout_for(host)` returns the struct layout (legacytrace.offsets.Layout) of a host."""
+    def __init__(self, layout_for=offsets.layout_for, types_for=None):
+        """`layout_for(host)` returns the struct layout (legacytrace.offsets.Layout) of a host;
+        `types_for(layout)` the kernel's types for field paths and peek (default: its BTF
+        when the layout came from BTF, else only what the layout holds)."""
         self._layout_for = layout_for
+        self._types_for = types_for or kernel_types
 
     # -- check -------------------------------------------------------------------------------
 
@@ -92,10 +105,14 @@ class FtraceBackend(Backend):
         data = {"group": group, "release": host.release, "definitions": [], "events": []}
         if host.kprobe_events:
             layout = self._layout_for(host)
-            fetch = ftrace_kprobe.Fetch(layout, hex_types(host))
-            definitions = ftrace_kprobe.definitions(request.probes, fetch, request.flow)
+            fetch = ftrace_kprobe.Fetch(layout, hex_types(host),
+                                        functools.partial(self._types_for, layout),
+                                        host.kprobe_syntax or ())
+            warnings = []
+            definitions = ftrace_kprobe.definitions(request.probes, fetch, request.flow, warnings)
             data.update(mode="kprobe", layout=layout.describe(), definitions=definitions,
-                        events=[(group, d.event, d.filter) for d in definitions])
+                        events=[(group, d.event, d.filter) for d in definitions],
+                        warnings=warnings)
         else:
             data.update(mode="tracepoint", layout=None, events=[
                 tuple(name.split(":")) + (None,) for name in self._tracepoints(host) or TRACEPOINTS])

@@ -24,6 +24,15 @@ window is placed by where `skb->data` points when the function is entered (POSIT
 Socket-level functions (tcp_sendmsg(sk, ...), tcp_connect(sk)) read the tuple from
 `struct sock_common` instead.
 
+Manifest extras (legacytrace.model.Probe), each an argument the parser knows by name:
+
+    reason=%si:x32        `args: {reason: N}`: the register of argument N (enum skb_drop_reason)
+    caller=+0($stack):x64 `caller: true`: the return address, on top of the stack at entry
+    c_NAME=+OFF(...)      a custom field path, members followed through pointers with
+                          nested dereferences at offsets from the kernel's types (BTF)
+    pi=, pu=, itN=        `peek`: the first bytes of the user's buffer behind a struct msghdr *
+                          (see msg_iter_args)
+
 Event filters: at `l3` functions the IP header is at data+0 whatever the device, so the
 flow filter is compiled into the event's filter there, on dedicated `f_*` fetch args,
 written so that an event that matches the flow is never rejected (an IPv4 header with
@@ -35,7 +44,9 @@ import collections
 import re
 import struct
 
-from legacytrace.errors import UsageError
+from legacytrace.btf import Member
+from legacytrace.errors import LegacytraceError, UsageError
+from legacytrace.manifest import ARG_TYPES, FIELD_PATH_RE, FIELD_NAME_RE, PEEK_MAX
 
 #: x86_64 registers of arguments 1..6 (3.10 needs the `%`, rejects `%rdi`).
 ARG_REGISTERS = ("%di", "%si", "%dx", "%cx", "%r8", "%r9")
@@ -65,8 +76,17 @@ FIXED_L3 = {"l3": 0}
 
 _SYMBOL = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*\Z")
 _RUN_ID = re.compile(r"^[a-z0-9_]+\Z")
-_FIELD_NAME = re.compile(r"^[a-z][a-z0-9_]*\Z")
-_FIELD_PATH = re.compile(r"^skb\.([a-z_][a-z0-9_]*)\Z")
+#: C types of the members a Layout records without types (the known-builds table and pahole
+#: layouts hold legacytrace.offsets.WANTED only): the pointers and strings a field path may
+#: follow; every other member is a number. struct sock begins with its struct sock_common in
+#: every kernel (include/net/sock.h, 3.10 to 6.x).
+LAYOUT_CTYPES = {("sk_buff", "sk"): "struct sock *", ("sk_buff", "dev"): "struct net_device *",
+                 ("sk_buff", "head"): "unsigned char *", ("sk_buff", "data"): "unsigned char *",
+                 ("sk_buff", "cb"): "char[48]", ("net_device", "name"): "char[16]",
+                 ("sock", "__sk_common"): "struct sock_common"}
+# A member's C type as legacytrace.btf spells it: "struct sock_common", "const struct iovec *".
+_STRUCT_CTYPE = re.compile(r"^(?:(?:const|volatile) )*(?:struct|union) (\w+)( \*)?\Z")
+_CHARS_CTYPE = re.compile(r"^(?:(?:const|volatile) )*(?:(?:un)?signed )?char\[\d+\]\Z")
 
 #: Transport protocols whose header starts with the two ports.
 PORT_PROTOCOLS = (6, 17, 132, 136)
@@ -105,17 +125,51 @@ def event_name(symbol, kind):
     return name + "_ret" if kind == "return" else name
 
 
+class LayoutTypes(object):
+    """The kernel's types as far as a Layout without type information knows them: its own
+    members (typed by LAYOUT_CTYPES or as numbers) and no enums. The interface is that of
+    legacytrace.btf.BTF, which answers for every struct on a kernel with BTF."""
+
+    def __init__(self, layout):
+        self.layout = layout
+
+    def member(self, struct_name, path):
+        """A legacytrace.btf.Member; LayoutError when the layout lacks it."""
+        ctype = LAYOUT_CTYPES.get((struct_name, path))
+        if (struct_name, path) == ("sock", "__sk_common"):
+            return Member(path, 0, 0, 0, 0, ctype)
+        field = self.layout.field(struct_name, path)
+        return Member(path, field.offset, field.size, field.offset * 8, 0,
+                      ctype or "u{}".format(field.size * 8))
+
+    @staticmethod
+    def enum_values(name):
+        return {}
+
+
 class Fetch(object):
     """Fetch arguments for one kernel: the type names it accepts and the struct offsets.
 
     `layout` is a legacytrace.offsets.Layout; `hex_types` says whether the kernel has the
     x8..x64 types (4.9+): with them every value prints as `0x..`, without them `u*`
     print hex anyway (KERNEL_FACTS.md), so the parser reads hex either way.
+    `types()` returns the kernel's types for field paths and peek (legacytrace.btf.BTF or
+    LayoutTypes; asked on first need: BTF takes a moment to index); `syntax` is the optional
+    kprobe_events syntax the kernel has (legacytrace.features.KPROBE_SYNTAX names).
     """
 
-    def __init__(self, layout, hex_types):
+    def __init__(self, layout, hex_types, types=None, syntax=()):
         self.layout = layout
         self.hex_types = hex_types
+        self.syntax = frozenset(syntax)
+        self._types_of = types or (lambda: LayoutTypes(layout))
+        self._types = None
+
+    @property
+    def types(self):
+        if self._types is None:
+            self._types = self._types_of()
+        return self._types
 
     def type(self, size):
         return "{}{}".format("x" if self.hex_types else "u", size * 8)
@@ -172,19 +226,170 @@ def sock_args(fetch, reg):
     return args
 
 
-def custom_args(fetch, probe, reg):
-    """Fetch args for the manifest's custom fields (`skb.MEMBER` of the layout's members)."""
+def custom_args(fetch, probe, skb_reg, sk_reg):
+    """Fetch args `c_NAME=...` for the manifest's custom fields (validated again here: the
+    names reach kprobe_events; the members only pick offsets from the kernel's types)."""
     args = []
     for name, path in probe.fields.items():
-        match = _FIELD_PATH.match(path)
-        if not _FIELD_NAME.match(name) or match is None or reg is None \
-                or not fetch.layout.has("sk_buff", match.group(1)):
-            raise UsageError(
-                "field {} ({}) of {}: the ftrace backend reads only skb.MEMBER for members of its "
-                "struct layout ({}); use --backend stap or bpf for this manifest".format(
-                    name, path, probe.name, ", ".join(sorted(fetch.layout.structs["sk_buff"]))))
-        args.append("c_{}={}".format(name, fetch.member("sk_buff", match.group(1), reg)))
+        if not isinstance(name, str) or not FIELD_NAME_RE.match(name) \
+                or not isinstance(path, str) or not FIELD_PATH_RE.match(path):
+            raise UsageError("field {!r} ({!r}) of {}: not a valid field name and path".format(
+                name, path, probe.name))
+        try:
+            fetcharg = field_fetch(fetch, path, skb_reg, sk_reg)
+        except LegacytraceError as err:
+            raise UsageError("field {} ({}) of {}: {}; use --backend stap or bpf for this "
+                             "manifest".format(name, path, probe.name, err))
+        args.append("c_{}={}".format(name, fetcharg))
     return args
+
+
+def field_fetch(fetch, path, skb_reg, sk_reg):
+    """The fetch arg text (without a name) that reads the field `path` (FIELD_PATH_RE).
+
+    The address of the struct being walked is `base` (a register or a dereference) plus
+    `offset` (members of embedded structs): kprobe_events adds only constants, so a pointer
+    member becomes a nested dereference `+OFF(base)` and the walk goes on from there.
+    Raises LegacytraceError naming what the kernel's types cannot resolve.
+    """
+    root, _, rest = path.partition(")." if path.startswith("skb_shinfo(") else ".")
+    if root == "skb_shinfo(skb":
+        # skb_shinfo(skb) is skb->head + skb->end (64-bit builds keep `end` as an offset):
+        # a kprobe fetch cannot add two fetched values (KERNEL_FACTS.md).
+        raise LegacytraceError("kprobe_events cannot compute skb_shinfo(skb), which is "
+                               "skb->head + skb->end (it adds no two fetched values)")
+    if root == "skb" and skb_reg:
+        struct_name, base = "sk_buff", skb_reg
+    elif root == "sk" and (sk_reg or skb_reg):
+        struct_name = "sock"
+        base = sk_reg or "+{}({})".format(fetch.offset("sk_buff", "sk"), skb_reg)
+    else:
+        raise LegacytraceError("the function has no {} argument (give {}_pos)".format(
+            root, root))
+    types, offset = fetch.types, 0
+    members = rest.split(".")
+    for depth, name in enumerate(members):
+        where = ".".join([root] + members[:depth + 1])
+        member = types.member(struct_name, name)
+        if depth == len(members) - 1:
+            at, kind = _value_type(fetch, member, where)
+            return "{}({}):{}".format(_signed(offset + at), base, kind)
+        inner = _STRUCT_CTYPE.match(member.ctype)
+        if inner is None or member.bit_size:
+            raise LegacytraceError("{} is {}, not a struct or a pointer to one".format(
+                where, member.ctype))
+        struct_name = inner.group(1)
+        if inner.group(2):          # a pointer: dereference it, go on at its target
+            base, offset = "{}({})".format(_signed(offset + member.offset), base), 0
+        else:                       # an embedded struct: its members are further in
+            offset += member.offset
+    raise LegacytraceError("no member named")    # FIELD_PATH_RE: at least one member
+
+
+def _signed(offset):
+    return "{}{}".format("+" if offset >= 0 else "-", abs(offset))
+
+
+def _value_type(fetch, member, where):
+    """(byte offset in its struct, fetch type) of a path's last member: a number, a
+    bitfield, or a char array's text.
+
+    A bitfield is read from its aligned container of the base type's size with the
+    baseline `b<width>@<bit offset>/<container bits>` type (3.10 has it); x86_64 numbers
+    bits from the least significant one, as the compiler lays them out.
+    """
+    if _CHARS_CTYPE.match(member.ctype):
+        return member.offset, "string"
+    if (_STRUCT_CTYPE.match(member.ctype) and not member.ctype.endswith("*")) \
+            or member.ctype.endswith("]") or member.size not in (1, 2, 4, 8):
+        raise LegacytraceError("{} is {}: name one of its members".format(where, member.ctype))
+    if member.bit_size:
+        bits = member.size * 8
+        start = member.bit_offset // bits * bits
+        return start // 8, "b{}@{}/{}".format(member.bit_size, member.bit_offset - start, bits)
+    return member.offset, fetch.type(member.size)
+
+
+def extra_args(fetch, probe):
+    """`reason=` (args: {reason: N}) and `caller=` (caller: true), validated again here.
+
+    x86_64 passes argument N in ARG_REGISTERS[N - 1]; an enum is 4 bytes. At a function's
+    entry the return address is the word on top of the stack: `+0($stack)` (3.10 and later).
+    """
+    args = []
+    for name, position in probe.args.items():
+        if name not in ARG_TYPES or position not in range(1, len(ARG_REGISTERS) + 1):
+            raise UsageError("argument {!r} at {!r} of {}: use one of {} at 1 to {}".format(
+                name, position, probe.name, ", ".join(ARG_TYPES), len(ARG_REGISTERS)))
+        if name == "reason":
+            args.append("reason={}:{}".format(ARG_REGISTERS[position - 1], fetch.type(4)))
+    if probe.caller is True:
+        args.append("caller=+0($stack):{}".format(fetch.type(8)))
+    return args
+
+
+def peek_args(fetch, probe, warnings):
+    """Fetch args for `peek: {arg: msg, bytes: N}`, or [] and a warning in `warnings` where
+    kprobe_events cannot read them (before 5.3: no user-memory fetch)."""
+    peek = probe.peek
+    if not peek:
+        return []
+    size = peek.get("bytes")
+    if peek.get("arg") != "msg" or "msg" not in probe.args or isinstance(size, bool) \
+            or not isinstance(size, int) or not 1 <= size <= PEEK_MAX:
+        raise UsageError("peek of {} must read 1 to {} bytes through a msg argument".format(
+            probe.name, PEEK_MAX))
+    if not {"user-memory", "array"} <= fetch.syntax:
+        warnings.append("{}: ftrace cannot read user memory on kernel {} (kprobe_events needs "
+                        "the +u fetch of 5.3 and u8[N] arrays of 4.20): the event comes without "
+                        "the payload; use --backend stap".format(probe.name, fetch.layout.release))
+        return []
+    try:
+        return msg_iter_args(fetch, ARG_REGISTERS[probe.args["msg"] - 1], size)
+    except LegacytraceError as err:
+        warnings.append("{}: ftrace cannot find the user buffer of struct msghdr ({}): the event "
+                        "comes without the payload; use --backend stap or bpf".format(
+                            probe.name, err))
+        return []
+
+
+def msg_iter_args(fetch, reg, size):
+    """Fetch args for the first `size` bytes the user passed in the `struct msghdr *` at `reg`.
+
+    From 3.19 the data is behind msg->msg_iter (struct iov_iter); kprobe_events cannot
+    branch on its type, so both views are fetched and the parser picks by the type:
+      pi   ITER_IOVEC: the first segment, msg_iter.iov[0].iov_base (`__iov` from 6.4)
+      pu   ITER_UBUF (6.0+, send(2) of one buffer on newer kernels): msg_iter.ubuf itself
+      itN  msg_iter.iter_type; the data is `pu` when it equals N, ITER_UBUF's value on this
+           kernel (6 on 6.1, 0 on 6.18: the enum was reordered)
+    The view of the other type reads a kernel address as user memory (or the reverse) and
+    faults or reads junk. Only the first segment is read, from its start: a write that
+    continues a partly sent segment (iov_offset > 0) shows that segment's first bytes.
+    """
+    types = fetch.types
+    msg_iter = types.member("msghdr", "msg_iter").offset
+    array = "{}[{}]".format(fetch.type(1), size)
+    iov = _first_member(types, "iov_iter", ("__iov", "iov"))
+    base = types.member("iovec", "iov_base").offset
+    args = ["pi=+u0(+{}(+{}({}))):{}".format(base, msg_iter + iov.offset, reg, array)]
+    ubuf = dict((name, value) for value, name in types.enum_values("iter_type").items()) \
+        .get("ITER_UBUF")
+    if ubuf is not None:
+        kind = types.member("iov_iter", "iter_type")
+        args += ["pu=+u0(+{}({})):{}".format(msg_iter + types.member("iov_iter", "ubuf").offset,
+                                             reg, array),
+                 "it{}=+{}({}):{}".format(ubuf, msg_iter + kind.offset, reg, fetch.type(kind.size))]
+    return args
+
+
+def _first_member(types, struct_name, names):
+    """The first of `names` that `struct_name` has (a member renamed between kernels)."""
+    for name in names[:-1]:
+        try:
+            return types.member(struct_name, name)
+        except LegacytraceError:
+            continue
+    return types.member(struct_name, names[-1])
 
 
 # -- event filters -------------------------------------------------------------------------
@@ -281,8 +486,9 @@ def sock_filter(fetch, flow):
     return " && ".join(terms) or None
 
 
-def definition(probe, fetch, flow):
-    """The Definition for one model.Probe (validated) on the kernel `fetch` describes."""
+def definition(probe, fetch, flow, warnings):
+    """The Definition for one model.Probe (validated) on the kernel `fetch` describes;
+    what it has to leave out is said in `warnings` ("FUNCTION: why")."""
     kind = "r" if probe.kind == "return" else "p"
     event = event_name(probe.name, probe.kind)
     for what, pos in (("skb_pos", probe.skb_pos), ("sk_pos", probe.sk_pos)):
@@ -294,8 +500,9 @@ def definition(probe, fetch, flow):
     filter_text = None
     if kind == "r":
         # a return probe sees the registers at return: only the return value is meaningful
-        if probe.fields:
-            raise UsageError("return probe {}: custom fields need an entry probe".format(probe.name))
+        if probe.fields or probe.args or probe.peek or probe.caller:
+            raise UsageError("return probe {}: custom fields, args, peek and caller need an "
+                             "entry probe".format(probe.name))
         args = ["ret=$retval:{}".format(fetch.type(8))]
     elif skb_reg:
         position = POSITION.get(probe.name)
@@ -309,7 +516,9 @@ def definition(probe, fetch, flow):
     else:
         args = []
     if kind == "p":
-        args.extend(custom_args(fetch, probe, skb_reg))
+        args.extend(custom_args(fetch, probe, skb_reg, sk_reg))
+        args.extend(extra_args(fetch, probe))
+        args.extend(peek_args(fetch, probe, warnings))
     too_long = [arg for arg in args if len(arg) > MAX_ARG_TEXT]
     if too_long or len(args) > MAX_ARGS:
         raise UsageError("probe {}: {} fetch args, or one longer than {} characters ({})".format(
@@ -317,11 +526,12 @@ def definition(probe, fetch, flow):
     return Definition(kind, event, probe.name, tuple(args), filter_text)
 
 
-def definitions(probes, fetch, flow):
-    """Definitions for all probes; the same function twice (entry and return) gets two names."""
+def definitions(probes, fetch, flow, warnings):
+    """Definitions for all probes; the same function twice (entry and return) gets two names.
+    `warnings` receives what the kernel cannot give ("FUNCTION: why", e.g. no peek)."""
     result, seen = [], set()
     for probe in probes:
-        made = definition(probe, fetch, flow)
+        made = definition(probe, fetch, flow, warnings)
         if made.event in seen:
             raise UsageError("function {} is listed twice in the manifest".format(probe.name))
         seen.add(made.event)
