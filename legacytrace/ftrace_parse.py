@@ -14,12 +14,14 @@ from 4.9, so an unprefixed number is read as hex only when the line's pointer is
 
 Static tracepoints (net:*, skb:*) print their own formats: `len=%u` decimal,
 `skbaddr=%p` hex without `0x`, `reason: NAME` for kfree_skb from 5.17.
+Arrays (`pi=+u0(...):x8[64]`, a peek) print as `{0x47,0x45,...}`: read as bytes.
 """
 import re
 import struct
 from socket import AF_INET, AF_INET6, inet_ntop
 
 from legacytrace.model import FlowEvent
+from legacytrace.payload import fields as payload_fields
 
 BACKEND = "ftrace"
 
@@ -31,6 +33,7 @@ _LINE = re.compile(
 _KPROBE_BODY = re.compile(r"^\(([\w.]+)\+0x[0-9a-fA-F]+/0x[0-9a-fA-F]+(?: <- ([\w.]+))?\)\s?(.*)$")
 _ARG = re.compile(r'(\w+)=("[^"]*"|\(fault\)|\S*)')
 _REASON = re.compile(r"\breason: (\w+)")
+_HEX = re.compile(r"^(0x)?[0-9a-f]+\Z")
 
 # Third flag character: h hardirq, H hardirq inside softirq, s softirq, z/Z NMI (newer kernels).
 _CONTEXT = {"s": "softirq", "h": "hardirq", "H": "hardirq", "z": "nmi", "Z": "nmi"}
@@ -74,6 +77,9 @@ def _numbers(args):
             value = text[1:-1]
         elif first == "(" or not first:
             value = None
+        elif first == "{":
+            value = bytes(int(item, 16 if item[1:2] == "x" else radix) & 0xff
+                          for item in text[1:-1].split(","))
         elif text[1:2] == "x":
             value = int(text, 16)
         else:
@@ -136,10 +142,26 @@ def _kprobe(event, symbol, returned_from, values, window):
     for name, value in values.items():
         if name.startswith("c_"):
             event.fields[name[2:]] = value
+    for name in ("reason", "caller"):            # args: {reason: N}, caller: true
+        if name in values:
+            event.fields[name] = values[name]
+    if "pi" in values:
+        _peeked(event, values)
     if values.get("skb") is not None:
         _skb(event, values, window)
     elif values.get("sk") is not None:
         _sock(event, values)
+
+
+def _peeked(event, values):
+    """The request line (or escaped bytes) of a peek (legacytrace.ftrace_kprobe.msg_iter_args):
+    `pu` when the iov_iter's type `itN` equals N (ITER_UBUF), else `pi` (ITER_IOVEC)."""
+    data = values["pi"]
+    for name, value in values.items():
+        if name[:2] == "it" and name[2:].isdigit() and value == int(name[2:]):
+            data = values.get("pu")
+    if isinstance(data, bytes):
+        event.fields.update(payload_fields(data))
 
 
 def _skb(event, values, window):
@@ -249,6 +271,14 @@ def _sock(event, values):
         event.proto = 17
 
 
+def _location(text):
+    """skb:kfree_skb's `location`: `ping_rcv+0xab/0xd0` (%pS, 4.x+) as "ping_rcv+0xab",
+    or a bare address (%p, 3.10) as an int that the orchestrator symbolizes."""
+    if _HEX.match(text):
+        return int(text, 16)
+    return text.split("/", 1)[0]
+
+
 def _tracepoint(event, name, body):
     """A static net:/skb: tracepoint: packet identity, length, device, drop reason; no tuple."""
     event.source, event.func = "tracepoint", name
@@ -259,7 +289,9 @@ def _tracepoint(event, name, body):
         fields["reason"] = reason.group(1)
         body = body[:reason.start()]
     for key, value in _ARG.findall(body):
-        if key == "skbaddr":
+        if key == "location":
+            fields["caller"] = _location(value)
+        elif key == "skbaddr":
             event.skb = int(value, 16)
         elif key == "len":
             event.length = int(value)
