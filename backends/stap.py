@@ -38,10 +38,12 @@ import time
 
 import jinja2
 
+from legacytrace import payload
 from legacytrace.backends import checks
 from legacytrace.backends.base import Backend, Program, Session
 from legacytrace.errors import LegacytraceError, UsageError
-from legacytrace.manifest import FIELD_NAME_RE, FIELD_PATH_RE, MAX_ARG_POS, check_symbol
+from legacytrace.manifest import (ARG_TYPES, FIELD_NAME_RE, FIELD_PATH_RE, MAX_ARG_POS,
+                                  PEEK_MAX, check_symbol)
 from legacytrace.model import CONTEXTS, FlowEvent
 
 PROTOCOL = "LT1"
@@ -66,6 +68,9 @@ STOP_TIMEOUT = 30.0
 #: What stap's runtime reports at exit, e.g. "WARNING: Number of errors: 0, skipped probes: 12".
 _SKIPPED_RE = re.compile(r"skipped probes: ([0-9]+)")
 _ERRORS_RE = re.compile(r"Number of errors: ([0-9]+)")
+#: The transport's report when its buffers overflowed (a reader too slow for the probes):
+#: "WARNING: There were 13 transport failures. Try stap -s to increase the buffer size from 1."
+_TRANSPORT_RE = re.compile(r"There were ([0-9]+) transport failures")
 #: text_str() escapes: \n \t ..., \ooo (bytes), \uXXXX / \UXXXXXXXX (UTF-8, stap 4.1+).
 _ESCAPE_RE = re.compile(r"\\(u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|[0-7]{3}|.)", re.S)
 _SIMPLE_ESCAPES = {"a": 7, "b": 8, "f": 12, "n": 10, "r": 13, "t": 9, "v": 11,
@@ -85,9 +90,10 @@ _E_COLUMNS = 23
 class StapBackend(Backend):
     name = "stap"
     summary = "SystemTap: guru-mode script with embedded C, compiled against the kernel's headers"
+    features = ("peek",)
 
     def check(self, host):
-        return checks.stap(host)
+        return checks.stap(host, cached=len(cached_modules(host.release)))
 
     def build(self, request):
         """Render the script for `request`; pure. Raise UsageError for anything unsafe."""
@@ -136,11 +142,19 @@ class StapBackend(Backend):
                                  "identifiers and `legacytrace cleanup` knows ours by lt_"
                                  .format(out))
         command = _stap_command(program, release, runtime)
+        target = release or program.data.get("release") or "this kernel"
         key = _digest(command + [name or ""], program.text, _stap_version())[:16]
         name = name or "lt_" + key
         module = os.path.join(cache_dir(), key, name + ".ko")
         if not os.path.isfile(module):
-            _compile_into(os.path.dirname(module), name, command, program.text)
+            try:
+                _compile_into(os.path.dirname(module), name, command, program.text)
+            except LegacytraceError as exc:
+                raise LegacytraceError(
+                    "{}; this program's module is not in the cache ({}): compile it where "
+                    "stap, gcc and the kernel headers for {} are, with `legacytrace build -r "
+                    "{} -o lt_NAME.ko`, and run it here with `trace --stap-module lt_NAME.ko`"
+                    .format(exc, cache_dir(), target, target))
         if out:
             shutil.copyfile(module, out)
             return out
@@ -271,7 +285,7 @@ class StapSession(Session):
                 sys.stderr.write("legacytrace: stap: {}\n".format(line))
 
 
-_EXIT_REPORT_RE = re.compile(r"Number of errors|skipped probes|Skipped due to")
+_EXIT_REPORT_RE = re.compile(r"Number of errors|skipped probes|Skipped due to|transport failures")
 
 
 def parse_line(line):
@@ -288,7 +302,10 @@ def parse_line(line):
     fields = {}
     for item in parts[_E_COLUMNS:]:
         name, _, value = item.partition("=")
-        fields[name] = None if value == "-" else int(value)
+        if name[0] == "@":
+            _extra(fields, name, value)
+        else:
+            fields[name] = None if value == "-" else int(value)
     family = int(family)
     return FlowEvent(
         backend="stap", source="kprobe", time_ns=int(time_ns), cpu=int(cpu), pid=int(pid),
@@ -302,9 +319,28 @@ def parse_line(line):
         icmp_code=None if icmp_code == "-1" else int(icmp_code),
         icmp_id=None if icmp_id == "-1" else int(icmp_id),
         icmp_seq=None if icmp_seq == "-1" else int(icmp_seq),
-        length=int(length), dev=None if dev == "-" else dev,
+        length=None if length == "-1" else int(length), dev=None if dev == "-" else dev,
         comm=unescape(comm) if "\\" in comm else comm,
         cmdline=(unescape(cmdline) if "\\" in cmdline else cmdline) or None, fields=fields)
+
+
+def _extra(fields, name, value):
+    """An @extra of an E line into `fields`: @reason=N, @caller=SYMDATA, @peek=HEX ("-": none).
+
+    symdata() prints "kfree_skb_reason+0x1a/0x80 [kernel]" (symbol, offset, size, module),
+    or the address in hex when no symbol covers it: kept as the symbol and offset, or an int.
+    """
+    if value == "-":
+        return
+    if name == "@reason":
+        fields["reason"] = int(value)
+    elif name == "@caller":
+        symbol = value.split("/", 1)[0].split(" ", 1)[0]
+        fields["caller"] = int(symbol, 16) if symbol.startswith("0x") else symbol
+    elif name == "@peek":
+        fields.update(payload.fields(bytes.fromhex(value)))
+    else:
+        raise ValueError("unknown extra {}".format(name))
 
 
 def unescape(text):
@@ -343,7 +379,8 @@ def _count_lost(line, lost):
 
 
 def _count_exit_report(line, lost):
-    for regex, cause in ((_SKIPPED_RE, "stap skipped probes"), (_ERRORS_RE, "stap errors")):
+    for regex, cause in ((_SKIPPED_RE, "stap skipped probes"), (_ERRORS_RE, "stap errors"),
+                         (_TRANSPORT_RE, "stap transport failures")):
         match = regex.search(line)
         if match and int(match.group(1)):
             lost[cause] += int(match.group(1))
@@ -388,8 +425,52 @@ def _probe_view(probe):
             raise UsageError("probe {}: custom field name {!r} must be lower-case letters, "
                              "digits and _ (at most 32)".format(name, field))
         fields.append({"name": field, "expr": _field_expr(name, field, path, skb_pos, sk_pos)})
+    args = _args_view(name, probe.args, skb_pos, sk_pos)
     return {"name": name, "skb_pos": skb_pos, "sk_pos": sk_pos, "fields": fields,
-            "uses_sk": any(f["expr"].startswith('@cast(sk,') for f in fields)}
+            "uses_sk": bool(sk_pos and not skb_pos)
+            or any(f["expr"].startswith('@cast(sk,') for f in fields),
+            "args": args, "reason": next((a["pos"] for a in args if a["name"] == "reason"), None),
+            "caller": _flag(probe.caller, "caller", name),
+            "peek": _peek_view(name, probe.peek, args)}
+
+
+def _args_view(probe, args, skb_pos, sk_pos):
+    """`args` (name -> position) as [{name, pos, ctype}]: known names, free positions."""
+    views = []
+    for arg, position in (args or {}).items():
+        if arg not in ARG_TYPES:
+            raise UsageError("probe {}: argument {!r} is not one of {}".format(
+                probe, arg, ", ".join(ARG_TYPES)))
+        position = _position(position, "args: " + arg, probe)
+        if position in (skb_pos, sk_pos) or position in [v["pos"] for v in views]:
+            raise UsageError("probe {}: args: {} is at position {}, which another argument "
+                             "already has".format(probe, arg, position))
+        views.append({"name": arg, "pos": position, "ctype": ARG_TYPES[arg]})
+    return views
+
+
+def _flag(value, what, probe):
+    if not isinstance(value, bool):
+        raise UsageError("probe {}: {} must be true or false, got {!r}".format(probe, what, value))
+    return value
+
+
+def _peek_view(probe, peek, args):
+    """`peek` as {pos, bytes}: the struct msghdr * argument's position, 1..PEEK_MAX bytes."""
+    if peek is None:
+        return None
+    if not isinstance(peek, dict) or set(peek) != {"arg", "bytes"} or peek["arg"] != "msg":
+        raise UsageError("probe {}: peek must be {{arg: msg, bytes: N}}, got {!r}".format(
+            probe, peek))
+    size = peek["bytes"]
+    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= PEEK_MAX:
+        raise UsageError("probe {}: peek bytes must be an integer from 1 to {}, got {!r}".format(
+            probe, PEEK_MAX, size))
+    position = next((a["pos"] for a in args if a["name"] == "msg"), None)
+    if position is None:
+        raise UsageError("probe {}: peek reads through the msg argument: give its position "
+                         "in args (args: {{msg: N}})".format(probe))
+    return {"pos": position, "bytes": size}
 
 
 def _field_expr(probe, field, path, skb_pos, sk_pos):
@@ -457,12 +538,37 @@ def _template():
 
 # --- side effects: compiling, the cache, staprun, /proc ----------------------------
 
-def cache_dir():
+def cache_dir(create=True):
     """Where compiled modules live: $LEGACYTRACE_STAP_CACHE, else ~/.cache/legacytrace/stap."""
     path = os.environ.get(CACHE_ENV) or os.path.join(
         os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "legacytrace", "stap")
-    os.makedirs(path, exist_ok=True)
+    if create:
+        os.makedirs(path, exist_ok=True)
     return path
+
+
+def cached_modules(release):
+    """Paths of the cached modules compiled for `release` (KEY/NAME.ko beside NAME.stp, whose
+    header names the target kernel): what this host can run without a compiler."""
+    found = []
+    root = cache_dir(create=False)
+    wanted = " * Target kernel: {}\n".format(release)
+    for key in sorted(os.listdir(root)) if os.path.isdir(root) else ():
+        folder = os.path.join(root, key)
+        for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
+            module = os.path.join(folder, name[:-4] + ".ko")
+            if name.endswith(".stp") and os.path.isfile(module) and _script_targets(
+                    os.path.join(folder, name), wanted):
+                found.append(module)
+    return found
+
+
+def _script_targets(path, wanted):
+    try:
+        with open(path) as handle:
+            return wanted in [next(handle, "") for _ in range(4)]
+    except (IOError, OSError, UnicodeError):
+        return False
 
 
 def _stap_command(program, release, runtime):

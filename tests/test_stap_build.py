@@ -7,11 +7,13 @@ review the diff. Whether the scripts compile and run is proved in the lab
 """
 import collections
 import ipaddress
+import json
 import os
 import stat
 
 import pytest
 
+from legacytrace import manifest
 from legacytrace.backends import stap
 from legacytrace.errors import UsageError
 from legacytrace.flowfilter import FlowFilter
@@ -19,6 +21,7 @@ from legacytrace.host import HostFacts
 from legacytrace.model import Probe, TraceRequest
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden", "stap")
+DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
 #: 6.1 positions (KERNEL_FACTS.md): ip_output/ip_finish_output (net, sk, skb).
 PROBES_61 = [
@@ -50,7 +53,26 @@ CASES = collections.OrderedDict([
             ("gso", "skb_shinfo(skb).gso_size"), ("mark", "skb.mark"),
             ("mtu", "skb.dev.mtu"), ("sndbuf", "sk.sk_sndbuf")]))],
         FlowFilter.parse(proto="tcp", sport="80"), release="3.10.0-1160.el7.x86_64")),
+    ("http1-61", lambda: build_manifest("http1", "lab-6.1.json", FlowFilter.parse(
+        proto="tcp", dport="80"))),
+    ("http1-el7", lambda: build_manifest("http1", "el7-3.10.json", FlowFilter.parse(
+        proto="tcp", dport="80"))),
+    ("drops-61", lambda: build_manifest("drops", "lab-6.1.json", FlowFilter.parse(proto="udp"))),
+    ("drops-el7", lambda: build_manifest("drops", "el7-3.10.json", FlowFilter.parse(proto="udp"))),
 ])
+
+
+def saved_host(name):
+    """HostFacts saved from a real host or constructed from documented facts (tests/data/hosts)."""
+    with open(os.path.join(DATA, "hosts", name)) as handle:
+        return HostFacts.from_dict(json.load(handle))
+
+
+def build_manifest(name, host, flow):
+    """A bundled manifest resolved for a saved host, as `legacytrace generate` builds it."""
+    facts = saved_host(host)
+    probes = manifest.resolve(manifest.load(name), facts.kernel).probes
+    return stap.StapBackend().build(TraceRequest(probes, flow, facts, run_id="lt4242"))
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -158,6 +180,59 @@ def test_field_needs_its_pointer():
         build([Probe("sock_sendmsg", None, fields={"mark": "sk.sk_mark"})])
     text = build([Probe("tcp_sendmsg", None, 1, fields={"mark": "sk.sk_mark"})]).text
     assert "sk = pointer_arg(1)" in text
+
+
+def probe_block(text, name):
+    """The script's probe for `name`, up to its closing brace."""
+    body = text[text.index('probe kprobe.function("{}")'.format(name)):]
+    return body[:body.index("\n}\n")]
+
+
+def test_peek_reads_the_msg_argument_of_each_kernel():
+    """tcp_sendmsg's struct msghdr * is argument 2 from 4.1, 3 on 3.10/el7 (http1.yaml)."""
+    new = probe_block(CASES["http1-61"]().text, "tcp_sendmsg")
+    old = probe_block(CASES["http1-el7"]().text, "tcp_sendmsg")
+    assert 'lt_peek(pointer_arg(2), 64)' in new and 'sk = pointer_arg(1)' in new
+    assert 'lt_peek(pointer_arg(3), 64)' in old and 'sk = pointer_arg(2)' in old
+    for body in (new, old):
+        assert "lt_sock(sk, " in body and "lt_packet(" not in body
+    assert "peek" in stap.StapBackend.features
+
+
+def test_drop_reason_and_caller_where_the_kernel_has_them():
+    """kfree_skb_reason(skb, reason) on 6.1; kfree_skb(skb) on el7: the caller only."""
+    new = probe_block(CASES["drops-61"]().text, "kfree_skb_reason")
+    old = probe_block(CASES["drops-el7"]().text, "kfree_skb")
+    assert 'sprintf("\\t@reason=%d", int_arg(2))' in new and "@reason" not in old
+    for body in (new, old):
+        assert "symdata(lt_caller())" in body and "lt_packet(skb)" in body
+        assert 'sprintf("\\tmark=%d", @cast(skb, "sk_buff", "kernel<net/sock.h>")->mark)' in body
+
+
+def test_extras_only_where_asked():
+    body = probe_block(build([Probe("ip_rcv", 1)]).text, "ip_rcv")
+    assert "@reason" not in body and "@caller" not in body and "lt_peek" not in body
+
+
+@pytest.mark.parametrize("probe", [
+    Probe("tcp_sendmsg", None, 1, args={"msg": 2}, peek={"arg": "msg", "bytes": 129}),
+    Probe("tcp_sendmsg", None, 1, args={"msg": 2}, peek={"arg": "msg", "bytes": 0}),
+    Probe("tcp_sendmsg", None, 1, args={"msg": 2}, peek={"arg": "msg", "bytes": "64); x("}),
+    Probe("tcp_sendmsg", None, 1, args={"msg": 2}, peek={"arg": "msg", "bytes": True}),
+    Probe("tcp_sendmsg", None, 1, args={"msg": 2}, peek={"arg": "sk", "bytes": 64}),
+    Probe("tcp_sendmsg", None, 1, args={"msg": 2}, peek={"arg": "msg", "bytes": 64, "x": 1}),
+    Probe("tcp_sendmsg", None, 1, peek={"arg": "msg", "bytes": 64}),
+    Probe("tcp_sendmsg", None, 1, args={"msg": 1}),
+    Probe("tcp_sendmsg", None, 1, args={"msg": 7}),
+    Probe("tcp_sendmsg", None, 1, args={"msg": "2) + system(\"id\""}),
+    Probe("tcp_sendmsg", None, 1, args={"buf": 2}),
+    Probe("kfree_skb_reason", 1, args={"reason": 1}),
+    Probe("kfree_skb_reason", 1, args={"reason": 2, "msg": 2}),
+    Probe("kfree_skb", 1, caller="yes"),
+])
+def test_hostile_extras_are_refused(probe):
+    with pytest.raises(UsageError):
+        build([probe])
 
 
 class RawFilter(object):
@@ -280,6 +355,9 @@ def test_compile_failure_names_the_error(tmp_path, monkeypatch):
     with pytest.raises(stap.LegacytraceError) as info:
         stap.StapBackend().compile(build(PROBES_61))
     assert "error: unknown type name" in str(info.value)
+    assert ("this program's module is not in the cache" in str(info.value)
+            and "legacytrace build -r 6.1.0-56-amd64 -o lt_NAME.ko" in str(info.value)
+            and "--stap-module" in str(info.value))
     assert os.listdir(str(tmp_path / "cache")) == [], "a failed compile leaves nothing behind"
 
 
