@@ -99,7 +99,7 @@ def test_tracepoint_mode_skips_functions_without_a_tracepoint_and_says_so():
 
 def test_tracepoint_mode_drops_the_reason_before_5_17():
     text = build(dict(DEV_618, release="5.15.0-91-generic")).text
-    assert "location=%s" in text and "reason=" not in text and "args->reason" not in text
+    assert "caller=%s" in text and "reason=" not in text and "args->reason" not in text
 
 
 def test_tracepoint_mode_skips_tracepoints_the_kernel_lacks():
@@ -199,8 +199,8 @@ def test_receive_and_reply_run_in_softirq():
         ("__dev_queue_xmit", 8, "task"), ("__netif_receive_skb_core", 8, "softirq"),
         ("__dev_queue_xmit", 0, "softirq"), ("consume_skb", 8, "softirq"),
         ("__netif_receive_skb_core", 0, "softirq"), ("kfree_skb_reason", 0, "softirq")]
-    assert ping4[3].fields == {"location": "icmp_rcv"}
-    assert ping4[5].fields == {"location": "ping_rcv", "reason": 3}
+    assert ping4[3].fields == {"caller": "icmp_rcv"}
+    assert ping4[5].fields == {"caller": "ping_rcv", "reason": 3}
     # The same sk_buff from transmit to receive on loopback.
     assert ping4[0].skb == ping4[1].skb == ping4[3].skb
 
@@ -218,7 +218,7 @@ def test_udp_ports_and_the_port_unreachable_it_caused():
     assert udp and all((e.saddr, e.daddr, e.dport) == ("127.0.0.1", "127.0.0.1", 9999)
                        for e in udp)
     assert len(set(e.sport for e in udp)) == 1
-    assert udp[-1].fields["location"] == "__udp4_lib_rcv"
+    assert udp[-1].fields["caller"] == "__udp4_lib_rcv"
     unreachable = [e for e in parsed if e.proto == 1 and e.icmp_type == 3]
     assert unreachable and all(e.icmp_code == 3 and e.icmp_id is None for e in unreachable)
 

@@ -1,11 +1,13 @@
 """Capture raw bpftrace output of the bpf backend on this host's kernel (run as root).
 
     .venv/bin/python tests/data/bpf/capture.py tracepoint > tests/data/bpf/loopback-<release>.txt
+    .venv/bin/python tests/data/bpf/capture.py fields > tests/data/bpf/fields-<release>.txt
 
 Builds the tracepoint-mode program for a few loopback functions, runs it with the
 backend's own session, sends ping, ping -6, one UDP datagram and one TCP connection
 over loopback, and writes every raw line bpftrace printed for the `lo` device
-(the `LT1` protocol), unchanged. The header lines start with `#`.
+(the `LT1` protocol), unchanged. The header lines start with `#`. `fields` adds the
+custom fields of FIELDS to __dev_queue_xmit (typed from this kernel's BTF).
 """
 import os
 import platform
@@ -22,6 +24,9 @@ from legacytrace.model import Probe, TraceRequest
 
 PROBES = [Probe("__netif_receive_skb_core", 1), Probe("__dev_queue_xmit", 1),
           Probe("kfree_skb_reason", 1, egress=True), Probe("consume_skb", 1)]
+FIELDS = {"dev": "skb.dev.name", "ifindex": "skb.dev.ifindex", "mark": "skb.mark",
+          "gso": "skb_shinfo(skb).gso_size", "family": "sk.__sk_common.skc_family",
+          "tstamp": "skb.tstamp"}
 
 
 def traffic():
@@ -45,9 +50,15 @@ def traffic():
 
 def main():
     host = HostFacts(release=platform.release(), root=True, tracefs="/sys/kernel/tracing",
-                     kprobe_events=False, btf="/sys/kernel/btf/vmlinux", bpftrace="v0.17.0")
+                     kprobe_events=False, btf="/sys/kernel/btf/vmlinux", bpftrace="v0.17.0",
+                     tracepoints=["net:netif_receive_skb", "net:net_dev_queue",
+                                  "skb:kfree_skb", "skb:consume_skb"])
     backend = backends.get("bpf")
-    program = backend.build(TraceRequest(PROBES, FlowFilter(), host,
+    probes = PROBES
+    if sys.argv[1:] == ["fields"]:
+        probes = [Probe(p.name, p.skb_pos, egress=p.egress,
+                        fields=FIELDS if p.name == "__dev_queue_xmit" else None) for p in PROBES]
+    program = backend.build(TraceRequest(probes, FlowFilter(), host,
                                          run_id="lt{}".format(os.getpid())))
     print("# kernel {}, bpftrace 0.17, tracepoint mode; {}".format(
         platform.release(), " ".join(sys.argv)))

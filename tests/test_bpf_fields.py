@@ -1,0 +1,284 @@
+"""The bpf backend's manifest extras: custom fields, args (reason), caller, peek.
+
+Builds are typed with what a real kernel's BTF answered (tests/data/bpf/types-*.json,
+recorded by tests/data/bpf/capture_types.py from the 6.1 lab kernel's and this machine's
+6.18 BTF); parser input is bpftrace output captured on a real kernel
+(tests/data/bpf/README.md). Golden programs regenerate as in tests/test_bpf.py.
+"""
+import json
+import os
+
+import pytest
+
+from legacytrace import backends, btf, manifest
+from legacytrace.backends import bpf
+from legacytrace.errors import UsageError
+from legacytrace.flowfilter import FlowFilter
+from legacytrace.host import HostFacts
+from legacytrace.model import Probe, TraceRequest
+
+from test_bpf import DATA, DEV_618, LAB_61, golden
+
+LAB_618 = dict(DEV_618, kprobe_events=True, kprobe_pmu=True)
+
+
+class Recorded(object):
+    """bpf.Types answering from a recording of a real kernel's BTF."""
+
+    def __init__(self, release):
+        with open(os.path.join(DATA, "types-{}.json".format(release))) as recording:
+            self.answers = json.load(recording)
+
+    def member(self, struct_name, path):
+        answer = self.answers["member"]["{} {}".format(struct_name, path)]
+        if isinstance(answer, dict):
+            raise btf.BTFError(answer["error"])
+        return tuple(answer)
+
+    def signed(self, ctype):
+        return self.answers["signed"][ctype]
+
+    def enum(self, name):
+        return self.answers["enum"][name]
+
+
+def backend_for(release):
+    return bpf.BpfBackend(types_for=lambda host: Recorded(release))
+
+
+def build(facts, probes, release=None):
+    release = release or facts["release"]
+    request = TraceRequest(probes, FlowFilter(), HostFacts(**facts), run_id="lt4242")
+    return backend_for(release).build(request)
+
+
+def bundled(facts, *names):
+    """The probes the bundled manifests resolve to on the kernel of `facts`."""
+    kernel = HostFacts(**facts).kernel
+    return [probe for name in names
+            for probe in manifest.resolve(manifest.load(name), kernel).probes]
+
+
+MANIFESTS = ("drops", "http1", "tcp-connect")
+
+
+def test_bundled_manifests_on_the_lab_kernel_match_golden():
+    golden("kprobe-manifests-6.1.bt", build(LAB_61, bundled(LAB_61, *MANIFESTS)).text)
+
+
+def test_bundled_manifests_on_a_6_18_kernel_with_kprobes_match_golden():
+    golden("kprobe-manifests-6.18.bt", build(LAB_618, bundled(LAB_618, *MANIFESTS)).text)
+
+
+def test_drops_reads_the_reason_argument_the_return_address_and_the_mark():
+    text = build(LAB_61, bundled(LAB_61, "drops")).text
+    assert "\\treason=%llu,caller=%s,mark=%llu\\t" in text
+    # kfree_skb_reason(struct sk_buff *skb, enum skb_drop_reason reason): the 2nd argument.
+    assert '(uint64)arg1 & 0xffffffff, ksym(*(uint64 *)reg("sp")), ' \
+           '(uint64)$skb->mark & 0xffffffff, comm);' in text
+
+
+def test_6_11_drops_reads_the_reason_as_third_argument():
+    facts = dict(LAB_618)
+    probes = bundled(facts, "drops")
+    assert [p.name for p in probes] == ["sk_skb_reason_drop"]
+    assert "(uint64)arg2 & 0xffffffff" in build(facts, probes).text
+
+
+def test_peek_layout_comes_from_the_kernels_btf():
+    six_one = build(LAB_61, bundled(LAB_61, "http1")).text
+    # 6.1: ITER_UBUF is 6, ITER_IOVEC 0, the iovecs are `iov`.
+    assert "if ($lt_itype == 6) {\n    $lt_ubase = (uint64)$lt_msg->msg_iter.ubuf;" in six_one
+    assert "if ($lt_itype == 0) {\n    $lt_ubase = (uint64)$lt_msg->msg_iter.iov->iov_base;" \
+        in six_one
+    six_eighteen = build(LAB_618, bundled(LAB_618, "http1")).text
+    # 6.18: enum iter_type was reordered (ITER_UBUF first) and iov became __iov (6.4).
+    assert "if ($lt_itype == 0) {\n    $lt_ubase = (uint64)$lt_msg->msg_iter.ubuf;" in six_eighteen
+    assert "msg_iter.__iov->iov_base" in six_eighteen and "if ($lt_itype == 1)" in six_eighteen
+    for text in (six_one, six_eighteen):
+        assert "$lt_msg = (struct msghdr *)arg1;" in text
+        assert "if ($lt_plen > 64) { $lt_plen = 64; }" in text
+        assert "\\tpeek=%rx\\t" in text and "buf(uptr($lt_ubase), $lt_plen), comm);" in text
+
+
+class IovIterBefore60(Recorded):
+    """5.14..5.19's iov_iter as the reader sees it: iter_type and iov, no ubuf, no ITER_UBUF
+    (include/linux/uio.h of 5.19); the rest answers as 6.1."""
+
+    def member(self, struct_name, path):
+        if (struct_name, path) == ("iov_iter", "ubuf"):
+            raise btf.BTFError("struct iov_iter has no member ubuf")
+        return super(IovIterBefore60, self).member(struct_name, path)
+
+    def enum(self, name):
+        values = dict(super(IovIterBefore60, self).enum(name))
+        values.pop("ITER_UBUF")
+        return values
+
+
+def test_a_kernel_without_iter_ubuf_reads_only_iovecs():
+    request = TraceRequest(bundled(LAB_61, "http1"), FlowFilter(),
+                           HostFacts(**dict(LAB_61, release="5.19.0-1-amd64")), run_id="lt1")
+    text = bpf.BpfBackend(types_for=lambda host: IovIterBefore60("6.1.0-56-amd64")).build(
+        request).text
+    assert "msg_iter.ubuf" not in text and "msg_iter.iov->iov_base" in text
+
+
+def test_a_long_peek_raises_bpftraces_string_length():
+    probe = bundled(LAB_61, "http1")[0]
+    assert build(LAB_61, [probe]).data["env"] == {}
+    probe.peek = {"arg": "msg", "bytes": 128}
+    program = build(LAB_61, [probe])
+    assert program.data["env"] == {"BPFTRACE_STRLEN": "128"}
+    assert "if ($lt_plen > 128) { $lt_plen = 128; }" in program.text
+
+
+def test_the_backend_says_it_peeks():
+    assert "peek" in backends.get("bpf").features
+
+
+# --- custom fields ------------------------------------------------------------------------
+
+def field(path, name="f", release="6.1.0-56-amd64", roots=None):
+    roots = roots or {"skb": "$skb", "sk": "$sk", "skb_shinfo(skb)": bpf._SHINFO}
+    return bpf.field_extra("fn", name, path, roots, Recorded(release))
+
+
+@pytest.mark.parametrize("path, expr, conversion", [
+    ("skb.mark", "(uint64)$skb->mark & 0xffffffff", "%llu"),
+    ("skb.dev.name", "buf($skb->dev->name, 16)", "%rx"),
+    ("skb.dev.ifindex", "(int64)$skb->dev->ifindex", "%lld"),
+    ("skb.dev", "(uint64)$skb->dev", "%llu"),
+    ("skb.tstamp", "(int64)$skb->tstamp", "%lld"),
+    ("skb_shinfo(skb).gso_size",
+     "(uint64)((struct skb_shared_info *)($skb->head + $skb->end))->gso_size & 0xffff", "%llu"),
+    ("sk.__sk_common.skc_state", "(uint64)$sk->__sk_common.skc_state & 0xff", "%llu"),
+    ("sk.__sk_common.skc_dport", "(uint64)$sk->__sk_common.skc_dport & 0xffff", "%llu"),
+])
+def test_field_paths_compile_to_btf_typed_expressions(path, expr, conversion):
+    extra = field(path)
+    assert (extra.name, extra.expr, extra.conversion) == ("f", expr, conversion)
+
+
+@pytest.mark.parametrize("path, words", [
+    ("skb.no_such_member", "field f (skb.no_such_member): struct sk_buff has no member "
+                           "no_such_member: name a member the kernel's BTF has"),
+    ("skb.dev.no_such_member", "struct net_device has no member no_such_member"),
+    ("skb.len.value", "sk_buff.len has type unsigned int, not a struct"),
+    ("sk.__sk_common", "field f (sk.__sk_common) is a struct sock_common, not a number"),
+])
+def test_a_path_the_kernel_lacks_is_a_usage_error_naming_the_field(path, words):
+    with pytest.raises(UsageError) as err:
+        field(path)
+    assert words in str(err.value) and "function fn" in str(err.value)
+
+
+@pytest.mark.parametrize("name, path", [
+    ("f", 'skb.len); system("id"'), ("f", "skb.len\n}"), ("f", "skb->len"), ("f", "$skb.len"),
+    ("f", "skb"), ("f", None), ('f"x', "skb.len"), ("F", "skb.len"), (None, "skb.len"),
+    ("f\n", "skb.len")])
+def test_hostile_fields_never_reach_the_program(name, path):
+    with pytest.raises(UsageError, match="invalid custom field"):
+        build(LAB_61, [Probe("ip_rcv", 1, fields={name: path})])
+
+
+@pytest.mark.parametrize("name", ["reason", "caller", "peek", "request"])
+def test_a_field_may_not_take_a_name_the_backend_fills(name):
+    with pytest.raises(UsageError, match="custom field '{}' has the name".format(name)):
+        build(LAB_61, [Probe("ip_rcv", 1, fields={name: "skb.len"})])
+
+
+def test_sk_fields_read_the_socket_argument_else_the_packets_socket():
+    with_sk = build(LAB_61, [Probe("ip_output", 3, 2, fields={"fam": "sk.__sk_common.skc_family"})])
+    assert "(uint64)$sk->__sk_common.skc_family & 0xffff, comm);" in with_sk.text
+    only_skb = build(LAB_61, [Probe("ip_rcv", 1, fields={"fam": "sk.__sk_common.skc_family"})])
+    assert "(uint64)$skb->sk->__sk_common.skc_family & 0xffff, comm);" in only_skb.text
+
+
+def test_a_socket_function_has_no_skb_fields():
+    with pytest.raises(UsageError, match="field len reads skb, which this probe does not have"):
+        build(LAB_61, [Probe("tcp_connect", None, 1, fields={"len": "skb.len"})])
+
+
+def test_tracepoint_mode_reads_fields_of_its_skb_and_names_the_location_caller():
+    probes = [Probe("kfree_skb_reason", 1, fields={"mark": "skb.mark", "fam": "sk.__sk_common.skc_family"})]
+    text = build(DEV_618, probes).text
+    assert "\\tcaller=%s,reason=%d,mark=%llu,fam=%llu\\t" in text
+    assert "(uint64)$skb->mark & 0xffffffff, (uint64)$skb->sk->__sk_common.skc_family & 0xffff" \
+        in text
+
+
+def test_tracepoint_mode_cannot_peek_and_says_so_once():
+    program = build(DEV_618, [Probe("__dev_queue_xmit", 1, args={"msg": 2},
+                                    peek={"arg": "msg", "bytes": 64})])
+    assert [w for w in program.data["warnings"] if "peek" in w] == [
+        "__dev_queue_xmit: events without the payload (peek): a tracepoint has no struct msghdr * "
+        "and this kernel has no kprobes; the stap or ftrace backend can peek on a kernel with "
+        "kprobes"]
+    assert "buf(" not in program.text
+
+
+def test_without_readable_btf_fields_and_peeks_are_skipped_with_a_warning():
+    def unreadable(host):
+        raise btf.BTFError("cannot read BTF /nowhere: No such file or directory")
+    request = TraceRequest(bundled(LAB_61, "drops", "http1"), FlowFilter(),
+                           HostFacts(**LAB_61), run_id="lt1")
+    program = bpf.BpfBackend(types_for=unreadable).build(request)
+    warnings = program.data["warnings"]
+    assert "kfree_skb_reason: custom fields (mark) skipped: the bpf backend types them from the " \
+           "target's BTF, which could not be read (cannot read BTF /nowhere: No such file or " \
+           "directory)" in warnings
+    assert any(w.startswith("tcp_sendmsg: events without the payload (peek)") for w in warnings)
+    assert "reason=%llu,caller=%s\\t" in program.text and "buf(" not in program.text
+
+
+def test_btf_is_read_only_when_a_probe_needs_it():
+    def refuse(host):
+        raise AssertionError("BTF read for a manifest without fields or peeks")
+    request = TraceRequest([Probe("ip_rcv", 1)], FlowFilter(), HostFacts(**LAB_61), run_id="lt1")
+    bpf.BpfBackend(types_for=refuse).build(request)
+
+
+# --- the parser, on lines captured from a real kernel ---------------------------------------
+
+def captured(name):
+    with open(os.path.join(DATA, name)) as capture:
+        return [line.rstrip("\n") for line in capture if not line.startswith("#")]
+
+
+def test_captured_custom_fields_become_ints_and_text():
+    parser = backends.get("bpf")
+    events = [parser.parse(line) for line in captured("fields-6.18.txt")]
+    assert events and all(events)
+    xmit = [e for e in events if e.func == "__dev_queue_xmit"]
+    assert xmit and all(e.fields["dev"] == "lo" and e.fields["ifindex"] == 1 for e in xmit)
+    assert {e.fields["family"] for e in xmit} == {2, 10}
+    assert all(e.fields["family"] == {4: 2, 6: 10}[e.family] for e in xmit)
+    assert all(isinstance(e.fields["tstamp"], int) and e.fields["gso"] == 0 for e in xmit)
+    drops = [e for e in events if e.func == "kfree_skb_reason"]
+    assert {e.fields["caller"] for e in drops} >= {"__udp4_lib_rcv"}
+    assert all(isinstance(e.fields["reason"], int) for e in drops)
+
+
+@pytest.mark.parametrize("text, fields", [
+    ("peek=\\x47\\x45\\x54\\x20\\x2f\\x20\\x48\\x54\\x54\\x50\\x2f\\x31\\x2e\\x31\\x0d\\x0a",
+     {"request": "GET / HTTP/1.1"}),
+    ("peek=\\x00\\x01\\x5c", {"peek": "\\x00\\x01\\\\"}),
+    ("peek=", {}),
+    ("reason=2,caller=__udp4_lib_rcv,mark=0", {"reason": 2, "caller": "__udp4_lib_rcv", "mark": 0}),
+    ("dev=\\x6c\\x6f\\x00\\x00", {"dev": "lo"}),
+])
+def test_extras_column_decoding(text, fields):
+    assert bpf.extra_fields(text) == fields
+
+
+@pytest.mark.parametrize("text", ["peek=\\x4", "peek=\\y41", "peek=x41x", "dev=\\x6"])
+def test_a_damaged_hex_value_is_not_an_event(text):
+    line = captured("fields-6.18.txt")[0].split("\t")
+    line[23] = text
+    assert backends.get("bpf").parse("\t".join(line)) is None
+
+
+def test_recorded_facts_of_another_kernel_do_not_read_this_machines_btf():
+    with pytest.raises(btf.BTFError, match="not of the target's 3.10.0-1160.el7.x86_64"):
+        bpf.load_types(HostFacts(**dict(LAB_61, release="3.10.0-1160.el7.x86_64")))
