@@ -3,10 +3,14 @@
 Proves: ping, a UDP datagram and a TCP connection appear with the right addresses,
 ports and protocol at receive and transmit functions; the sender's pid and comm on
 the transmit side; a flow filter shows only its flow. The raw LT1 lines are kept in
-LEGACYTRACE_LAB_SHARED/bpf-kprobe-raw.txt for the parser's unit tests.
+LEGACYTRACE_LAB_SHARED/bpf-kprobe-raw.txt for the parser's unit tests. Through the CLI:
+events bpftrace loses (a flood into a one-page perf buffer) are counted in the summary
+line and the JSON summary, and a stop during the flood leaves no bpftrace behind.
 """
 import os
+import re
 import signal
+import socket
 import threading
 import time
 
@@ -18,6 +22,8 @@ from legacytrace import backends
 from legacytrace.flowfilter import FlowFilter
 from legacytrace.host import probe_host
 from legacytrace.model import Probe, TraceRequest
+
+from test_lifecycle import Run, foreign, settled  # noqa: F401 (foreign is a fixture)
 
 LOOPBACK = "127.0.0.1"
 # 4.4+ argument positions (KERNEL_FACTS.md); names the kernel lacks are dropped via kallsyms.
@@ -144,3 +150,44 @@ def test_a_flow_filter_shows_only_its_flow(lab_shared):
     found, workloads = trace(flow, traffic)
     assert found and all(flow.matches(e) for e in found)
     assert {e.proto for e in found} == {6} and {e.dport for e in found} == {port}
+
+
+LOST = re.compile(r"^lost events: (\d+) \((.*)\)$", re.M)
+FLOOD_PORT = 47014
+
+
+def flood(count):
+    """`count` datagrams to a receiver with a tiny buffer (most are dropped: no backpressure)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver:
+        receiver.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        receiver.bind((LOOPBACK, FLOOD_PORT))
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for _ in range(count):
+                sender.sendto(b"x" * 64, (LOOPBACK, FLOOD_PORT))
+
+
+def test_lost_events_are_counted_and_a_stop_in_a_flood_leaves_nothing(foreign, tmp_path):
+    # One page per CPU of perf ring buffer (bpftrace 0.17's BPFTRACE_PERF_RB_PAGES, default
+    # 64) holds about 16 events: a flood overruns it while legacytrace reads.
+    run = Run("bpf", tmp_path, env={"BPFTRACE_PERF_RB_PAGES": "1"})
+    run.wait_for_events(lambda: flood(1))
+    sender = threading.Thread(target=flood, args=(20000,), daemon=True)
+    sender.start()
+    shown = 0
+    while sender.is_alive():
+        run.read(0.5)
+        shown += len(run.lines)
+        del run.lines[:]                # the summary comes after the stop
+    started = time.monotonic()
+    code = run.stop(signal.SIGINT)
+    stopped = time.monotonic() - started
+    assert code == 0 and "Traceback" not in run.stderr, run.stderr
+    match = LOST.search(run.stderr)
+    assert match, run.stderr
+    total, causes = int(match.group(1)), match.group(2)
+    assert total > 0 and "bpftrace perf buffer full" in causes, run.stderr
+    assert run.summary is not None and run.summary["lost_total"] == total, run.lines[-1:]
+    assert stopped < 120, "stopping took {:.0f} s".format(stopped)
+    print("bpf, 1-page perf buffer: {} events shown, {} lost ({}), stop took {:.1f} s".format(
+        shown + len(run.events), total, causes, stopped))
+    assert settled(foreign) == []
