@@ -68,19 +68,12 @@ program = backend.build(request)
 stats = render.Summary()
 
 sink = render.JsonRenderer(sys.stdout)
-orig_run = backend.run
-def run(program):
-    session = orig_run(program)
-    attach = session.attach
-    def announced():
-        attach()
-        sys.stderr.write("ready {}\n".format(program.data["group"]))
-        sys.stderr.flush()
-    session.attach = announced
-    return session
-backend.run = run
+def announce():
+    sys.stderr.write("ready {}\n".format(program.data["group"]))
+    sys.stderr.flush()
 try:
-    ended = trace.run(backend, program, flow, Limits(duration=spec.get("duration")), sink, stats)
+    ended = trace.run(backend, program, flow, Limits(duration=spec.get("duration")), sink, stats,
+                      attached=announce)
     sys.stdout.flush()
 except BrokenPipeError:
     ended = "closed pipe"

@@ -61,22 +61,6 @@ class Tee(object):
             renderer.close(summary)
 
 
-def announce_attach(backend, attached):
-    """Make `attached` fire once the session has attached (so traffic is not sent too early)."""
-    run = backend.run
-
-    def announced_run(program):
-        session = run(program)
-        attach = session.attach
-
-        def announced_attach():
-            attach()
-            attached.set()
-        session.attach = announced_attach
-        return session
-    backend.run = announced_run
-
-
 @pytest.fixture(scope="module", params=["ftrace", "bpf"])
 def traced_ping(request, loopback, lab_shared):
     """Trace ping -c 2 with every renderer; returns the ping Workload and the outputs.
@@ -98,7 +82,6 @@ def traced_ping(request, loopback, lab_shared):
                FlowsRenderer(flows, egress=[p.name for p in probes if p.egress]))
     summary = Summary()
     attached, finished, result = threading.Event(), threading.Event(), {}
-    announce_attach(backend, attached)
 
     def traffic():
         while not attached.wait(0.5):
@@ -114,7 +97,7 @@ def traced_ping(request, loopback, lab_shared):
     try:
         thread.start()
         ended = trace.run(backend, program, flow, Limits(duration=600), sink, summary,
-                          enrich=CmdlineCache().enrich)
+                          enrich=CmdlineCache().enrich, attached=attached.set)
     finally:
         finished.set()
         thread.join()

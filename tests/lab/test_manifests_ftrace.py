@@ -1,0 +1,204 @@
+"""The bundled manifests through `legacytrace trace --backend ftrace --json`, on the lab's 6.1.
+
+Proves, end to end through the CLI as a user runs it: icmp-senders names ping (pid, full
+command line, addresses); http1 shows the request line peeked from the user's buffer of a
+curl request and of a Python http.client request, each with its own pid and comm;
+tcp-connect shows the connection's destination and process; drops shows a UDP datagram to a
+closed port dropped with its reason (a name from the kernel's BTF) and the caller; the
+default manifest shows one TCP connection on the transmit and the receive path.
+
+Every `legacytrace trace` reads the host's facts first (bpftrace included: a minute or more
+under TCG), so the five runs start together, the traffic is made once they all said they
+are tracing, and each test reads its own run's output. The raw kprobe lines of the drops
+and http1 programs are recorded once more with the standalone sh script into
+LEGACYTRACE_LAB_SHARED/ftrace-manifests-6.1.trace (the parser's unit tests use a copy).
+"""
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+import labkit
+
+from legacytrace import features, manifest
+from legacytrace.backends.ftrace import FtraceBackend
+from legacytrace.flowfilter import FlowFilter
+from legacytrace.host import HostFacts
+from legacytrace.model import TraceRequest
+
+LEGACYTRACE = str(Path(sys.executable).parent / "legacytrace")
+ATTACH_TIMEOUT = 900
+PY_CLIENT = ("import http.client, sys\n"
+             "c = http.client.HTTPConnection('127.0.0.1', int(sys.argv[1]), timeout=60)\n"
+             "c.request('GET', '/from-python')\n"
+             "print(c.getresponse().status)\n")
+
+
+class Run(object):
+    """One `legacytrace trace -b ftrace MANIFEST --json FLOW` in its own session."""
+
+    def __init__(self, folder, name, args):
+        self.name = name
+        self.stderr_path = Path(folder) / "stderr-{}.txt".format(name)
+        self.stdout_path = Path(folder) / "stdout-{}.jsonl".format(name)
+        argv = [LEGACYTRACE, "trace", "-b", "ftrace", "--json"] + list(args)
+        if name != "generic":
+            argv.insert(4, name)
+        self.proc = subprocess.Popen(argv, stdout=open(str(self.stdout_path), "w"),
+                                     stderr=open(str(self.stderr_path), "w"),
+                                     start_new_session=True)
+
+    @property
+    def stderr(self):
+        return self.stderr_path.read_text()
+
+    def attached(self):
+        assert self.proc.poll() is None, "{} ended early: {}".format(self.name, self.stderr)
+        return "tracing with ftrace" in self.stderr
+
+    def stop(self):
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(120)
+        objects = [json.loads(line) for line in self.stdout_path.read_text().splitlines()
+                   if line.startswith("{")]
+        self.events = [obj for obj in objects if "type" not in obj]
+
+
+def guest_facts():
+    """The facts the ftrace backend needs, read directly (probe_host() also times bpftrace)."""
+    root = labkit.tracefs_root()
+    return HostFacts(release=os.uname().release, root=True, tracefs=str(root),
+                     kprobe_events=True, instances=True, btf="/sys/kernel/btf/vmlinux",
+                     kprobe_syntax=features.readme_kprobe_syntax((root / "README").read_text()))
+
+
+def sh_capture(folder):
+    """The standalone sh script of the drops and http1 programs, capturing to a file."""
+    facts = guest_facts()
+    probes = []
+    for name in ("drops", "http1"):
+        probes += manifest.resolve(manifest.load(name), facts.kernel).probes
+    backend = FtraceBackend()
+    program = backend.build(TraceRequest(probes, FlowFilter(), facts, run_id="lt1"))
+    script = Path(folder) / "capture.sh"
+    script.write_text(backend.export(program, "sh"))
+    capture = Path(folder) / "capture.trace"
+    proc = subprocess.Popen(["sh", str(script), str(capture)], stderr=subprocess.PIPE,
+                            universal_newlines=True, start_new_session=True)
+    deadline = time.monotonic() + 120
+    while "capturing to" not in proc.stderr.readline():
+        assert time.monotonic() < deadline and proc.poll() is None, "sh capture did not start"
+    return proc, capture
+
+
+@pytest.fixture(scope="module")
+def runs():
+    labkit.loopback_up()
+    folder = tempfile.mkdtemp(prefix="ltlab-manifests-")
+    root = Path(folder) / "www"
+    root.mkdir()
+    for page in ("from-curl", "from-python"):
+        (root / page).write_text("hello\n")
+    port = labkit.free_port()
+    closed = labkit.free_port(socket.SOCK_DGRAM)
+    server = subprocess.Popen(["busybox", "httpd", "-f", "-p", "127.0.0.1:{}".format(port),
+                               "-h", str(root)])
+    labkit.wait_listening(port)
+    flows = {"icmp-senders": ["-p", "icmp"], "http1": ["-p", "tcp", "--dport", str(port)],
+             "tcp-connect": ["-p", "tcp", "--dport", str(port)],
+             "drops": ["-p", "udp", "--dport", str(closed)], "generic": ["-p", "tcp"]}
+    started = dict((name, Run(folder, name, args)) for name, args in flows.items())
+    capture_proc, capture = sh_capture(folder)
+    try:
+        deadline = time.monotonic() + ATTACH_TIMEOUT
+        while not all(run.attached() for run in started.values()):
+            assert time.monotonic() < deadline, "not attached within {} s".format(ATTACH_TIMEOUT)
+            time.sleep(2)
+        work = {"ping": labkit.ping(2)}
+        work["curl"] = labkit.run_process("curl", [
+            "curl", "-sS", "--http1.1", "-o", "/dev/null", "-w", "%{http_code}",
+            "http://127.0.0.1:{}/from-curl".format(port)], dport=port)
+        work["python"] = labkit.run_process("python", [sys.executable, "-c", PY_CLIENT, str(port)],
+                                            timeout=300, dport=port)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.sendto(b"to a closed port", ("127.0.0.1", closed))
+        work["udp"] = closed
+        time.sleep(3)
+    finally:
+        for run in started.values():
+            if run.proc.poll() is None:
+                run.stop()
+        labkit.stop_process(capture_proc)
+        labkit.stop_process(server, signal.SIGTERM)
+    assert work["curl"].output.strip() == "200" and work["python"].output.strip() == "200"
+    shared = os.environ.get("LEGACYTRACE_LAB_SHARED")
+    if shared and capture.exists():
+        Path(shared, "ftrace-manifests-6.1.trace").write_text(capture.read_text())
+    return started, work, port
+
+
+def test_icmp_senders_names_ping(runs):
+    started, work, _ = runs
+    ping = work["ping"]
+    mine = [e for e in started["icmp-senders"].events if e["pid"] == ping.pid]
+    assert mine, started["icmp-senders"].stderr
+    for event in mine:
+        assert event["func"] in ("ip_finish_output", "ip_output") and event["proto"] == "icmp"
+        assert (event["saddr"], event["daddr"]) == ("127.0.0.1", "127.0.0.1")
+        assert event["cmdline"] == " ".join(ping.argv) and event["comm"] == "ping"
+    assert len([e for e in mine if e["icmp_type"] == 8]) == 2      # two echo requests
+
+
+def test_http1_request_lines_of_curl_and_python(runs):
+    started, work, port = runs
+    events = started["http1"].events
+    assert "does not read payloads" not in started["http1"].stderr
+    for who, path in (("curl", "/from-curl"), ("python", "/from-python")):
+        sent = [e for e in events if e["pid"] == work[who].pid]
+        assert sent, (who, started["http1"].stderr)
+        first = sent[0]
+        assert first["fields"]["request"] == "GET {} HTTP/1.1".format(path), first
+        assert first["func"] == "tcp_sendmsg" and first["dport"] == port
+        assert first["comm"].startswith("curl" if who == "curl" else "python"), first
+
+
+def test_tcp_connect_destination_and_process(runs):
+    started, work, port = runs
+    curl = [e for e in started["tcp-connect"].events if e["pid"] == work["curl"].pid]
+    assert len(curl) == 1, started["tcp-connect"].stderr
+    event = curl[0]
+    assert (event["func"], event["daddr"], event["dport"], event["comm"]) == \
+        ("tcp_connect", "127.0.0.1", port, "curl")
+    assert event["fields"]["state"] == 2                    # TCP_SYN_SENT before the SYN goes out
+    assert event["cmdline"] == " ".join(work["curl"].argv)
+
+
+def test_drops_reason_and_caller(runs):
+    started, work, _ = runs
+    drops = [e for e in started["drops"].events if e["dport"] == work["udp"]]
+    assert drops, started["drops"].stderr
+    event = drops[0]
+    assert event["func"] == "kfree_skb_reason" and event["proto"] == "udp"
+    assert event["fields"]["reason"] == "NO_SOCKET", event
+    assert isinstance(event["fields"]["caller"], str) and "udp" in event["fields"]["caller"], event
+    assert isinstance(event["fields"]["mark"], int)
+
+
+def test_generic_shows_one_tcp_connection_on_both_paths(runs):
+    started, work, port = runs
+    events = started["generic"].events
+    sent = [e for e in events if e["pid"] == work["curl"].pid and e["dport"] == port]
+    assert sent, started["generic"].stderr
+    ends = {(sent[0]["saddr"], sent[0]["sport"]), (sent[0]["daddr"], sent[0]["dport"])}
+    flow = [e for e in events if {(e["saddr"], e["sport"]), (e["daddr"], e["dport"])} == ends]
+    functions = {e["func"] for e in flow}
+    assert functions & {"ip_local_out", "ip_output", "ip_finish_output", "__dev_queue_xmit"}, functions
+    assert functions >= {"tcp_v4_rcv", "ip_local_deliver"}, functions
+    assert {e["sport"] for e in flow} == {port, sent[0]["sport"]}   # both directions
