@@ -69,3 +69,12 @@ BENCH_ARGS ?=
 
 bench: venv
 	$(VENV)/bin/python bench/ingest.py $(BENCH_ARGS)
+
+# The lab benchmarks (attach/detach, per-event cost, filtering): one boot, not part of `make test`.
+# make bench-lab BENCH_LAB_ARGS='--cpus 1 --icount -- -b ftrace --count 1000'
+BENCH_LAB_ARGS ?= --cpus 1 --icount
+
+.PHONY: bench-lab
+
+bench-lab: venv
+	$(LABCTL) bench $(BENCH_LAB_ARGS)

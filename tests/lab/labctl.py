@@ -4,6 +4,8 @@
     labctl.py setup                 install and cache everything, boot only if the System.map is new
     labctl.py run [PYTEST ARGS]     setup, host phase (pytest -m host), one boot for the guest phase
     labctl.py capture [NAMES]       setup, one boot running capture.py (writes tests/data/)
+    labctl.py bench [--cpus N] [--icount] [-- ARGS]
+                                    setup, bench/lab.py host, one boot running bench/lab.py guest ARGS
     labctl.py shell                 an interactive shell in the lab guest, for debugging
 
 How it works, what it downloads and how long it takes: tests/lab/README.md.
@@ -279,9 +281,21 @@ def new_run_dir(cache: Path, kind: str) -> Path:
     return run_dir
 
 
-def vng_argv(lab: Lab, rw: Sequence[Path] = (), ro: Sequence[Path] = ()) -> List[str]:
+def boot_options(cpus: int = 2, icount: bool = False) -> List[str]:
+    """BOOT_OPTIONS with another CPU count and, for instruction-counted timing, QEMU's icount:
+    shift=0 makes every guest clock advance 1 ns per instruction, sleep=off jumps over idle
+    time, so guest timings repeat whatever the host's load (QEMU then runs one TCG thread)."""
+    options = list(BOOT_OPTIONS)
+    options[options.index("--cpus") + 1] = str(cpus)
+    if icount:
+        options.append("--qemu-opts=-icount shift=0,sleep=off")
+    return options
+
+
+def vng_argv(lab: Lab, rw: Sequence[Path] = (), ro: Sequence[Path] = (),
+             options: Sequence[str] = BOOT_OPTIONS) -> List[str]:
     """The vng command line; the cache is always shared writable (results come back through it)."""
-    argv = [str(lab.vng), "--run", str(lab.vmlinuz)] + list(BOOT_OPTIONS)
+    argv = [str(lab.vng), "--run", str(lab.vmlinuz)] + list(options)
     argv += ["--rwdir=" + str(p) for p in [lab.cache] + list(rw)]
     argv += ["--rodir=" + str(p) for p in ro]
     return argv
@@ -323,17 +337,19 @@ def kill_group(proc: subprocess.Popen) -> None:
 
 
 def boot(lab: Lab, run_dir: Path, commands: Sequence[str], rw: Sequence[Path] = (),
-         ro: Sequence[Path] = (), timeout: int = 2400, follow: Optional[Path] = None) -> int:
+         ro: Sequence[Path] = (), timeout: int = 2400, follow: Optional[Path] = None,
+         options: Sequence[str] = BOOT_OPTIONS) -> int:
     """Boot once, run the shell commands as root, return their exit code (read from the shared dir).
 
     follow: a file the commands write in the shared cache, printed as it grows.
+    options: vng's machine options (boot_options()).
     """
     rc_file = run_dir / "results" / "guest-rc"
     script = run_dir / "guest.sh"
     body = "\n".join(commands)
     script.write_text("#!/bin/sh\n{}\necho $? > {}\n".format(body, shlex.quote(str(rc_file))))
     console = run_dir / "console.log"
-    argv = vng_argv(lab, rw, ro) + ["--exec", "sh " + shlex.quote(str(script))]
+    argv = vng_argv(lab, rw, ro, options) + ["--exec", "sh " + shlex.quote(str(script))]
     with boot_lock(lab.cache), open(str(console), "w") as out:
         started = time.monotonic()
         out.write("$ {}\n".format(" ".join(map(shlex.quote, argv))))
@@ -484,6 +500,42 @@ def cmd_capture(args: argparse.Namespace) -> int:
     return boot(lab, run_dir, commands, rw=[CHECKOUT], timeout=args.timeout, follow=output)
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    """bench/lab.py: its host step (stap modules) here, then one boot running its guest step."""
+    venv = Path(args.venv).resolve()
+    check_venv(venv)
+    lab = setup(cache_dir())
+    run_dir = new_run_dir(lab.cache, "bench")
+    results = run_dir / "results"
+    bench = [str(venv / "bin" / "python"), str(CHECKOUT / "bench" / "lab.py")]
+    shared = str(run_dir / "shared")
+    log("bench host step: bench/lab.py host")
+    host_env = dict(os.environ, **lab_env(lab, run_dir, "host"))
+    host_rc = subprocess.run(bench + ["host", shared, "--json", str(results / "bench-host.json")],
+                             cwd=str(CHECKOUT), env=host_env).returncode
+    if host_rc:
+        raise LabError("bench/lab.py host failed (exit {})".format(host_rc))
+    options = boot_options(args.cpus, args.icount)
+    exports = dict(lab_env(lab, run_dir, "guest"),
+                   LEGACYTRACE_LAB_ACCEL="tcg, -icount shift=0,sleep=off" if args.icount else "tcg")
+    output = results / "bench.log"
+    guest = bench + ["guest", shared, "--json", str(results / "bench.json")] + args.bench_args
+    commands = [
+        "cd {} || exit 97".format(shlex.quote(str(CHECKOUT))),
+        "export " + " ".join("{}={}".format(k, shlex.quote(v)) for k, v in exports.items()),
+        "{} > {} 2>&1".format(" ".join(map(shlex.quote, guest)), shlex.quote(str(output))),
+    ]
+    log("bench guest step: booting {} ({})".format(lab.release, " ".join(options)))
+    try:
+        rc = boot(lab, run_dir, commands, ro=[CHECKOUT], timeout=args.timeout, follow=output,
+                  options=options)
+    finally:
+        keep_results(run_dir)
+    log("bench {}: figures in {}".format("done" if rc == 0 else "FAILED (exit {})".format(rc),
+                                          RESULTS_COPY / "bench.log"))
+    return 1 if rc else 0
+
+
 def cmd_shell(args: argparse.Namespace) -> int:
     """An interactive root shell in the lab guest with the checkout and the cache shared."""
     lab = setup(cache_dir())
@@ -503,7 +555,18 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p_cap = sub.add_parser("capture")
     p_cap.add_argument("names", nargs="*", help="captures to make (default: all)")
     p_cap.set_defaults(func=cmd_capture)
+    p_bench = sub.add_parser("bench", usage="labctl.py bench [--cpus N] [--icount] [-- BENCH ARGS]"
+                             "  (bench/lab.py guest's options)")
+    p_bench.add_argument("--cpus", type=int, default=2, help="guest CPUs (vng --cpus)")
+    p_bench.add_argument("--icount", action="store_true",
+                         help="QEMU -icount shift=0,sleep=off: guest clocks count instructions")
+    p_bench.set_defaults(func=cmd_bench)
     sub.add_parser("shell").set_defaults(func=cmd_shell)
+    if "bench" in argv:
+        cut = list(argv).index("--") if "--" in argv else len(argv)
+        args = parser.parse_args(argv[:cut])
+        args.bench_args = list(argv[cut + 1:])
+        return args
     if "run" not in argv:
         return parser.parse_args(argv)
     cut = list(argv).index("run") + 1  # everything after `run` is pytest's, options included
