@@ -252,7 +252,7 @@ def trace(manifest, backend, count, duration, rate_limit, regex, stap_module, **
     from legacytrace import enrich, procinfo, summary, trace as tracemod
     flow = _flow(opts)
     limits = Limits(count=count, duration=duration, rate=rate_limit)
-    facts = _probe_mounted()
+    facts = _probe_mounted("stap" if stap_module else backend)
     if stap_module:
         if backend not in ("auto", "stap") or manifest or regex:
             raise UsageError("--stap-module runs a prebuilt SystemTap module: it takes no "
@@ -329,16 +329,17 @@ def _grouped(warnings):
     return [(why, [n for n in names if n]) for why, names in groups.items()]
 
 
-def _probe_mounted():
+def _probe_mounted(backend):
     """HostFacts read after mounting tracefs where it is not mounted yet (as root): ftrace and
     bpf need it, and probe_host() alone, which mounts nothing, would find no tracepoints.
-    A failed mount is left to the backend checks, which say what is missing."""
+    A failed mount is left to the backend checks, which say what is missing. Only the bpf
+    backend and automatic selection (`backend`) need a trial bpftrace load."""
     if hostmod.is_root():
         try:
             hostmod.ensure_tracefs()
         except LegacytraceError:
             pass
-    return hostmod.probe_host()
+    return hostmod.probe_host(try_bpftrace=backend in ("auto", "bpf"))
 
 
 def _warn_leftovers(backend, facts):
@@ -374,7 +375,7 @@ def generate(manifest, backend, fmt, regex, host_facts, **opts):
     """
     flow = _flow(opts)
     if host_facts is None:
-        facts = hostmod.probe_host()
+        facts = hostmod.probe_host(try_bpftrace=False)
         functions = symbols.KernelFunctions(facts.tracefs)
     else:
         facts, functions = _recorded_host(host_facts), None
@@ -421,7 +422,7 @@ def build(manifest, backend, release, runtime, output, **opts):
         facts = hostmod.HostFacts(release=KernelRelease.parse(release).raw)
         functions, live = None, False
     else:
-        facts = hostmod.probe_host()
+        facts = hostmod.probe_host(try_bpftrace=False)
         functions, live = symbols.KernelFunctions(facts.tracefs), True
     chosen = _load_backend(backend)
     manifest_obj, probes = _manifest_probes(manifest, facts, regex=None, functions=functions,
@@ -499,7 +500,7 @@ def list_functions(regex, skb):
     """
     from legacytrace import discover
     pattern = discover.compile_regex(regex)
-    functions = _kernel_functions(hostmod.probe_host())
+    functions = _kernel_functions(hostmod.probe_host(try_bpftrace=False))
     if not skb:
         for name in sorted(n for n in functions.names() if pattern.search(n)):
             click.echo(name)
@@ -522,7 +523,7 @@ def manifest_cmd(regex):
       sudo legacytrace trace mine.yaml -p tcp
     """
     from legacytrace import discover
-    facts = hostmod.probe_host()
+    facts = hostmod.probe_host(try_bpftrace=False)
     text = discover.manifest_from_btf(regex, discover.load_btf(), _kernel_functions(facts),
                                       release=facts.release)
     click.echo(text, nl=False)
@@ -551,7 +552,7 @@ def cleanup(backend):
       sudo legacytrace cleanup
     """
     from legacytrace import backends
-    facts = _probe_mounted()
+    facts = _probe_mounted(backend)
     names = backends.names() if backend == "auto" else [backend]
     removed = []
     for name in names:

@@ -249,8 +249,9 @@ def _tracepoints(tracefs):
     return names
 
 
-def _probe_bpftrace(root, notes):
-    """(version, loads, error): `bpftrace --version`, then as root a program that only exits."""
+def _probe_bpftrace(trial, notes):
+    """(version, loads, error): `bpftrace --version`, then if `trial` (as root) a program that
+    only exits."""
     if not shutil.which("bpftrace"):
         return None, None, None
     status, out, err = _run(["bpftrace", "--version"], _TIMEOUT_VERSION)
@@ -259,7 +260,7 @@ def _probe_bpftrace(root, notes):
         notes.append("bpftrace is installed but `bpftrace --version` failed: "
                      + (err.strip() or "no output"))
         return None, None, None
-    if not root:
+    if not trial:
         return version, None, None
     status, out, err = _run(["bpftrace", "-e", "BEGIN { exit(); }"], _TIMEOUT_LOAD)
     if status == 0:
@@ -303,8 +304,13 @@ def is_root():
     return os.geteuid() == 0 or parse_cap_sys_admin(_read("/proc/self/status") or "")
 
 
-def probe_host():
-    """Read `HostFacts` from the running system. Mounts nothing; no root needed for what is readable."""
+def probe_host(try_bpftrace=True):
+    """Read `HostFacts` from the running system. Mounts nothing; no root needed for what is readable.
+
+    `try_bpftrace=False` skips loading a trial bpftrace program (bpftrace_loads stays None):
+    it takes a second natively and over a minute in an emulated guest, and only the bpf
+    backend and automatic selection need its answer.
+    """
     uname = os.uname()
     notes = []
     distro, distro_ids = parse_os_release(
@@ -320,7 +326,7 @@ def probe_host():
         # Not mounted yet: the config tells whether kprobe_events will be there.
         kprobe_events = config["CONFIG_KPROBE_EVENTS"] != "n" if config else None
         syntax, instances, tracepoints = [], False, []
-    bpftrace, bpftrace_loads, bpftrace_error = _probe_bpftrace(root, notes)
+    bpftrace, bpftrace_loads, bpftrace_error = _probe_bpftrace(root and try_bpftrace, notes)
     lockdown_text = _read("/sys/kernel/security/lockdown")
     return HostFacts(
         release=uname.release, arch=uname.machine, distro=distro, distro_ids=distro_ids,

@@ -176,6 +176,13 @@ def test_probe_host_bpftrace_load_as_root():
     assert (facts.bpftrace_error is None) == facts.bpftrace_loads
 
 
+def test_probe_host_can_skip_the_bpftrace_trial():
+    require(os.geteuid() == 0 and shutil.which("bpftrace"), "needs root and bpftrace")
+    facts = host.probe_host(try_bpftrace=False)
+    assert facts.bpftrace is not None  # the version is still read
+    assert facts.bpftrace_loads is None and facts.bpftrace_error is None
+
+
 def test_ensure_tracefs_returns_mounted_dir_without_mounting():
     facts = host.probe_host()
     require(facts.tracefs is not None and facts.root, "needs a mounted tracefs and root")
