@@ -1,0 +1,339 @@
+"""The bundled manifests on the stap backend, in the lab kernel (issue 7), and `trace -b stap`
+through the CLI in a guest without kernel headers (issue 8).
+
+Host phase (`host` marker): each manifest's program, resolved for the guest's release, is
+compiled into the backend's module cache (LEGACYTRACE_LAB_CACHE/stap-manifests, shared with
+the guest), as `legacytrace build` would. Guest phase: the same programs (the same text, so
+the same cache key) run from the cache while known traffic runs, and the events must name
+the right process, tuple and extras (request line, drop reason, caller). The raw LT1 lines
+are kept in LEGACYTRACE_LAB_SHARED for tests/data/stap/.
+"""
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+import labkit
+from legacytrace import btf, manifest
+from legacytrace.backends import stap
+from legacytrace.flowfilter import FlowFilter
+from legacytrace.host import HostFacts
+from legacytrace.model import Probe, TraceRequest
+
+#: Fixed ports, so that the host phase can compile their filters before the guest exists.
+HTTP_PORT = 47080
+CONNECT_PORT = 47081
+GENERIC_PORT = 47082
+CLI_PORT = 47083
+#: manifest -> flow filter of its program (FlowFilter.parse keywords).
+PROGRAMS = {
+    "icmp-senders": {"proto": "icmp"},
+    "http1": {"proto": "tcp", "dport": str(HTTP_PORT)},
+    "tcp-connect": {"proto": "tcp", "dport": str(CONNECT_PORT)},
+    "drops": {"proto": "udp"},
+    "generic": {"proto": "tcp"},
+    "cli": {"proto": "tcp", "dport": str(CLI_PORT)},
+}
+#: The manifest each program is built from (the CLI test traces tcp-connect).
+MANIFESTS = {"cli": "tcp-connect"}
+PY_PATH = "/from-python"
+PY_CLIENT = ("import http.client,sys;c=http.client.HTTPConnection(sys.argv[1],int(sys.argv[2]));"
+             "c.request('GET',sys.argv[3]);print(c.getresponse().status)")
+#: bash opens a TCP connection and writes one line: cheap to start under TCG.
+TCP_SEND = 'exec 3<>/dev/tcp/"$1"/"$2"; printf "hello\\n" >&3; exec 3>&-'
+
+
+def request_for(name, release):
+    """The TraceRequest of a program: the manifest resolved for the lab kernel's version."""
+    facts = HostFacts(release=release)
+    spec = MANIFESTS.get(name, name)
+    probes = manifest.resolve(manifest.load(spec), facts.kernel).probes
+    return TraceRequest(probes, FlowFilter.parse(**PROGRAMS[name]), facts,
+                        run_id="lt{}".format(os.getpid()), manifest=spec)
+
+
+def program(name, release):
+    return stap.StapBackend().build(request_for(name, release))
+
+
+@pytest.fixture
+def module_cache(lab_cache, monkeypatch, stap_runtime):
+    path = lab_cache / "stap-manifests"
+    monkeypatch.setenv(stap.CACHE_ENV, str(path))
+    monkeypatch.setenv(stap.RUNTIME_ENV, str(stap_runtime))
+    return path
+
+
+# --- host phase ------------------------------------------------------------------
+
+@pytest.mark.host
+@pytest.mark.parametrize("name", sorted(PROGRAMS))
+def test_host_compiles_the_manifest(name, lab_release, module_cache):
+    module = stap.StapBackend().compile(program(name, lab_release))
+    assert os.path.isfile(module)
+
+
+# --- guest phase -------------------------------------------------------------------
+
+class Tracer(object):
+    """A stap session from the cache; a thread collects its lines while traffic runs."""
+
+    def __init__(self, name, release, lab_shared):
+        self.name = name
+        self.backend = stap.StapBackend()
+        self.session = self.backend.run(program(name, release))
+        self.capture = lab_shared / "stap-manifest-{}-{}.txt".format(name, os.uname().release)
+        self.lines = []
+
+    def __enter__(self):
+        started = time.monotonic()
+        self.session.__enter__()
+        assert time.monotonic() - started < 60, "the module was not taken from the cache"
+        self.thread = threading.Thread(target=lambda: self.lines.extend(self.session.lines()),
+                                       daemon=True)
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        time.sleep(1.0)  # the transport flushes on a timer
+        self.session.__exit__(*exc)
+        self.thread.join(10)
+        self.capture.write_text("".join(line + "\n" for line in self.lines))
+
+    @property
+    def events(self):
+        return [e for e in (self.backend.parse(line) for line in self.lines) if e is not None]
+
+
+def of(events, workload, func=None):
+    return [e for e in events if e.pid == workload.pid and func in (None, e.func)]
+
+
+def test_icmp_senders_names_ping_and_its_command_line(lab_release, lab_shared, module_cache,
+                                                      loopback):
+    with Tracer("icmp-senders", lab_release, lab_shared) as tracer:
+        ping = labkit.ping()
+    requests = [e for e in of(tracer.events, ping) if e.icmp_type == 8]
+    assert [e.icmp_seq for e in requests] == [1, 2], tracer.lines
+    for event in requests:
+        assert event.func == "ip_finish_output" and event.context == "task"
+        assert (event.comm, event.cmdline) == ("ping", " ".join(ping.argv))
+        assert (event.family, event.saddr, event.daddr) == (4, labkit.LOOPBACK, labkit.LOOPBACK)
+    assert {e.proto for e in tracer.events} == {1}
+
+
+def http_server(root):
+    """busybox httpd on HTTP_PORT serving the two paths the clients ask for."""
+    for path in (labkit.HTTP_PATH, PY_PATH):
+        Path(root, path.lstrip("/")).write_text("hello from the legacytrace lab\n")
+    argv = ["busybox", "httpd", "-f", "-p", "{}:{}".format(labkit.LOOPBACK, HTTP_PORT),
+            "-h", root]
+    server = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    labkit.wait_listening(HTTP_PORT)
+    return server
+
+
+def test_http1_shows_the_request_line_of_curl_and_of_python(lab_release, lab_shared,
+                                                             module_cache, loopback):
+    url = "http://{}:{}{}".format(labkit.LOOPBACK, HTTP_PORT, labkit.HTTP_PATH)
+    with tempfile.TemporaryDirectory(prefix="ltlab-http1-") as root:
+        server = http_server(root)
+        try:
+            with Tracer("http1", lab_release, lab_shared) as tracer:
+                curl = labkit.run_process("curl", ["curl", "-sS", "--http1.1", "-o", "/dev/null",
+                                                   "-w", "%{http_code}", url], dport=HTTP_PORT)
+                python = labkit.run_process("python", ["python3", "-c", PY_CLIENT,
+                                                       labkit.LOOPBACK, str(HTTP_PORT), PY_PATH],
+                                            dport=HTTP_PORT)
+        finally:
+            labkit.stop_process(server, signal.SIGTERM)
+    assert curl.output.strip() == "200" and python.output.strip() == "200"
+    events = tracer.events
+    for client, path in ((curl, labkit.HTTP_PATH), (python, PY_PATH)):
+        sent = of(events, client, "tcp_sendmsg")
+        assert sent, (client.as_dict(), tracer.lines)
+        first = sent[0]
+        assert first.fields.get("request") == "GET {} HTTP/1.1".format(path), first
+        assert first.comm == client.comm and first.context == "task"
+        assert first.cmdline.startswith(" ".join(client.argv[:2])), first
+        assert (first.family, first.proto, first.daddr, first.dport) == (
+            4, 6, labkit.LOOPBACK, HTTP_PORT)
+        assert first.skb is None and first.length is None
+    # the filter (dport 80-like) keeps the server's answers out
+    assert {e.dport for e in events} == {HTTP_PORT}
+
+
+def test_tcp_connect_shows_destination_and_process(lab_release, lab_shared, module_cache,
+                                                   loopback):
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind((labkit.LOOPBACK, CONNECT_PORT))
+        server.listen(1)
+        with Tracer("tcp-connect", lab_release, lab_shared) as tracer:
+            client = labkit.run_process("connect", ["bash", "-c", TCP_SEND, "bash",
+                                                    labkit.LOOPBACK, str(CONNECT_PORT)],
+                                        dport=CONNECT_PORT)
+            server.accept()[0].close()
+    assert client.returncode == 0, client.output
+    connects = of(tracer.events, client, "tcp_connect")
+    assert len(connects) == 1, tracer.lines
+    event = connects[0]
+    assert (event.comm, event.cmdline) == ("bash", " ".join(client.argv))
+    assert (event.proto, event.saddr, event.daddr, event.dport) == (
+        6, labkit.LOOPBACK, labkit.LOOPBACK, CONNECT_PORT)
+    assert event.sport and event.sport != CONNECT_PORT
+    assert event.fields == {"state": 2}  # TCP_SYN_SENT: tcp_v4_connect set it before
+
+
+def test_drops_shows_a_datagram_to_a_closed_port_with_reason_and_caller(
+        lab_release, lab_shared, module_cache, loopback):
+    reasons = dict((name, value) for value, name in
+                   btf.load("/sys/kernel/btf/vmlinux").enum_values("skb_drop_reason").items())
+    with Tracer("drops", lab_release, lab_shared) as tracer:
+        sender = labkit.udp_closed_port()
+    dropped = [e for e in tracer.events if e.dport == sender.dport]
+    assert len(dropped) == 1, tracer.lines
+    event = dropped[0]
+    assert event.func == "kfree_skb_reason" and event.proto == 17
+    assert event.fields["reason"] == reasons["SKB_DROP_REASON_NO_SOCKET"], event
+    assert re.match(r"^(__udp4_lib_rcv|udp_rcv)\+0x[0-9a-f]+$", event.fields["caller"]), event
+    assert event.fields["mark"] == 0
+
+
+def test_generic_shows_a_tcp_exchange_on_both_paths(lab_release, lab_shared, module_cache,
+                                                    loopback):
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        server.bind((labkit.LOOPBACK, GENERIC_PORT))
+        server.listen(1)
+        with Tracer("generic", lab_release, lab_shared) as tracer:
+            client = labkit.run_process("exchange", ["bash", "-c", TCP_SEND, "bash",
+                                                     labkit.LOOPBACK, str(GENERIC_PORT)],
+                                        dport=GENERIC_PORT)
+            conn = server.accept()[0]
+            conn.settimeout(10)
+            assert conn.recv(100) == b"hello\n"
+            conn.close()
+    events = tracer.events
+    sport = next(e.sport for e in of(events, client) if e.dport == GENERIC_PORT)
+    forward = {e.func for e in events if (e.sport, e.dport) == (sport, GENERIC_PORT)}
+    backward = {e.func for e in events if (e.sport, e.dport) == (GENERIC_PORT, sport)}
+    transmit = {"ip_local_out", "ip_output", "ip_finish_output", "__dev_queue_xmit"}
+    receive = {"__netif_receive_skb", "ip_rcv_core", "ip_local_deliver",
+               "ip_local_deliver_finish", "tcp_v4_rcv"}
+    for seen in (forward, backward):
+        assert transmit <= seen and receive <= seen, (seen, tracer.lines[:40])
+
+
+# --- issue 8: the CLI in a guest that has no kernel headers ------------------------------
+
+def loaded_lt_modules():
+    modules = [line.split()[0] for line in Path("/proc/modules").read_text().splitlines()]
+    in_sys = [p.name for p in Path("/sys/module").iterdir()]
+    return sorted(set(m for m in modules + in_sys if m.startswith("lt_")))
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_cli_trace_with_stap_runs_the_cached_module_and_leaves_nothing(
+        sig, lab_release, module_cache, loopback):
+    assert loaded_lt_modules() == []
+    tracer = subprocess.Popen(
+        [sys.executable, "-m", "legacytrace", "trace", "--backend", "stap", "-p", "tcp",
+         "--dport", str(CLI_PORT), "tcp-connect", "--json", "-T", "120"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    try:
+        before = []
+        for line in tracer.stderr:
+            before.append(line)
+            if line.startswith("legacytrace: tracing with stap"):
+                break
+        assert before and before[-1].startswith("legacytrace: tracing with stap"), "".join(before)
+        assert any(name.startswith("lt_") for name in loaded_lt_modules())
+        with socket.socket() as server:
+            server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            server.bind((labkit.LOOPBACK, CLI_PORT))
+            server.listen(1)
+            client = labkit.run_process("cli-connect", ["bash", "-c", TCP_SEND, "bash",
+                                                        labkit.LOOPBACK, str(CLI_PORT)])
+            server.accept()[0].close()
+        time.sleep(1.0)
+        tracer.send_signal(sig)
+        out, err = tracer.communicate(timeout=60)
+    finally:
+        if tracer.poll() is None:
+            tracer.kill()
+    assert tracer.returncode == 0, "".join(before) + err
+    objects = [json.loads(line) for line in out.splitlines()]
+    events = [obj for obj in objects if "type" not in obj]
+    assert objects[-1]["type"] == "summary" and objects[-1]["events"] == len(events)
+    connects = [e for e in events if e["pid"] == client.pid and e["func"] == "tcp_connect"]
+    assert [(e["daddr"], e["dport"]) for e in connects] == [(labkit.LOOPBACK, CLI_PORT)], out
+    assert "({})".format(sig.name) in err, err
+    assert loaded_lt_modules() == [], "the stap module stayed loaded after {}".format(sig.name)
+
+
+# --- issue 8: events lost in the transport are counted ---------------------------------
+
+FLOOD_PORT = 47084
+FLOOD_MODULE = "lt_lab_flood"
+FLOOD_DATAGRAMS = 10000
+
+
+def flood_program(release):
+    """Five probes per datagram of the flood (6.1 positions), only its port."""
+    probes = [Probe("ip_output", 3, 2), Probe("ip_finish_output", 3, 2),
+              Probe("__dev_queue_xmit", 1), Probe("ip_rcv", 1), Probe("udp_rcv", 1)]
+    return stap.StapBackend().build(TraceRequest(
+        probes, FlowFilter.parse(proto="udp", dport=str(FLOOD_PORT)), HostFacts(release=release)))
+
+
+@pytest.mark.host
+def test_host_builds_a_module_with_a_tiny_transport_buffer(lab_release, stap_build):
+    """stap -s 1: one MB of transport buffer per CPU, the smallest stap allows."""
+    stap_build(FLOOD_MODULE, flood_program(lab_release).text,
+               options=("-g", "-s", "1") + stap.STAP_DEFINES)
+
+
+def test_a_flood_nobody_reads_loses_events_and_the_summary_counts_them(stap_module, loopback):
+    """The CLI's stdout is not read during the flood: the CLI blocks writing, stops reading
+    staprun, and the module's transport buffers overflow; stap reports the transport
+    failures when it ends, and the summary (JSON and text) counts them."""
+    tracer = subprocess.Popen(
+        [sys.executable, "-m", "legacytrace", "trace", "--stap-module",
+         str(stap_module(FLOOD_MODULE)), "--json", "-T", "600"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True)
+    try:
+        before = []
+        for line in tracer.stderr:
+            before.append(line)
+            if line.startswith("legacytrace: tracing with stap"):
+                break
+        assert before and before[-1].startswith("legacytrace: tracing with stap"), "".join(before)
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver, \
+                socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            receiver.bind((labkit.LOOPBACK, FLOOD_PORT))
+            for _ in range(FLOOD_DATAGRAMS):
+                sender.sendto(b"legacytrace-flood", (labkit.LOOPBACK, FLOOD_PORT))
+        tracer.send_signal(signal.SIGINT)
+        out, err = tracer.communicate(timeout=600)
+    finally:
+        if tracer.poll() is None:
+            tracer.kill()
+    assert tracer.returncode == 0, "".join(before) + err
+    summary = json.loads(out.splitlines()[-1])
+    assert summary["type"] == "summary", out[-500:]
+    failures = summary["lost"].get("stap transport failures", 0)
+    assert failures > 0, (summary, err)
+    assert summary["lost_total"] >= failures
+    assert "stap transport failures: {}".format(failures) in err, err
+    assert summary["events"] + failures <= FLOOD_DATAGRAMS * 5
+    assert loaded_lt_modules() == []
