@@ -58,6 +58,9 @@ AWK = {
                'print "}" }'],
 }
 
+#: Lines of the file that --stages times in this process.
+STAGE_LINES = 200000
+
 _EVENTS = re.compile(r"legacytrace: (\d+) events?")
 
 
@@ -94,12 +97,14 @@ def measure(backend, path, lines, repeat, python, awk):
             "{:.2f}".format(ref.cpu / cli.cpu)]
 
 
-def stages(backend, path, limit):
-    """Time each step of the CLI's parse path in this process (CPU seconds per line)."""
-    from legacytrace import backends, flowfilter, render, summary
+def stages(backend, path):
+    """Time each step of the CLI's parse path in this process (CPU seconds per line).
+
+    Each step runs over every line or event at once, in the batches the CLI uses.
+    """
+    from legacytrace import backends, cli, flowfilter, render, summary
     chosen = backends.get(backend)
-    with open(path) as capture:
-        lines = [line for line in itertools.islice(capture, limit)]
+    batches = []
     events = []
     steps = []
 
@@ -110,13 +115,13 @@ def stages(backend, path, limit):
 
     def read():
         with open(path) as capture:
-            for line in itertools.islice(capture, limit):
-                line.rstrip("\n")
+            batches.extend(cli._line_batches(capture))
 
     def parse():
         parse_line = chosen.parse
-        events.extend(e for e in (parse_line(line.rstrip("\n"), None) for line in lines)
-                      if e is not None)
+        for lines in batches:
+            events.append([e for e in map(parse_line, lines, itertools.repeat(None))
+                           if e is not None])
 
     flow = flowfilter.FlowFilter()
     stats = summary.Summary()
@@ -124,14 +129,15 @@ def stages(backend, path, limit):
         renderer = render.JsonRenderer(devnull)
         step("read lines", read)
         step("backend.parse", parse)
-        step("flow.matches (no filter)", lambda: [flow.matches(e) for e in events])
-        step("Summary.add", lambda: [stats.add(e) for e in events])
-        step("JsonRenderer.event", lambda: [renderer.event(e) for e in events])
+        step("flow.is_empty (no filter)", lambda: [flow.is_empty() for batch in events])
+        step("Summary.add_all", lambda: [stats.add_all(batch) for batch in events])
+        step("JsonRenderer.events", lambda: [renderer.events(batch) for batch in events])
     total = sum(seconds for _, seconds in steps)
+    lines = sum(map(len, batches))
     print("  {} ({:,} lines, {:,} events): CPU microseconds per line".format(
-        backend, len(lines), len(events)))
+        backend, lines, sum(map(len, events))))
     for name, seconds in steps:
-        print("    {:<26} {:6.2f}  {:4.0%}".format(name, seconds / len(lines) * 1e6, seconds / total))
+        print("    {:<26} {:6.2f}  {:4.0%}".format(name, seconds / lines * 1e6, seconds / total))
 
 
 def main():
@@ -177,7 +183,7 @@ def main():
     if args.stages:
         print("where the time goes (in-process, Python {}):".format(sys.version.split()[0]))
         for backend in chosen:
-            stages(backend, replicated(backend, args.lines, args.workdir), 200000)
+            stages(backend, replicated(backend, STAGE_LINES, args.workdir))
 
 
 def _shell_quote(arg):

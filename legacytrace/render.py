@@ -57,7 +57,7 @@ first_ns, last_ns.
 import collections
 import json
 import operator
-from json.encoder import encode_basestring_ascii
+from json.encoder import c_make_encoder, encode_basestring_ascii
 
 from legacytrace.model import PROTO_NAMES, FlowEvent
 
@@ -86,6 +86,8 @@ _JSON_TEXT = frozenset(("backend", "source", "comm", "context", "func", "kind", 
 #: JSON text of the protocols that to_dict() names.
 _JSON_PROTO = dict((number, json.dumps(name)) for number, name in PROTO_NAMES.items())
 
+_NONE = type(None)
+
 #: Characters that make a value need quotes in name=value text.
 _QUOTE_TRIGGERS = frozenset(' "\\=')
 
@@ -95,6 +97,11 @@ class Renderer(object):
 
     def event(self, ev):
         raise NotImplementedError
+
+    def events(self, evs):
+        """A batch of events, in order (the parse command reads a capture in batches)."""
+        for ev in evs:
+            self.event(ev)
 
     def close(self, summary):
         raise NotImplementedError
@@ -145,14 +152,15 @@ class JsonRenderer(Renderer):
     Most fields repeat from one event to the next (who ran, which function, the
     flow); only `CHANGING` ones (time, CPU, sk_buff, length...) and the custom
     fields differ each time. So the JSON text of the repeating fields is made once
-    per distinct combination of their values (and types: True is not 1 in JSON)
-    and kept as a %-template with a slot for each changing field; an event then
-    costs one lookup and one format of a few integers: 38,000 instructions an
-    event against 68,000 for a converter per field, which was itself 1.3 to 1.6
-    times faster than encoding the dict (valgrind, bench/ingest.py's bpf capture,
-    3.11). At most `MEMO_MAX` combinations are kept. A value of an unexpected type
-    (a backend bug) makes a converter raise; that event then goes through the dict
-    encoder, so the line is always what `json.dumps(ev.to_dict())` would say.
+    per distinct combination of their values and of the types of every field (True
+    is not 1 in JSON, and a changing field that is None is printed as null) and kept
+    as a %-template with a slot for each changing field; an event then costs one
+    lookup and one format of a tuple taken from the event as it is (valgrind,
+    bench/ingest.py's bpf capture, 3.11: 28,000 instructions an event, against
+    36,000 with a converter call per changing field and 68,000 with a converter per
+    field). At most `MEMO_MAX` combinations are kept. A value of an unexpected type
+    (a backend bug) makes the template builder raise; that event then goes through
+    the dict encoder, so the line is always what `json.dumps(ev.to_dict())` would say.
     """
 
     #: Integer fields that change from event to event even within one flow, in
@@ -165,23 +173,31 @@ class JsonRenderer(Renderer):
         self._summary = summary
         # Compact separators; default=str keeps an odd custom field value from stopping the run.
         self._encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
+        self._encode_fields = _compact_encoder()
         self._repeating = tuple(name for name in FlowEvent.__slots__
                                 if name not in self.CHANGING and name != "fields")
-        self._repeating_values = operator.attrgetter(*self._repeating)
-        self._changing_values = operator.attrgetter(*self.CHANGING)
+        # The repeating values first, then the changing ones: values[:len(self._repeating)].
+        self._values = operator.attrgetter(*(self._repeating + self.CHANGING))
         self._memo = {}
 
     def event(self, ev):
+        self._stream.write(self.line(ev))
+
+    def events(self, evs):
+        """A batch of events, written at once (the parse command reads a capture in batches)."""
+        self._stream.write("".join(map(self.line, evs)))
+
+    def line(self, ev):
+        """The JSON line of one event, with its newline."""
+        values = self._values(ev)
+        repeating = len(self._repeating)
+        key = (values[:repeating], tuple(map(type, values)))
         try:
-            values = self._repeating_values(ev)
-            key = (values, tuple(map(type, values)))
             template = self._memo.get(key) or self._template(key)
-            fields = ev.fields
-            line = template % (tuple(map(_json_int, self._changing_values(ev)))
-                               + (self._encode(fields) if fields else "{}",))
         except (TypeError, ValueError):
-            line = self._encode(ev.to_dict()) + "\n"
-        self._stream.write(line)
+            return self._encode(ev.to_dict()) + "\n"
+        fields = ev.fields
+        return template % (values[repeating:] + (self._encode_fields(fields) if fields else "{}",))
 
     def close(self, summary):
         if self._summary:
@@ -190,10 +206,22 @@ class JsonRenderer(Renderer):
             self._stream.write(self._encode(out) + "\n")
 
     def _template(self, key):
-        """The JSON line for `key`'s repeating values, with %s for the changing fields."""
-        text = dict((name, "%s") for name in self.CHANGING + ("fields",))
-        for name, value in zip(self._repeating, key[0]):
+        """The JSON line for `key`'s repeating values, with a slot for each changing field.
+
+        A changing integer is a %s slot; a changing None is `null` and a %.0s slot,
+        which takes the None from the tuple and prints nothing of it.
+        """
+        values, types = key
+        text = {"fields": "%s"}
+        for name, value in zip(self._repeating, values):
             text[name] = _json_converter(name)(value).replace("%", "%%")
+        for name, kind in zip(self.CHANGING, types[len(values):]):
+            if kind is int:
+                text[name] = "%s"
+            elif kind is _NONE:
+                text[name] = "null%.0s"
+            else:
+                raise TypeError("{} is not an integer: {}".format(name, kind))
         template = "{" + ",".join('"{}":{}'.format(name, text[name])
                                   for name in FlowEvent.__slots__) + "}\n"
         if len(self._memo) >= self.MEMO_MAX:
@@ -372,6 +400,18 @@ def extra_text(ev, cmdline):
     if cmdline and ev.context == "task":
         parts.append("cmd=" + _quote(ev.cmdline or "[exited]"))
     return " " + " ".join(parts) if parts else ""
+
+
+def _compact_encoder():
+    """obj -> compact JSON text (default=str), with the C encoder built once.
+
+    JSONEncoder.encode builds that encoder anew on every call, which costs twice
+    the encoding of a small dict such as an event's custom fields (3.6 to 3.11).
+    """
+    if c_make_encoder is None:           # a Python without the _json accelerator
+        return json.JSONEncoder(separators=(",", ":"), default=str).encode
+    encode = c_make_encoder(None, str, encode_basestring_ascii, None, ":", ",", False, False, True)
+    return lambda obj: "".join(encode(obj, 0))
 
 
 def _json_converter(name):

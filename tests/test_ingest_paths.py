@@ -10,9 +10,10 @@ import os
 
 import pytest
 
-from legacytrace import backends
+from legacytrace import backends, cli
 from legacytrace.model import FlowEvent
 from legacytrace.render import JsonRenderer
+from legacytrace.summary import Summary
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
 CAPTURES = [
@@ -94,3 +95,52 @@ def test_flow_event_takes_every_slot_by_keyword_only():
         FlowEvent(no_such_field=1)
     ev = FlowEvent()
     assert (ev.kind, ev.context, ev.fields) == ("entry", "task", {})
+
+
+def summary_dicts(events, max_flows):
+    """The summary of `events` counted one by one (the live trace) and as one batch (parse)."""
+    one_by_one, batch = Summary(max_flows=max_flows), Summary(max_flows=max_flows)
+    for ev in events:
+        one_by_one.add(ev)
+    batch.add_all(events)
+    return one_by_one.to_dict(), batch.to_dict(), one_by_one.to_text(), batch.to_text()
+
+
+@pytest.mark.parametrize("backend,path", CAPTURES)
+@pytest.mark.parametrize("max_flows", [1, 2, 4096])
+def test_a_batch_counts_as_its_events_one_by_one(backend, path, max_flows):
+    events = events_of(backend, path)
+    by_event, by_batch, text_by_event, text_by_batch = summary_dicts(events, max_flows)
+    assert by_batch == by_event
+    assert text_by_batch == text_by_event
+
+
+def test_a_capped_batch_keeps_the_flows_seen_first():
+    events = [FlowEvent(func="udp_sendmsg", family=4, proto=17, saddr="10.0.0.1", daddr="10.0.0.2",
+                        sport=port, dport=53, time_ns=time_ns)
+              for time_ns, port in enumerate((7, 8, 7, 9, 8, 9, 10))]
+    events.append(FlowEvent(func="kfree_skb", time_ns=None))
+    by_event, by_batch, _, _ = summary_dicts(events, 2)
+    assert by_batch == by_event
+    assert [flow["sport"] for flow in by_batch["top_flows"]] == [7, 8]
+    assert (by_batch["other_flow_events"], by_batch["no_flow_events"]) == (3, 1)
+    assert (by_batch["first_ns"], by_batch["last_ns"]) == (0, 6)
+
+
+@pytest.mark.parametrize("backend,path", CAPTURES)
+def test_a_batch_renders_as_its_events_one_by_one(backend, path):
+    events = events_of(backend, path)
+    one_by_one, batch = io.StringIO(), io.StringIO()
+    renderer = JsonRenderer(one_by_one)
+    for ev in events:
+        renderer.event(ev)
+    JsonRenderer(batch).events(events)
+    assert batch.getvalue() == one_by_one.getvalue()
+
+
+@pytest.mark.parametrize("size", [1, 7, 64, 1 << 16])
+@pytest.mark.parametrize("text", ["", "a\n", "a\nbc\n\nd", "one line, no newline", "\n\n"])
+def test_line_batches_are_the_lines_without_newlines(text, size):
+    batches = list(cli._line_batches(io.StringIO(text), size))
+    assert [line for batch in batches for line in batch] == [
+        line.rstrip("\n") for line in io.StringIO(text)]
