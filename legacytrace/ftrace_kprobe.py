@@ -47,6 +47,7 @@ import struct
 from legacytrace.btf import Member
 from legacytrace.errors import LegacytraceError, UsageError
 from legacytrace.manifest import ARG_TYPES, FIELD_PATH_RE, FIELD_NAME_RE, PEEK_MAX
+from legacytrace.offsets import LayoutError
 
 #: x86_64 registers of arguments 1..6 (3.10 needs the `%`, rejects `%rdi`).
 ARG_REGISTERS = ("%di", "%si", "%dx", "%cx", "%r8", "%r9")
@@ -226,9 +227,14 @@ def sock_args(fetch, reg):
     return args
 
 
-def custom_args(fetch, probe, skb_reg, sk_reg):
+def custom_args(fetch, probe, skb_reg, sk_reg, warnings):
     """Fetch args `c_NAME=...` for the manifest's custom fields (validated again here: the
-    names reach kprobe_events; the members only pick offsets from the kernel's types)."""
+    names reach kprobe_events; the members only pick offsets from the kernel's types).
+
+    With the kernel's full types (BTF, pahole) a path they cannot resolve is the manifest's
+    error. A table of measured offsets (EL7) knows only some members: a field it lacks is
+    left out with a warning, as a missing function is, so that a bundled manifest still runs.
+    """
     args = []
     for name, path in probe.fields.items():
         if not isinstance(name, str) or not FIELD_NAME_RE.match(name) \
@@ -237,6 +243,13 @@ def custom_args(fetch, probe, skb_reg, sk_reg):
                 name, path, probe.name))
         try:
             fetcharg = field_fetch(fetch, path, skb_reg, sk_reg)
+        except LayoutError as err:
+            if fetch.layout.source != "table":
+                raise UsageError("field {} ({}) of {}: {}; use --backend stap or bpf for this "
+                                 "manifest".format(name, path, probe.name, err))
+            warnings.append("{}: field {} ({}) left out: {}; --backend stap reads it".format(
+                probe.name, name, path, err))
+            continue
         except LegacytraceError as err:
             raise UsageError("field {} ({}) of {}: {}; use --backend stap or bpf for this "
                              "manifest".format(name, path, probe.name, err))
@@ -516,7 +529,7 @@ def definition(probe, fetch, flow, warnings):
     else:
         args = []
     if kind == "p":
-        args.extend(custom_args(fetch, probe, skb_reg, sk_reg))
+        args.extend(custom_args(fetch, probe, skb_reg, sk_reg, warnings))
         args.extend(extra_args(fetch, probe))
         args.extend(peek_args(fetch, probe, warnings))
     too_long = [arg for arg in args if len(arg) > MAX_ARG_TEXT]
