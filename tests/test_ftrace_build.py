@@ -108,12 +108,19 @@ def test_window_placed_by_where_data_points(probe, words):
 
 @pytest.mark.parametrize("probe", [
     Probe("ip_rcv; rm -rf /", 1), Probe("ip_rcv", 7), Probe("", 1), Probe("ip rcv", 1),
-    Probe("ip_rcv", 1, fields={"x": "skb.nosuchmember"}), Probe("ip_rcv", 1, fields={"x": "sk.len"}),
+    Probe("ip_rcv", 1, fields={"x": "skb->len"}), Probe("ip_rcv", 1, fields={"x; rm": "skb.len"}),
 ])
 def test_bad_probes_are_one_line_usage_errors(probe):
     with pytest.raises(UsageError) as err:
         build(probes=[probe])
     assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("path", ["skb.nosuchmember", "sk.len"])
+def test_members_the_offsets_table_lacks_are_left_out(path):
+    program = build(probes=[Probe("ip_rcv", 1, fields={"x": path})])
+    assert not [a for a in program.data["definitions"][0].args if a.startswith("c_x=")]
+    assert [w for w in program.data["warnings"] if "field x ({}) left out".format(path) in w]
 
 
 @pytest.mark.parametrize("run_id", ["", None, "lt1; echo", "LT1", "a" * 60])
