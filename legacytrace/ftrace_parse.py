@@ -16,6 +16,7 @@ Static tracepoints (net:*, skb:*) print their own formats: `len=%u` decimal,
 `skbaddr=%p` hex without `0x`, `reason: NAME` for kfree_skb from 5.17.
 Arrays (`pi=+u0(...):x8[64]`, a peek) print as `{0x47,0x45,...}`: read as bytes.
 """
+import functools
 import re
 import struct
 from socket import AF_INET, AF_INET6, inet_ntop
@@ -25,12 +26,12 @@ from legacytrace.payload import fields as payload_fields
 
 BACKEND = "ftrace"
 
-# COMM-TID [(TGID)] [CPU] [FLAGS] SECS[.FRACTION]: EVENT: BODY
+# COMM-TID [(TGID)] [CPU] [FLAGS] SECS[.FRACTION]: EVENT: [(KPROBE)] BODY, in one match per line.
+# KPROBE: `ip_rcv+0x0/0x1d0` of a kprobe, `ip_rcv_finish+0x2c/0x70 <- ip_rcv` of a kretprobe.
 _LINE = re.compile(
     r"^\s*(.*?)-(\d+)\s+(?:\(\s*(-+|\d+)\)\s+)?\[(\d+)\]\s+(?:(\S{4,5})\s+)?"
-    r"(\d+)(?:\.(\d+))?:\s+(\w+):\s?(.*)$")
-# kprobe: `(ip_rcv+0x0/0x1d0) ARGS`; kretprobe: `(ip_rcv_finish+0x2c/0x70 <- ip_rcv) ARGS`
-_KPROBE_BODY = re.compile(r"^\(([\w.]+)\+0x[0-9a-fA-F]+/0x[0-9a-fA-F]+(?: <- ([\w.]+))?\)\s?(.*)$")
+    r"(\d+)(?:\.(\d+))?:\s+(\w+):\s?"
+    r"(?:\(([\w.]+)\+0x[0-9a-fA-F]+/0x[0-9a-fA-F]+(?: <- ([\w.]+))?\)\s?)?(.*)$")
 _ARG = re.compile(r'(\w+)=("[^"]*"|\(fault\)|\S*)')
 _REASON = re.compile(r"\breason: (\w+)")
 _HEX = re.compile(r"^(0x)?[0-9a-f]+\Z")
@@ -58,20 +59,55 @@ TRACEPOINTS = {
 }
 
 
+class _Layout(object):
+    """What each argument of one kprobe event definition is, by its place on the line.
+
+    Every line of a kprobe event prints the same names in the same order (its
+    kprobe_events definition), so what each name is (a window word and its offset
+    from skb->data, or a value; which one is the pointer that tells the radix) is
+    worked out once per definition, not once per line (bench/ingest.py).
+    `args`: (name, window offset or None) per argument; `pointers`: the places of
+    `skb` then `sk`.
+    """
+
+    __slots__ = ("args", "pointers")
+
+    def __init__(self, names):
+        self.args = [(name, _window_offset(name)) for name in names]
+        # As dict(args) would: the last of a repeated name is the one that counts.
+        last = dict((name, index) for index, name in enumerate(names))
+        self.pointers = [last[name] for name in ("skb", "sk") if name in last]
+
+
+def _window_offset(name):
+    """`dp8` -> 8, `dm40` -> -40 (a window word's offset from skb->data); None for a value."""
+    if name[0] == "d" and name[1:2] in ("m", "p") and name[2:].isdigit():
+        return -int(name[2:]) if name[1] == "m" else int(name[2:])
+    return None
+
+
+@functools.lru_cache(maxsize=256)
+def _layout(names):
+    return _Layout(names)
+
+
 def _numbers(args):
     """(values, window) of one kprobe line's `(name, text)` pairs, in one pass.
 
-    values: name -> int, or str for a string, None for `(fault)`. window: the
-    (offset from skb->data, int or None) of the window words, as printed (ascending).
-    `0x..` is hex. An unprefixed number is decimal (4.9+ `u*` types), except on kernels
-    that print every `u*` as unprefixed hex (upstream 3.10): there the sk_buff or sock
-    pointer, a kernel address, shows hex digits without `0x`.
+    values: name -> int, or str for a string, None for `(fault)`, bytes for an array.
+    window: the (offset from skb->data, int or None) of the window words, as printed
+    (ascending). `0x..` is hex. An unprefixed number is decimal (4.9+ `u*` types),
+    except on kernels that print every `u*` as unprefixed hex (upstream 3.10): there
+    the sk_buff or sock pointer, a kernel address, shows hex digits without `0x`.
     """
-    named = dict(args)
-    pointer = named.get("skb") or named.get("sk") or ""
+    if not args:
+        return {}, []
+    names, texts = zip(*args)
+    layout = _layout(names)
+    pointer = next((texts[index] for index in layout.pointers if texts[index]), "")
     radix = 16 if pointer and pointer[:2] != "0x" and not pointer.isdigit() else 10
     values, window = {}, []
-    for name, text in args:
+    for (name, offset), text in zip(layout.args, texts):
         first = text[:1]
         if first == '"':
             value = text[1:-1]
@@ -84,17 +120,17 @@ def _numbers(args):
             value = int(text, 16)
         else:
             value = int(text, radix)
-        if name[0] == "d" and name[1:2] in ("m", "p") and name[2:].isdigit():
-            window.append((-int(name[2:]) if name[1] == "m" else int(name[2:]), value))
-        else:
+        if offset is None:
             values[name] = value
+        else:
+            window.append((offset, value))
     return values, window
 
 
 def _time_ns(secs, fraction):
     if fraction is None:             # counter-like trace clocks print a plain number
         return int(secs)
-    return int(secs) * 1000000000 + int(fraction) * 10 ** (9 - len(fraction))
+    return int(secs + fraction) * 10 ** (9 - len(fraction))
 
 
 def parse_line(line):
@@ -109,20 +145,19 @@ def _parse(line):
     match = _LINE.match(line)
     if match is None:
         return None
-    comm, tid, tgid, cpu, flags, secs, fraction, event_name, body = match.groups()
+    comm, tid, tgid, cpu, flags, secs, fraction, event_name, symbol, returned_from, body = \
+        match.groups()
     tid = int(tid)
     event = FlowEvent(
         backend=BACKEND, time_ns=_time_ns(secs, fraction), cpu=int(cpu),
         pid=int(tgid) if tgid and tgid[0] != "-" else tid, tid=tid,
         comm=None if comm == "<...>" else comm,
         context=_CONTEXT.get(flags[2], "task") if flags else "task")
-    if body.startswith("("):
-        kprobe = _KPROBE_BODY.match(body)
-        if kprobe is None:
-            return None
-        symbol, returned_from, args = kprobe.groups()
-        values, window = _numbers(_ARG.findall(args))
+    if symbol is not None:
+        values, window = _numbers(_ARG.findall(body))
         _kprobe(event, symbol, returned_from, values, window)
+    elif body.startswith("("):           # a kprobe body this parser does not know
+        return None
     elif event_name in TRACEPOINTS:
         _tracepoint(event, event_name, body)
     else:
@@ -170,10 +205,10 @@ def _skb(event, values, window):
     dev = values.get("dev")
     if isinstance(dev, str) and dev:
         event.dev = dev
-    try:
-        nh_at = values["head"] + values["nh"] - values["data"]
-    except (KeyError, TypeError):
+    head, nh, data = values.get("head"), values.get("nh"), values.get("data")
+    if head is None or nh is None or data is None:   # not fetched, or faulted
         return
+    nh_at = head + nh - data
     buf = _window_bytes(window)
     if buf is not None:
         decode_ip(event, buf, nh_at - window[0][0], values.get("eth") or 0)
