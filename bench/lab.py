@@ -222,8 +222,9 @@ def tree_cpu(pid):
     return sum(row[2] for row in process_tree(pid).values()) / float(os.sysconf("SC_CLK_TCK"))
 
 
-def attached_state(root):
-    """Everything a run can leave in the kernel or as a process, as comparable strings."""
+def attached_state(root, pid):
+    """Everything the run of tracer `pid` can leave in the kernel or as a process (any
+    bpftrace, staprun or stapio counts), as comparable strings."""
     with open(os.path.join(str(root), "kprobe_events")) as events:
         found = ["kprobe_event " + line.strip() for line in events if "legacytrace_" in line]
     found += ["instance " + name for name in os.listdir(os.path.join(str(root), "instances"))
@@ -234,7 +235,9 @@ def attached_state(root):
     for pid, (name, state, _) in process_tree(1).items():
         if name in ("bpftrace", "staprun", "stapio") and state != "Z":  # see test_lifecycle.ours
             found.append("process {} {}".format(name, pid))
-    found += ["folder /tmp/" + name for name in os.listdir("/tmp") if name.startswith("legacytrace_lt")]
+    # only its own: the guest's /tmp shows the host's, where other runs come and go
+    own = "legacytrace_lt{}_".format(pid)
+    found += ["folder /tmp/" + name for name in os.listdir("/tmp") if name.startswith(own)]
     return set(found)
 
 
@@ -288,6 +291,10 @@ class bpf_stats(object):
 
 # --- guest: a trace through the CLI -----------------------------------------------------------
 
+class TraceFailed(Exception):
+    """A tracer did not attach, print or stop: the other backends' figures still count."""
+
+
 class Trace(object):
     """`legacytrace trace --json` of one backend in its own session; output into files."""
 
@@ -302,7 +309,7 @@ class Trace(object):
         self.out_path = os.path.join(workdir, label + ".jsonl")
         self.err_path = os.path.join(workdir, label + ".stderr")
         self.root = root
-        self.baseline = attached_state(root)  # what a clean stop returns to
+        self.baseline = attached_state(root, None)  # what a clean stop returns to
         self.started = time.monotonic()
         with open(self.out_path, "wb") as out, open(self.err_path, "wb") as err:
             self.proc = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL,
@@ -318,7 +325,11 @@ class Trace(object):
             return out.read().count(b"\n")
 
     def _fail(self, what):
-        raise SystemExit("bench: {} (exit {}): {}".format(what, self.proc.poll(), self.stderr()[-800:]))
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            self.proc.wait(STOP_TIMEOUT)
+        raise TraceFailed("{} (exit {}): {}".format(what, self.proc.poll(),
+                                                    self.stderr().strip()[-600:]))
 
     def wait_attached(self):
         """Seconds from the start to the CLI's `tracing with` line (probes attached)."""
@@ -359,12 +370,12 @@ class Trace(object):
             self.proc.wait(STOP_TIMEOUT)
         except subprocess.TimeoutExpired:
             self.proc.kill()
-            self._fail("did not end within {} s of SIGINT".format(STOP_TIMEOUT))
+            raise TraceFailed("did not end within {} s of SIGINT".format(STOP_TIMEOUT))
         exited = time.monotonic() - stopped
-        left = self.at_exit = sorted(attached_state(self.root) - self.baseline)
+        left = self.at_exit = sorted(attached_state(self.root, self.pid) - self.baseline)
         while left and time.monotonic() - stopped < STOP_TIMEOUT:
             time.sleep(0.1)
-            left = sorted(attached_state(self.root) - self.baseline)
+            left = sorted(attached_state(self.root, self.pid) - self.baseline)
         return exited, time.monotonic() - stopped, left
 
 
@@ -464,13 +475,19 @@ def cmd_guest(args):
         figures["hits_per_loop"] = (bare.hits() - hits) // args.repeat
     progress("bare: {}, {} hits a loop".format(describe_cost(figures["bare"]), figures["hits_per_loop"]))
     for backend in args.backends:
-        figures[backend] = attach_and_cost(backend, workload, args, workdir, root)
-        figures[backend]["filtering"] = filtering(backend, workload, functions, args, workdir, root)
+        try:
+            figures[backend] = attach_and_cost(backend, workload, args, workdir, root)
+            figures[backend]["filtering"] = filtering(backend, workload, functions, args, workdir,
+                                                      root)
+        except TraceFailed as failed:
+            figures[backend] = {"failed": str(failed)}
+            progress("{}: FAILED: {}".format(backend, failed))
+    measured = [b for b in args.backends if "failed" not in figures[b]]
     figures["untraced_after"] = cost_runs(workload, args.count, args.repeat)
     progress("untraced again: " + describe_cost(figures["untraced_after"]))
-    report(figures, args.backends)
+    report(figures, measured)
     write_json(args.json, figures)
-    return 0
+    return 0 if measured == list(args.backends) else 1
 
 
 def report(figures, backends):
