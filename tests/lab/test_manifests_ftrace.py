@@ -93,8 +93,14 @@ def sh_capture(folder):
     proc = subprocess.Popen(["sh", str(script), str(capture)], stderr=subprocess.PIPE,
                             universal_newlines=True, start_new_session=True)
     deadline = time.monotonic() + 120
-    while "capturing to" not in proc.stderr.readline():
-        assert time.monotonic() < deadline and proc.poll() is None, "sh capture did not start"
+    said = []
+    while not said or "capturing to" not in said[-1]:
+        said.append(proc.stderr.readline())
+        if proc.poll() is not None or time.monotonic() > deadline:
+            error_log = labkit.tracefs_root() / "error_log"
+            pytest.fail("the sh capture did not start (exit {}): {} kernel error_log: {}".format(
+                proc.poll(), "".join(said) + proc.stderr.read(),
+                error_log.read_text() if error_log.exists() else "-"))
     return proc, capture
 
 
@@ -115,8 +121,9 @@ def runs():
              "tcp-connect": ["-p", "tcp", "--dport", str(port)],
              "drops": ["-p", "udp", "--dport", str(closed)], "generic": ["-p", "tcp"]}
     started = dict((name, Run(folder, name, args)) for name, args in flows.items())
-    capture_proc, capture = sh_capture(folder)
+    capture_proc = None
     try:
+        capture_proc, capture = sh_capture(folder)
         deadline = time.monotonic() + ATTACH_TIMEOUT
         while not all(run.attached() for run in started.values()):
             assert time.monotonic() < deadline, "not attached within {} s".format(ATTACH_TIMEOUT)
@@ -135,7 +142,8 @@ def runs():
         for run in started.values():
             if run.proc.poll() is None:
                 run.stop()
-        labkit.stop_process(capture_proc)
+        if capture_proc is not None:
+            labkit.stop_process(capture_proc)
         labkit.stop_process(server, signal.SIGTERM)
     assert work["curl"].output.strip() == "200" and work["python"].output.strip() == "200"
     shared = os.environ.get("LEGACYTRACE_LAB_SHARED")
