@@ -360,6 +360,8 @@ def _extra(fields, name, value):
         raise ValueError("unknown extra {}".format(name))
 
 
+# Memoised: a process's comm and command line come back on each of its events.
+@functools.lru_cache(maxsize=1024)
 def unescape(text):
     """Undo SystemTap's text_str(): C escapes, \\ooo bytes, \\uXXXX code points."""
     out = bytearray()
