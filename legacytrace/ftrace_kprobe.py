@@ -352,10 +352,10 @@ def peek_args(fetch, probe, warnings):
             or not isinstance(size, int) or not 1 <= size <= PEEK_MAX:
         raise UsageError("peek of {} must read 1 to {} bytes through a msg argument".format(
             probe.name, PEEK_MAX))
-    if not {"user-memory", "array"} <= fetch.syntax:
+    if "user-memory" not in fetch.syntax:
         warnings.append("{}: ftrace cannot read user memory on kernel {} (kprobe_events needs "
-                        "the +u fetch of 5.3 and u8[N] arrays of 4.20): the event comes without "
-                        "the payload; use --backend stap".format(probe.name, fetch.layout.release))
+                        "the +u fetch of 5.3): the event comes without the payload; use "
+                        "--backend stap".format(probe.name, fetch.layout.release))
         return []
     try:
         return msg_iter_args(fetch, ARG_REGISTERS[probe.args["msg"] - 1], size)
@@ -371,28 +371,37 @@ def msg_iter_args(fetch, reg, size):
 
     From 3.19 the data is behind msg->msg_iter (struct iov_iter); kprobe_events cannot
     branch on its type, so both views are fetched and the parser picks by the type:
-      pi   ITER_IOVEC: the first segment, msg_iter.iov[0].iov_base (`__iov` from 6.4)
-      pu   ITER_UBUF (6.0+, send(2) of one buffer on newer kernels): msg_iter.ubuf itself
+      piK  ITER_IOVEC: the first segment, msg_iter.iov[0].iov_base (`__iov` from 6.4)
+      puK  ITER_UBUF (6.0+, send(2) of one buffer on newer kernels): msg_iter.ubuf itself
       itN  msg_iter.iter_type; the data is `pu` when it equals N, ITER_UBUF's value on this
            kernel (6 on 6.1, 0 on 6.18: the enum was reordered)
+    The bytes come as 64-bit words at byte offset K (+uK(...):x64): an array type would be
+    one argument, but 6.1 refuses user memory in arrays ("String accepts only memory
+    argument", measured in the lab), and scalar +u reads work from 5.3 on.
     The view of the other type reads a kernel address as user memory (or the reverse) and
     faults or reads junk. Only the first segment is read, from its start: a write that
     continues a partly sent segment (iov_offset > 0) shows that segment's first bytes.
     """
     types = fetch.types
     msg_iter = types.member("msghdr", "msg_iter").offset
-    array = "{}[{}]".format(fetch.type(1), size)
     iov = _first_member(types, "iov_iter", ("__iov", "iov"))
     base = types.member("iovec", "iov_base").offset
-    args = ["pi=+u0(+{}(+{}({}))):{}".format(base, msg_iter + iov.offset, reg, array)]
+    args = _user_words("pi", "+{}(+{}({}))".format(base, msg_iter + iov.offset, reg), size, fetch)
     ubuf = dict((name, value) for value, name in types.enum_values("iter_type").items()) \
         .get("ITER_UBUF")
     if ubuf is not None:
         kind = types.member("iov_iter", "iter_type")
-        args += ["pu=+u0(+{}({})):{}".format(msg_iter + types.member("iov_iter", "ubuf").offset,
-                                             reg, array),
-                 "it{}=+{}({}):{}".format(ubuf, msg_iter + kind.offset, reg, fetch.type(kind.size))]
+        ubuf_at = msg_iter + types.member("iov_iter", "ubuf").offset
+        args += _user_words("pu", "+{}({})".format(ubuf_at, reg), size, fetch)
+        args.append("it{}=+{}({}):{}".format(ubuf, msg_iter + kind.offset, reg,
+                                             fetch.type(kind.size)))
     return args
+
+
+def _user_words(prefix, pointer, size, fetch):
+    """`PREFIXK=+uK(POINTER):x64` for K = 0, 8, ... covering `size` bytes of user memory."""
+    return ["{}{}=+u{}({}):{}".format(prefix, at, at, pointer, fetch.type(8))
+            for at in range(0, size, 8)]
 
 
 def _first_member(types, struct_name, names):

@@ -95,7 +95,7 @@ def _layout(names):
 def _numbers(args):
     """(values, window) of one kprobe line's `(name, text)` pairs, in one pass.
 
-    values: name -> int, or str for a string, None for `(fault)`, bytes for an array.
+    values: name -> int, or str for a string, None for `(fault)`.
     window: the (offset from skb->data, int or None) of the window words, as printed
     (ascending). `0x..` is hex. An unprefixed number is decimal (4.9+ `u*` types),
     except on kernels that print every `u*` as unprefixed hex (upstream 3.10): there
@@ -114,9 +114,6 @@ def _numbers(args):
             value = text[1:-1]
         elif first == "(" or not first:
             value = None
-        elif first == "{":
-            value = bytes(int(item, 16 if item[1:2] == "x" else radix) & 0xff
-                          for item in text[1:-1].split(","))
         elif text[1:2] == "x":
             value = int(text, 16)
         else:
@@ -199,7 +196,7 @@ def _kprobe(event, symbol, returned_from, values, window):
     for name in ("reason", "caller"):            # args: {reason: N}, caller: true
         if name in values:
             event.fields[name] = values[name]
-    if "pi" in values:
+    if "pi0" in values:
         _peeked(event, values)
     if values.get("skb") is not None:
         _skb(event, values, window)
@@ -209,13 +206,21 @@ def _kprobe(event, symbol, returned_from, values, window):
 
 def _peeked(event, values):
     """The request line (or escaped bytes) of a peek (legacytrace.ftrace_kprobe.msg_iter_args):
-    `pu` when the iov_iter's type `itN` equals N (ITER_UBUF), else `pi` (ITER_IOVEC)."""
-    data = values["pi"]
+    the `pu` words when the iov_iter's type `itN` equals N (ITER_UBUF), else the `pi` words
+    (ITER_IOVEC), each word 8 little-endian bytes at its offset; a faulted word ends the data."""
+    view = "pi"
     for name, value in values.items():
         if name[:2] == "it" and name[2:].isdigit() and value == int(name[2:]):
-            data = values.get("pu")
-    if isinstance(data, bytes):
-        event.fields.update(payload_fields(data))
+            view = "pu"
+    words = sorted((int(name[2:]), value) for name, value in values.items()
+                   if name[:2] == view and name[2:].isdigit())
+    data = bytearray()
+    for at, value in words:
+        if at != len(data) or not isinstance(value, int):
+            break
+        data += struct.pack("<Q", value & 0xFFFFFFFFFFFFFFFF)
+    if data:
+        event.fields.update(payload_fields(bytes(data)))
 
 
 def _skb(event, values, window):
