@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 import labkit
-from legacytrace import btf, manifest
+from legacytrace import btf, manifest, symbols
 from legacytrace.backends import stap
 from legacytrace.flowfilter import FlowFilter
 from legacytrace.host import HostFacts
@@ -205,7 +205,12 @@ def test_drops_shows_a_datagram_to_a_closed_port_with_reason_and_caller(
     event = dropped[0]
     assert event.func == "kfree_skb_reason" and event.proto == 17
     assert event.fields["reason"] == reasons["SKB_DROP_REASON_NO_SOCKET"], event
-    assert re.match(r"^(__udp4_lib_rcv|udp_rcv)\+0x[0-9a-f]+$", event.fields["caller"]), event
+    caller = event.fields["caller"]
+    if isinstance(caller, int):
+        # symdata() found no symbol table in a module built on the host (seen on 6.1): the
+        # number is symbolized in user space, as `legacytrace trace` does (legacytrace.enrich).
+        caller = symbols.Kallsyms.read().name(caller)
+    assert re.match(r"^(__udp4_lib_rcv|udp_rcv)\+0x[0-9a-f]+$", caller or ""), event
     assert event.fields["mark"] == 0
 
 
