@@ -546,7 +546,7 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--venv", default=os.environ.get("LEGACYTRACE_LAB_VENV", str(CHECKOUT / ".venv")),
                         help="the project's venv, whose pytest and python run the tests")
-    parser.add_argument("--timeout", type=int, default=int(os.environ.get("LEGACYTRACE_LAB_TIMEOUT", "2400")),
+    parser.add_argument("--timeout", type=int, default=int(os.environ.get("LEGACYTRACE_LAB_TIMEOUT", "3000")),
                         help="hard limit in seconds for one guest boot")
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("setup").set_defaults(func=cmd_setup)
