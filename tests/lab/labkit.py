@@ -5,11 +5,15 @@ same traffic and the same tracefs handling as the tests. Everything here runs as
 inside the lab guest (see tests/lab/README.md).
 """
 import errno
+import json
 import os
 import re
+import select
+import shlex
 import signal
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -23,6 +27,10 @@ HTTP_PATH = "/legacytrace-lab.txt"
 # Senders are small programs of their own (bash, curl, busybox): under TCG every process
 # start costs seconds per shared library, and a Python start costs about ten.
 UDP_SEND = 'printf %s "$1" > /dev/udp/"$2"/"$3"'
+
+
+#: The CLI of the venv that runs the tests (the console script, not the checkout's module).
+LEGACYTRACE = str(Path(sys.executable).parent / "legacytrace")
 
 
 class LabError(RuntimeError):
@@ -388,3 +396,60 @@ def kernel_symbols() -> Set[str]:
 def kernel_release() -> str:
     """The running kernel's release (uname -r)."""
     return os.uname().release
+
+
+class CliTrace:
+    """`legacytrace trace ... --json` in its own session: stdout lines collected as they come,
+    stderr in a file of `folder`. `pipe_to` sends stdout through a shell pipe (`head -1`)."""
+
+    def __init__(self, args: List[str], folder, env: Optional[Dict[str, str]] = None,
+                 pipe_to: Optional[str] = None):
+        argv = [LEGACYTRACE, "trace", "--json"] + list(args)
+        self.stderr_path = Path(str(folder)) / "stderr-{}.txt".format(time.monotonic())
+        command = argv
+        if pipe_to:
+            command = ["sh", "-c", " ".join(map(shlex.quote, argv)) + " | " + pipe_to]
+        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE,
+                                     stderr=open(str(self.stderr_path), "w"),
+                                     env=dict(os.environ, **(env or {})), start_new_session=True)
+        self.buffer = b""
+        self.lines: List[str] = []
+
+    def read(self, timeout: float) -> bool:
+        """Collect complete stdout lines for up to `timeout` seconds; False at end of output."""
+        fd = self.proc.stdout.fileno()
+        if not select.select([fd], [], [], timeout)[0]:
+            return True
+        data = os.read(fd, 65536)
+        self.buffer += data
+        *complete, self.buffer = self.buffer.split(b"\n")
+        self.lines += [line.decode() for line in complete]
+        return bool(data)
+
+    def finish(self, timeout: float) -> int:
+        """Read to the end of output (the tracer is stopping), then its exit code."""
+        deadline = time.monotonic() + timeout
+        while self.read(1.0):
+            if time.monotonic() > deadline:
+                raise LabError("the trace did not end within {} s: {}".format(timeout, self.stderr))
+        self.proc.wait(max(1.0, deadline - time.monotonic()))
+        return self.proc.returncode
+
+    @property
+    def stderr(self) -> str:
+        return self.stderr_path.read_text()
+
+    @property
+    def objects(self) -> List[dict]:
+        return [json.loads(line) for line in self.lines if line.startswith("{")]
+
+    @property
+    def events(self) -> List[dict]:
+        """The event objects of --json (not the summary object that ends it)."""
+        return [obj for obj in self.objects if "type" not in obj]
+
+    @property
+    def summary(self) -> Optional[dict]:
+        """The last --json object: the run's summary, or None when the run did not end."""
+        found = [obj for obj in self.objects if obj.get("type") == "summary"]
+        return found[-1] if found else None

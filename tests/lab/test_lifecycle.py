@@ -13,11 +13,9 @@ this file drives the installed CLI, as a user does.
 """
 import os
 import re
-import select
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,7 +24,6 @@ import pytest
 import labkit
 
 
-LEGACYTRACE = str(Path(sys.executable).parent / "legacytrace")
 #: Functions every backend probes on 6.1 (4.4+ positions, KERNEL_FACTS.md).
 MANIFEST = """\
 functions:
@@ -146,32 +143,12 @@ def udp(port=UDP_PORT, count=1):
             sock.sendto(b"legacytrace-lifecycle", (labkit.LOOPBACK, port))
 
 
-class Run(object):
+class Run(labkit.CliTrace):
     """`legacytrace trace -b BACKEND MANIFEST FLOW --json ARGS` in its own session."""
 
     def __init__(self, backend, folder, flow="all", args=(), env=None, pipe_to=None):
-        argv = [LEGACYTRACE, "trace", "-b", backend, manifest_path(folder), "--json"] + \
-            FLOWS[flow] + list(args)
-        self.stderr_path = Path(str(folder)) / "stderr-{}-{}.txt".format(backend, time.monotonic())
-        command = argv
-        if pipe_to:
-            command = ["sh", "-c", " ".join(map(_quote, argv)) + " | " + pipe_to]
-        self.proc = subprocess.Popen(command, stdout=subprocess.PIPE,
-                                     stderr=open(str(self.stderr_path), "w"),
-                                     env=dict(os.environ, **(env or {})), start_new_session=True)
-        self.buffer = b""
-        self.lines = []
-
-    def read(self, timeout):
-        """Collect complete stdout lines for up to `timeout` seconds; False at end of output."""
-        fd = self.proc.stdout.fileno()
-        if not select.select([fd], [], [], timeout)[0]:
-            return True
-        data = os.read(fd, 65536)
-        self.buffer += data
-        *complete, self.buffer = self.buffer.split(b"\n")
-        self.lines += [line.decode() for line in complete]
-        return bool(data)
+        super().__init__(["-b", backend, manifest_path(folder)] + FLOWS[flow] + list(args),
+                         folder, env=env, pipe_to=pipe_to)
 
     def wait_for_events(self, traffic, count=1, timeout=ATTACH_TIMEOUT):
         """Make traffic until `count` lines came out (the probes are attached then)."""
@@ -191,35 +168,7 @@ class Run(object):
         return self.finish()
 
     def finish(self, timeout=STOP_TIMEOUT):
-        deadline = time.monotonic() + timeout
-        while self.read(1.0):
-            assert time.monotonic() < deadline, "did not end within {} s".format(timeout)
-        self.proc.wait(max(1.0, deadline - time.monotonic()))
-        return self.proc.returncode
-
-    @property
-    def stderr(self):
-        return self.stderr_path.read_text()
-
-    @property
-    def objects(self):
-        import json
-        return [json.loads(line) for line in self.lines if line.startswith("{")]
-
-    @property
-    def events(self):
-        """The event objects of --json (not the summary object that ends it)."""
-        return [obj for obj in self.objects if "type" not in obj]
-
-    @property
-    def summary(self):
-        """The last --json object: the run's summary, or None when the run did not end."""
-        found = [obj for obj in self.objects if obj.get("type") == "summary"]
-        return found[-1] if found else None
-
-
-def _quote(word):
-    return "'" + word.replace("'", "'\\''") + "'"
+        return super().finish(timeout)
 
 
 @pytest.fixture
@@ -297,7 +246,7 @@ def test_cleanup_after_sigkill_removes_only_the_dead_run(backend, foreign, tmp_p
         time.sleep(2)                            # children that die with it (bpftrace, staprun)
         left = [item for item in ours(foreign) if item not in before or
                 "lt{}".format(dead.proc.pid) in item]
-        done = subprocess.run([LEGACYTRACE, "cleanup", "-b", backend], stdout=subprocess.PIPE,
+        done = subprocess.run([labkit.LEGACYTRACE, "cleanup", "-b", backend], stdout=subprocess.PIPE,
                               stderr=subprocess.STDOUT, universal_newlines=True, timeout=120,
                               env=dict(os.environ, **cli_env))
         assert done.returncode == 0 and "Traceback" not in done.stdout, done.stdout
@@ -363,7 +312,7 @@ def test_a_function_kprobes_refuse_is_a_clean_error(foreign, tmp_path):
     assert candidates, "the kprobe blacklist is empty"
     manifest = tmp_path / "refused.yaml"
     manifest.write_text("functions:\n  - {{name: {}, skb_pos: 1}}\n".format(candidates[0]))
-    done = subprocess.run([LEGACYTRACE, "trace", "-b", "ftrace", str(manifest), "-T", "5"],
+    done = subprocess.run([labkit.LEGACYTRACE, "trace", "-b", "ftrace", str(manifest), "-T", "5"],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           universal_newlines=True, timeout=120)
     last = done.stderr.strip().splitlines()[-1]

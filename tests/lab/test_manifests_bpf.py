@@ -10,12 +10,9 @@ under TCG, so each manifest gets one run and several workloads within it):
 - the default manifest: one TCP exchange on the transmit and on the receive path.
 Raw events of each run are kept in LEGACYTRACE_LAB_SHARED/bpf-manifest-NAME.jsonl.
 """
-import json
 import os
-import select
 import signal
 import socket
-import subprocess
 import sys
 import threading
 import time
@@ -25,7 +22,6 @@ import pytest
 
 import labkit
 
-LEGACYTRACE = str(Path(sys.executable).parent / "legacytrace")
 ATTACH_TIMEOUT = 300          # bpftrace takes 60-90 s to attach under TCG
 STOP_TIMEOUT = 120
 #: Sent by the Python client of the http1 test: a path no other request uses.
@@ -37,27 +33,11 @@ RECEIVE = {"__netif_receive_skb", "ip_rcv_core", "ip_rcv", "ip_local_deliver",
            "ip_local_deliver_finish", "tcp_v4_rcv"}
 
 
-class Trace(object):
+class Trace(labkit.CliTrace):
     """`legacytrace trace -b bpf --json ARGS` in its own session, stdout collected."""
 
     def __init__(self, folder, args, env=None):
-        self.stderr_path = Path(str(folder)) / "stderr-{}.txt".format(time.monotonic())
-        self.proc = subprocess.Popen([LEGACYTRACE, "trace", "-b", "bpf", "--json"] + list(args),
-                                     stdout=subprocess.PIPE, stderr=open(str(self.stderr_path), "w"),
-                                     env=dict(os.environ, **(env or {})), start_new_session=True)
-        self.buffer = b""
-        self.lines = []
-
-    def read(self, timeout):
-        """Collect complete lines for up to `timeout` seconds; False at end of output."""
-        fd = self.proc.stdout.fileno()
-        if not select.select([fd], [], [], timeout)[0]:
-            return True
-        data = os.read(fd, 65536)
-        self.buffer += data
-        *complete, self.buffer = self.buffer.split(b"\n")
-        self.lines += [line.decode() for line in complete]
-        return bool(data)
+        super().__init__(["-b", "bpf"] + list(args), folder, env=env)
 
     def wait_attached(self, traffic, seen):
         """Make `traffic` until an event for which `seen(event)` holds came out."""
@@ -75,27 +55,7 @@ class Trace(object):
         while time.monotonic() < end:
             self.read(0.5)
         self.proc.send_signal(signal.SIGINT)
-        deadline = time.monotonic() + STOP_TIMEOUT
-        while self.read(1.0):
-            assert time.monotonic() < deadline, "did not end in {} s".format(STOP_TIMEOUT)
-        return self.proc.wait(STOP_TIMEOUT)
-
-    @property
-    def stderr(self):
-        return self.stderr_path.read_text()
-
-    @property
-    def objects(self):
-        return [json.loads(line) for line in self.lines if line.startswith("{")]
-
-    @property
-    def events(self):
-        return [obj for obj in self.objects if "type" not in obj]
-
-    @property
-    def summary(self):
-        found = [obj for obj in self.objects if obj.get("type") == "summary"]
-        return found[-1] if found else None
+        return self.finish(STOP_TIMEOUT)
 
     def keep(self, name):
         """The run's events into the shared folder, for a look after the lab run."""

@@ -33,7 +33,6 @@ from legacytrace.flowfilter import FlowFilter
 from legacytrace.host import HostFacts
 from legacytrace.model import TraceRequest
 
-LEGACYTRACE = str(Path(sys.executable).parent / "legacytrace")
 ATTACH_TIMEOUT = 900
 PY_CLIENT = ("import http.client, sys\n"
              "c = http.client.HTTPConnection('127.0.0.1', int(sys.argv[1]), timeout=60)\n"
@@ -48,7 +47,7 @@ class Run(object):
         self.name = name
         self.stderr_path = Path(folder) / "stderr-{}.txt".format(name)
         self.stdout_path = Path(folder) / "stdout-{}.jsonl".format(name)
-        argv = [LEGACYTRACE, "trace", "-b", "ftrace", "--json"] + list(args)
+        argv = [labkit.LEGACYTRACE, "trace", "-b", "ftrace", "--json"] + list(args)
         if name != "generic":
             argv.insert(4, name)
         self.proc = subprocess.Popen(argv, stdout=open(str(self.stdout_path), "w"),
