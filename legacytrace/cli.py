@@ -3,8 +3,9 @@
 Every failure the user can act on is a LegacytraceError: one line on stderr,
 a non-zero exit, no traceback. Flags follow bcc, pwru and ipftrace.
 """
-import errno
+import codecs
 import collections
+import errno
 import functools
 import itertools
 import json
@@ -489,15 +490,31 @@ def _line_batches(stream, size=1 << 16):
 
     A capture holds millions of lines: reading, parsing, counting and writing them a
     batch at a time costs one call per batch where a line at a time costs one per line
-    (bench/ingest.py).
+    (bench/ingest.py). A batch is what one read returns (`read1`), so that a pipe from a
+    live trace_pipe (`cat trace_pipe | legacytrace parse -`) is shown as it comes, not
+    after 64 KiB; bytes are decoded as UTF-8, an invalid byte as U+FFFD.
     """
     rest = ""
-    for chunk in iter(functools.partial(stream.read, size), ""):
+    for chunk in _chunks(stream, size):
         lines = (rest + chunk).split("\n")
         rest = lines.pop()
         yield lines
     if rest:
         yield [rest]
+
+
+def _chunks(stream, size):
+    """Text as each read returns it; from the binary buffer where there is one (`read1` does
+    not wait for `size` bytes), decoded incrementally (a character may span two reads)."""
+    raw = getattr(stream, "buffer", None)
+    if raw is None or not hasattr(raw, "read1"):      # a StringIO (tests)
+        for chunk in iter(functools.partial(stream.read, size), ""):
+            yield chunk
+        return
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    for data in iter(functools.partial(raw.read1, size), b""):
+        yield decoder.decode(data)
+    yield decoder.decode(b"", final=True)
 
 
 @cli.command("list-functions", context_settings=CONTEXT)

@@ -144,3 +144,49 @@ def test_line_batches_are_the_lines_without_newlines(text, size):
     batches = list(cli._line_batches(io.StringIO(text), size))
     assert [line for batch in batches for line in batch] == [
         line.rstrip("\n") for line in io.StringIO(text)]
+
+
+class OneByteReads(io.RawIOBase):
+    """A pipe that hands over one byte per read, as a slow writer's pipe may."""
+
+    def __init__(self, data):
+        self.data = data
+
+    def readable(self):
+        return True
+
+    def readinto(self, buffer):
+        if not self.data:
+            return 0
+        buffer[0], self.data = self.data[0], self.data[1:]
+        return 1
+
+
+def test_batches_of_one_byte_reads_keep_characters_and_lines():
+    text = "ping-é 1\nçà 2\nno newline at the end"
+    stream = io.TextIOWrapper(io.BufferedReader(OneByteReads(text.encode("utf-8")), 1))
+    lines = [line for batch in cli._line_batches(stream) for line in batch]
+    assert lines == text.split("\n")
+
+
+def test_parse_of_a_pipe_shows_each_line_as_it_comes():
+    """`cat trace_pipe | legacytrace parse -b ftrace -`: the first event is printed before the
+    pipe's writer goes on (a 64 KiB read would wait for more)."""
+    import select
+    import subprocess
+    import sys
+    with open(os.path.join(DATA, "ftrace", "lab-kprobes-6.1.0-56-amd64.trace_pipe")) as capture:
+        line = next(l for l in capture if not l.startswith("#") and ": ip_rcv:" in l)
+    proc = subprocess.Popen([sys.executable, "-m", "legacytrace", "parse", "-b", "ftrace", "--json",
+                             "-"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                            stderr=subprocess.DEVNULL, universal_newlines=True)
+    try:
+        proc.stdin.write(line)
+        proc.stdin.flush()
+        ready = select.select([proc.stdout], [], [], 30)[0]   # no stdin EOF yet
+        assert ready, "no event printed within 30 s of its line"
+        first = json.loads(proc.stdout.readline())
+        assert first["func"] == "ip_rcv" and first["backend"] == "ftrace"
+    finally:
+        proc.stdin.close()
+        proc.wait(30)
