@@ -177,8 +177,11 @@ def test_parse_of_a_pipe_shows_each_line_as_it_comes():
     import sys
     with open(os.path.join(DATA, "ftrace", "lab-kprobes-6.1.0-56-amd64.trace_pipe")) as capture:
         line = next(l for l in capture if not l.startswith("#") and ": ip_rcv:" in l)
-    proc = subprocess.Popen([sys.executable, "-m", "legacytrace", "parse", "-b", "ftrace", "--json",
-                             "-"], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+    # The installed console script, from elsewhere: in the checkout `python -m` would import
+    # the source tree, where backends/ is not inside the package.
+    script = os.path.join(os.path.dirname(sys.executable), "legacytrace")
+    proc = subprocess.Popen([script, "parse", "-b", "ftrace", "--json", "-"], cwd="/",
+                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                             stderr=subprocess.DEVNULL, universal_newlines=True)
     try:
         proc.stdin.write(line)
