@@ -232,12 +232,13 @@ def attached_state(root, pid):
     found += ["armed kprobe " + line for line in debugfs_kprobes()]
     with open("/proc/modules") as modules:
         found += ["module " + line.split()[0] for line in modules if line.startswith("lt_")]
-    for pid, (name, state, _) in process_tree(1).items():
+    for other, (name, state, _) in process_tree(1).items():
         if name in ("bpftrace", "staprun", "stapio") and state != "Z":  # see test_lifecycle.ours
-            found.append("process {} {}".format(name, pid))
-    # only its own: the guest's /tmp shows the host's, where other runs come and go
+            found.append("process {} {}".format(name, other))
+    # only its own folder (other runs' may come and go in a shared /tmp)
     own = "legacytrace_lt{}_".format(pid)
-    found += ["folder /tmp/" + name for name in os.listdir("/tmp") if name.startswith(own)]
+    tmp = tempfile.gettempdir()
+    found += ["folder " + os.path.join(tmp, name) for name in os.listdir(tmp) if name.startswith(own)]
     return set(found)
 
 

@@ -396,6 +396,9 @@ def lab_env(lab: Lab, run_dir: Path, phase: str) -> Dict[str, str]:
     }
     if phase == "guest":
         env["LEGACYTRACE_LAB"] = "1"
+        # The guest's /tmp overlays the host's, whose files appear in it while tests run
+        # (a host test's bpf script folder looked like a leftover); /var/tmp is the guest's.
+        env["TMPDIR"] = "/var/tmp"
     return env
 
 

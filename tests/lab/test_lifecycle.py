@@ -16,6 +16,7 @@ import re
 import signal
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -116,7 +117,7 @@ def ours(tracing):
             found.append("process {} {}".format(name, pid))
     found += ["module " + line.split()[0] for line in Path("/proc/modules").read_text().splitlines()
               if STAP_MODULE.match(line.split()[0])]
-    found += ["folder " + str(p) for p in Path("/tmp").glob("legacytrace_lt*")]
+    found += ["folder " + str(p) for p in Path(tempfile.gettempdir()).glob("legacytrace_lt*")]
     return [item for item in found if item not in tracing.baseline]
 
 
