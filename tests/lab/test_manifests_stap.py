@@ -16,13 +16,13 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import pytest
 
 import labkit
+import test_stap
 from legacytrace import btf, manifest, symbols
 from legacytrace.backends import stap
 from legacytrace.flowfilter import FlowFilter
@@ -84,34 +84,20 @@ def test_host_compiles_the_manifest(name, lab_release, module_cache):
 
 # --- guest phase -------------------------------------------------------------------
 
-class Tracer(object):
-    """A stap session from the cache; a thread collects its lines while traffic runs."""
+class Tracer(test_stap.Tracer):
+    """The manifest's program, from the module cache, its lines kept in the shared folder."""
 
     def __init__(self, name, release, lab_shared):
-        self.name = name
-        self.backend = stap.StapBackend()
-        self.session = self.backend.run(program(name, release))
-        self.capture = lab_shared / "stap-manifest-{}-{}.txt".format(name, os.uname().release)
-        self.lines = []
+        super().__init__(program(name, release), capture=lab_shared / "stap-manifest-{}-{}.txt"
+                         .format(name, os.uname().release))
 
     def __enter__(self):
-        started = time.monotonic()
-        self.session.__enter__()
-        assert time.monotonic() - started < 60, "the module was not taken from the cache"
-        self.thread = threading.Thread(target=lambda: self.lines.extend(self.session.lines()),
-                                       daemon=True)
-        self.thread.start()
+        super().__enter__()
+        if self.attach_seconds >= 60:
+            self.__exit__(None, None, None)
+            raise AssertionError("the module was not taken from the cache ({:.0f} s to attach)"
+                                 .format(self.attach_seconds))
         return self
-
-    def __exit__(self, *exc):
-        time.sleep(1.0)  # the transport flushes on a timer
-        self.session.__exit__(*exc)
-        self.thread.join(10)
-        self.capture.write_text("".join(line + "\n" for line in self.lines))
-
-    @property
-    def events(self):
-        return [e for e in (self.backend.parse(line) for line in self.lines) if e is not None]
 
 
 def of(events, workload, func=None):
