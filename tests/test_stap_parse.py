@@ -127,3 +127,17 @@ def test_lab_filtered_runs_hold_only_their_flow(datadir, name, protos):
     events = [parse(line) for line in lines]
     assert events and all(e is not None for e in events)
     assert {e.proto for e in events} == protos
+
+
+def test_a_line_the_transport_damaged_gives_the_whole_line_in_it(datadir):
+    """Lost framing: junk, a cut ip_rcv line, then a whole ip_output line, on one line."""
+    lines = (datadir / "stap" / "lab-damaged-6.1.0-56-amd64.txt").read_text().splitlines()
+    assert [stap.salvage(line)[1] for line in lines] == [False, False, True, False]
+    damaged = lines[2]
+    assert not damaged.startswith("LT1") and damaged.count("LT1\tE\t") == 2
+    salvaged = stap.StapBackend().parse(damaged)
+    assert (salvaged.func, salvaged.time_ns, salvaged.pid, salvaged.comm) == (
+        "ip_output", 1268345809251, 116, "pytest")
+    assert (salvaged.sport, salvaged.dport, salvaged.fields) == (47002, 51058,
+                                                                {"mark": 0, "mtu": None})
+    assert stap.salvage(lines[0]) == (lines[0], False)
