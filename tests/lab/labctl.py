@@ -40,10 +40,15 @@ PACKAGES = (
 # 9p instead of virtiofs: Debian's virtiofsd does not take virtme-ng's options (8 s lost per boot).
 BOOT_OPTIONS = ("--force-9p", "--disable-kvm", "--memory", "2G", "--cpus", "2",
                 "--append", "nokaslr", "--verbose")
+#: One host thread for every vCPU: with QEMU's default of a thread per vCPU (MTTCG), a guest
+#: hung twice in ~25 full runs while bpftrace placed kprobes (a soft lockup of bpftrace in
+#: handle_softirqs, the other CPU in asm_exc_int3, then an RCU stall: console-stalled.log of
+#: run 20261122-034917), the int3 patching of live code that MTTCG runs across threads.
+TCG_OPTIONS = "-accel tcg,thread=single"
 APT_MAX_AGE = 24 * 3600
 KEEP_RUNS = 5
-#: A guest whose followed output has not grown for this long is stalled (a TCG RCU stall
-#: was seen once in ~20 full runs, and a hung test looks the same); the boot is killed and,
+#: A guest whose followed output has not grown for this long is stalled (see TCG_OPTIONS;
+#: a hung test looks the same); the boot is killed and,
 #: for the guest phase, retried once. The slowest lab test takes ~200 s under TCG.
 STALL_SECONDS = int(os.environ.get("LEGACYTRACE_LAB_STALL", "600"))
 PRUNE_AGE = 3 * 3600
@@ -282,20 +287,20 @@ def new_run_dir(cache: Path, kind: str) -> Path:
 
 
 def boot_options(cpus: int = 2, icount: bool = False) -> List[str]:
-    """BOOT_OPTIONS with another CPU count and, for instruction-counted timing, QEMU's icount:
-    shift=0 makes every guest clock advance 1 ns per instruction, sleep=off jumps over idle
-    time, so guest timings repeat whatever the host's load (QEMU then runs one TCG thread)."""
+    """BOOT_OPTIONS and TCG_OPTIONS, with another CPU count and, for instruction-counted
+    timing, QEMU's icount: shift=0 makes every guest clock advance 1 ns per instruction,
+    sleep=off jumps over idle time, so guest timings repeat whatever the host's load."""
     options = list(BOOT_OPTIONS)
     options[options.index("--cpus") + 1] = str(cpus)
-    if icount:
-        options.append("--qemu-opts=-icount shift=0,sleep=off")
+    qemu = TCG_OPTIONS + (" -icount shift=0,sleep=off" if icount else "")
+    options.append("--qemu-opts=" + qemu)
     return options
 
 
 def vng_argv(lab: Lab, rw: Sequence[Path] = (), ro: Sequence[Path] = (),
-             options: Sequence[str] = BOOT_OPTIONS) -> List[str]:
+             options: Optional[Sequence[str]] = None) -> List[str]:
     """The vng command line; the cache is always shared writable (results come back through it)."""
-    argv = [str(lab.vng), "--run", str(lab.vmlinuz)] + list(options)
+    argv = [str(lab.vng), "--run", str(lab.vmlinuz)] + list(options or boot_options())
     argv += ["--rwdir=" + str(p) for p in [lab.cache] + list(rw)]
     argv += ["--rodir=" + str(p) for p in ro]
     return argv
@@ -338,7 +343,7 @@ def kill_group(proc: subprocess.Popen) -> None:
 
 def boot(lab: Lab, run_dir: Path, commands: Sequence[str], rw: Sequence[Path] = (),
          ro: Sequence[Path] = (), timeout: int = 2400, follow: Optional[Path] = None,
-         options: Sequence[str] = BOOT_OPTIONS) -> int:
+         options: Optional[Sequence[str]] = None) -> int:
     """Boot once, run the shell commands as root, return their exit code (read from the shared dir).
 
     follow: a file the commands write in the shared cache, printed as it grows.
