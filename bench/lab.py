@@ -325,6 +325,15 @@ class Trace(object):
         with open(self.out_path, "rb") as out:
             return out.read().count(b"\n")
 
+    def lost(self):
+        """The CLI's count of lost events by cause: its summary, the last JSON line at exit."""
+        with open(self.out_path, "rb") as out:
+            last = out.read().rstrip(b"\n").rsplit(b"\n", 1)[-1]
+        summary = json.loads(last.decode("utf-8")) if last else {}
+        if summary.get("type") != "summary":
+            raise TraceFailed("no summary line at the end of {}".format(self.out_path))
+        return summary["lost"]
+
     def _fail(self, what):
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGINT)
@@ -405,11 +414,17 @@ def attach_and_cost(backend, workload, args, workdir, root):
     result["cost"] = cost_runs(workload, args.count, args.repeat, trace)
     result["exit"], result["clean"], result["left"] = trace.stop()
     result["at_exit"] = trace.at_exit
+    result["lost"] = trace.lost()
     progress("{}: {}; exit {:.1f} s and clean {:.1f} s after SIGINT{}{}".format(
         backend, describe_cost(result["cost"]), result["exit"], result["clean"],
         "; still there at exit: " + ", ".join(trace.at_exit) if trace.at_exit else "",
         "; LEFT: " + ", ".join(result["left"]) if result["left"] else ""))
+    progress("{}: lost over the run: {}".format(backend, describe_lost(result["lost"])))
     return result
+
+
+def describe_lost(lost):
+    return ", ".join("{}: {}".format(cause, n) for cause, n in sorted(lost.items())) or "none"
 
 
 def filtering(backend, workload, functions, args, workdir, root):
@@ -512,15 +527,16 @@ def report(figures, backends):
     print("per-event cost ({} datagrams, {} probe hits a loop; untraced {:.3f} s workload CPU):"
           .format(figures["count"], hits, base))
     rows = [("tracer", "workload cpu s", "us/event", "x bare", "lines", "tracer cpu s",
-             "tracer us/line")]
+             "tracer us/line", "lost over the run (CLI summary)")]
     rows.append(("bare kprobe", "{:.3f}".format(figures["bare"]["cpu"]), "{:.2f}".format(bare),
-                 "1.0", "-", "-", "-"))
+                 "1.0", "-", "-", "-", "-"))
     for b in backends:
         loop = figures[b]["cost"]
         rows.append((b, "{:.3f}".format(loop["cpu"]), "{:.2f}".format(per_event(loop)),
                      "{:.1f}".format(per_event(loop) / bare if bare > 0 else float("nan")),
                      str(loop["lines"]), "{:.2f}".format(loop["tracer_cpu"]),
-                     "{:.0f}".format(loop["tracer_cpu"] / max(loop["lines"], 1) * 1e6)))
+                     "{:.0f}".format(loop["tracer_cpu"] / max(loop["lines"], 1) * 1e6),
+                     describe_lost(figures[b]["lost"])))
     benchkit.table(rows)
     print("filtering (1 flow of {}, {} datagrams):".format(FLOWS, figures["filter_count"]))
     rows = [("backend", "probe hits", "own counter", "lines", "fraction reaching user space")]
