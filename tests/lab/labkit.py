@@ -15,6 +15,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -152,6 +153,57 @@ def udp_open_port() -> List[Workload]:
     receiver = Workload("udp-receiver", argv, os.getpid(), 0, data, port,
                         me.joinpath("comm").read_text().strip())
     return [sender, receiver]
+
+
+class Listener:
+    """A TCP listener on loopback (`port`, or a free one) that accepts and reads in a thread,
+    answering HTTP; a context manager that closes it."""
+
+    def __init__(self, port: int = 0):
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((LOOPBACK, port))
+        self.sock.listen(16)
+        self.port = self.sock.getsockname()[1]
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def __enter__(self) -> "Listener":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(30)
+                try:
+                    if conn.recv(4096):
+                        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
+                except OSError:
+                    pass
+
+    def exchange(self, data: bytes = b"GET /warm-up HTTP/1.1\r\nHost: lab\r\n\r\n") -> int:
+        """One connection from this process: connect, send, read the answer, close."""
+        with socket.create_connection((LOOPBACK, self.port), timeout=30) as conn:
+            conn.sendall(data)
+            conn.recv(4096)
+            return conn.getsockname()[1]
+
+    def close(self) -> None:
+        """shutdown() first: close() alone leaves a socket that a thread's accept() blocks on
+        listening, and the next Listener on the port fails with EADDRINUSE."""
+        try:
+            self.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+        self.sock.close()
+        self.thread.join(5)
 
 
 def wait_listening(port: int, timeout: float = 60) -> None:

@@ -14,7 +14,6 @@ import os
 import signal
 import socket
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -83,47 +82,10 @@ def trace(loopback, tmp_path):
 
 # --- cheap traffic from this process (a new interpreter costs 10 s under TCG) ----------------
 
-class Listener(object):
-    """A TCP listener on loopback that accepts and reads in a thread, answering HTTP."""
-
-    def __init__(self):
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.bind((labkit.LOOPBACK, 0))
-        self.sock.listen(16)
-        self.port = self.sock.getsockname()[1]
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self):
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            with conn:
-                conn.settimeout(30)
-                try:
-                    if conn.recv(4096):
-                        conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")
-                except OSError:
-                    pass
-
-    def exchange(self, data=b"GET /warm-up HTTP/1.1\r\nHost: lab\r\n\r\n"):
-        """One connection from this process: connect, send, read the answer, close."""
-        with socket.create_connection((labkit.LOOPBACK, self.port), timeout=30) as conn:
-            conn.sendall(data)
-            conn.recv(4096)
-            return conn.getsockname()[1]
-
-    def close(self):
-        self.sock.close()
-
-
 @pytest.fixture
 def listener(loopback):
-    server = Listener()
-    yield server
-    server.close()
+    with labkit.Listener() as server:
+        yield server
 
 
 def closed_port_datagram(port):
