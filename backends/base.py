@@ -62,6 +62,11 @@ class Session(object):
     def detach(self):
         raise NotImplementedError
 
+    def finish(self):
+        """Ask the mechanism to stop producing while `lines()` still yields what it has
+        produced, to its end; False when this session cannot (detach drops the rest)."""
+        return False
+
     def __enter__(self):
         try:
             self.attach()

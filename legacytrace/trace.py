@@ -74,11 +74,33 @@ def run(backend, program, flow, limits, sink, stats, enrich=None, attached=None)
 
     `sink.event(ev)` receives every kept event; `stats` (a summary.Summary) counts
     events, user-space filtering, rate-limited events and the session's lost
-    events. `attached()` is called once the probes are in place. Returns the reason
-    the trace ended, in words.
+    events. `attached()` is called once the probes are in place. On a stop (a signal,
+    the duration) a session that can `finish()` stops producing and what it already
+    produced still comes out. Returns the reason the trace ended, in words.
     """
     rate = RateLimit(limits.rate) if limits.rate else None
     parse = backend.parse
+
+    def consume(lines):
+        """Events of `lines` to the sink; the reason when --count is reached, else None."""
+        for line in lines:
+            event = parse(line, program)
+            if event is None:
+                continue
+            if not flow.matches(event):
+                stats.filtered += 1
+                continue
+            if rate is not None and not rate.allow():
+                stats.lost["rate limit"] += 1
+                continue
+            if enrich is not None:
+                enrich(event)
+            stats.add(event)
+            sink.event(event)
+            if limits.count and stats.events >= limits.count:
+                return "count of {} events reached".format(limits.count)
+        return None
+
     ended = "the tracer ended"
     with stop_on_signals(limits.duration):
         session = backend.run(program)
@@ -86,23 +108,12 @@ def run(backend, program, flow, limits, sink, stats, enrich=None, attached=None)
             with session:
                 if attached is not None:
                     attached()
-                for line in session.lines():
-                    event = parse(line, program)
-                    if event is None:
-                        continue
-                    if not flow.matches(event):
-                        stats.filtered += 1
-                        continue
-                    if rate is not None and not rate.allow():
-                        stats.lost["rate limit"] += 1
-                        continue
-                    if enrich is not None:
-                        enrich(event)
-                    stats.add(event)
-                    sink.event(event)
-                    if limits.count and stats.events >= limits.count:
-                        ended = "count of {} events reached".format(limits.count)
-                        break
+                try:
+                    ended = consume(session.lines()) or ended
+                except Stop as stop:
+                    ended = str(stop)
+                    if session.finish():
+                        ended = consume(session.lines()) or ended
         except Stop as stop:
             ended = str(stop)
         finally:

@@ -1,10 +1,12 @@
-"""The trace loop's pure helpers: rate limiting and the signal-to-Stop bridge."""
+"""The trace loop: rate limiting, the signal-to-Stop bridge, and a stop that drains."""
+import collections
 import os
 import signal
 
 import pytest
 
-from legacytrace import trace
+from legacytrace import model, summary, trace
+from legacytrace.flowfilter import FlowFilter
 
 
 def test_rate_limit_counts_per_second_window():
@@ -39,3 +41,66 @@ def test_duration_alarm_stops():
     with pytest.raises(trace.Stop, match="duration of 0.05 s reached"):
         with trace.stop_on_signals(duration=0.05):
             signal.pause()
+
+
+# --- the loop: a stop lets a session that can finish deliver what it already produced ---
+
+class _Session(object):
+    """Yields its lines; a Ctrl-C comes while it waits for the third. With `can_finish`, finish()
+    is honoured and the rest still comes; otherwise lines() is never asked again."""
+
+    def __init__(self, lines, can_finish):
+        self.lines_left = list(lines)
+        self.can_finish = can_finish
+        self.finished = self.detached = False
+        self.lost = collections.Counter()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.detached = True
+        self.lost["unread at stop"] += len(self.lines_left)
+
+    def lines(self):
+        while self.lines_left:
+            if self.lines_left[0] == "3" and not self.finished:   # waiting for it
+                os.kill(os.getpid(), signal.SIGINT)
+                signal.pause()
+            yield self.lines_left.pop(0)
+
+    def finish(self):
+        self.finished = self.can_finish
+        return self.can_finish
+
+
+class _Backend(object):
+    def __init__(self, session):
+        self.session = session
+
+    def run(self, program):
+        return self.session
+
+    def parse(self, line, program):
+        event = model.FlowEvent(backend="test", func="f{}".format(line))
+        return event
+
+
+class _Sink(object):
+    def __init__(self):
+        self.funcs = []
+
+    def event(self, event):
+        self.funcs.append(event.func)
+
+
+@pytest.mark.parametrize("can_finish, delivered, unread", [
+    (True, ["f1", "f2", "f3", "f4", "f5"], 0),
+    (False, ["f1", "f2"], 3),
+])
+def test_a_stop_delivers_what_a_finishing_session_still_has(can_finish, delivered, unread):
+    session, sink, stats = _Session("12345", can_finish), _Sink(), summary.Summary()
+    ended = trace.run(_Backend(session), None, FlowFilter.parse(), model.Limits(), sink, stats)
+    assert ended == "interrupted (SIGINT)"
+    assert sink.funcs == delivered and stats.events == len(delivered)
+    assert session.detached and stats.lost.get("unread at stop", 0) == unread
