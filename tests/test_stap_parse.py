@@ -141,3 +141,21 @@ def test_a_line_the_transport_damaged_gives_the_whole_line_in_it(datadir):
     assert (salvaged.sport, salvaged.dport, salvaged.fields) == (47002, 51058,
                                                                 {"mark": 0, "mtu": None})
     assert stap.salvage(lines[0]) == (lines[0], False)
+
+
+def test_the_backlog_between_staprun_and_the_parser_counts_what_it_drops(monkeypatch):
+    """The reader thread's bookkeeping, without staprun: lines beyond the backlog are
+    counted, damaged ones too, and a stop after finish() leaves the rest to detach."""
+    monkeypatch.setenv(stap.BACKLOG_ENV, "3")
+    session = stap.StapSession(stap.StapBackend(), None)
+    event = "LT1\tE\t{}"
+    session._put([event.format(1), event.format(2)])
+    session._put([event.format(3), "LT1\tL\tfault\t2"])          # 4 lines > 3: dropped
+    session._put(["t\0\0\0" + event.format(4)])
+    assert session.lost == {"stap lines the parser fell behind on": 1, "stap fault": 2,
+                            "stap damaged lines": 1}
+    taken = session._take(until=0)     # a deadline in the past: only what is in hand
+    assert list(taken) == []
+    session._eof.set()
+    assert list(session._take()) == [event.format(1), event.format(2),
+                                     "t\0\0\0" + event.format(4)]

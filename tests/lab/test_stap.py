@@ -106,9 +106,9 @@ class Tracer(object):
         return self
 
     def __exit__(self, *exc):
-        time.sleep(1.0)  # the transport flushes on a timer
+        self.session.finish()   # staprun ends; its last lines still reach the thread
+        self.thread.join(stap.FINISH_TIMEOUT + 10)
         self.session.__exit__(*exc)
-        self.thread.join(10)
         if self.capture:
             with open(self.capture, "w") as out:
                 out.write("".join(line + "\n" for line in self.lines))
