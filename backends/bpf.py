@@ -59,6 +59,8 @@ MIN_VERSION = (0, 17)
 START_TIMEOUT = 300.0
 #: How long each stop signal gets before the next, stronger one.
 STOP_GRACE = 5.0
+#: How long lines may still come after finish() asked bpftrace to stop.
+FINISH_TIMEOUT = 30.0
 
 #: Names this backend gives what it leaves on disk; the run id follows (lt<pid>).
 PREFIX = "legacytrace_"
@@ -738,6 +740,7 @@ class BpftraceSession(Session):
         self.stderr = collections.deque(maxlen=50)
         self.stderr_thread = None
         self.stopping = False
+        self.finish_by = None
 
     def attach(self):
         # bpftrace reads tracepoint formats from tracefs, which may not be mounted yet.
@@ -815,9 +818,11 @@ class BpftraceSession(Session):
         pending, self.pending = self.pending, []
         for line in pending:
             yield line
-        while self._read_chunk(None):
+        while self._read_chunk(None if self.finish_by is None else 0.5):
             for line in self._split():
                 yield line
+            if self.finish_by is not None and time.monotonic() > self.finish_by:
+                return                   # detach counts what is still coming
         if self.buffer:
             tail, self.buffer = self.buffer.decode("utf-8", "replace"), b""
             yield tail
@@ -825,6 +830,15 @@ class BpftraceSession(Session):
         if returncode and not self.stopping:
             self.stderr_thread.join(2)
             raise LegacytraceError(explain(self.stderr, returncode))
+
+    def finish(self):
+        """SIGINT to bpftrace: it detaches its probes and ends; lines() reads its output to the end."""
+        if self.proc is None or self.stopping or self.proc.poll() is not None:
+            return False
+        self.stopping = True
+        self.finish_by = time.monotonic() + FINISH_TIMEOUT
+        os.kill(self.proc.pid, signal.SIGINT)
+        return True
 
     def detach(self):
         """Stop bpftrace (SIGINT, SIGTERM, SIGKILL) and remove the script; never raises."""
@@ -850,15 +864,18 @@ class BpftraceSession(Session):
         _warn("bpftrace (pid {}) did not end after SIGKILL".format(self.proc.pid))
 
     def _drain_until_exit(self, deadline):
-        """Read (and drop) output so bpftrace never blocks on a full pipe while it ends."""
+        """Read output so bpftrace never blocks on a full pipe while it ends; after finish()
+        its events are counted as lost (its time to deliver them is over)."""
         while self.proc.poll() is None and time.monotonic() < deadline:
             try:
                 if not self._read_chunk(0.1):
                     self.proc.wait(max(0.0, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
                 break
-            self._split()
-            self.buffer = b""
+            unread = [line for line in self.pending + self._split() if line.startswith(TAG + "\t")]
+            if unread and self.finish_by is not None:   # after --count they are not wanted
+                self.lost["bpftrace lines unread at stop"] += len(unread)
+            self.pending, self.buffer = [], b""
         return self.proc.poll() is not None
 
     def _close(self):

@@ -16,6 +16,7 @@ import functools
 import logging
 import os
 import re
+import time
 
 from legacytrace import btf, flowfilter, ftrace_kprobe, ftrace_parse, offsets, tracefs
 from legacytrace import host as hostmod
@@ -29,6 +30,8 @@ TRACEPOINTS = ("net:netif_receive_skb", "net:netif_rx", "net:net_dev_queue",
                "net:net_dev_xmit", "skb:kfree_skb", "skb:consume_skb")
 #: Per-CPU buffer of the own instance, in KiB.
 BUFFER_KB = 4096
+#: How long lines may still come after finish() stopped the instance recording.
+FINISH_TIMEOUT = 30.0
 #: Trace clocks in order of preference: mono (about 4.0), then global (3.10: across CPUs).
 CLOCKS = ("mono", "global")
 #: A group or instance of ours: `legacytrace_lt<pid of the owning process>`.
@@ -212,6 +215,7 @@ class FtraceSession(Session):
         self._root = root
         self._undo = []
         self._fd = None
+        self._fs = self._instance = self._finish_by = None
         #: functions whose probe the kernel refused (a warning names each)
         self.skipped = []
 
@@ -247,6 +251,7 @@ class FtraceSession(Session):
             raise tracefs.TracefsError("the kernel refused every probe ({}): see the warnings "
                                        "above".format(", ".join(self.skipped)))
         instance = group if fs.has_instances() else None
+        self._fs, self._instance = fs, instance
         if instance:
             self._step("remove instance " + instance, functools.partial(fs.make_instance, instance),
                        functools.partial(fs.remove_instance, instance))
@@ -294,7 +299,23 @@ class FtraceSession(Session):
         if self._fd is None:
             return
         for line in tracefs.read_lines(self._fd):
+            if self._finish_by is not None and (not line or time.monotonic() > self._finish_by):
+                return               # finish(): the ring buffer is read (an idle '') or time is up
             yield line
+
+    def finish(self):
+        """Our instance stops recording (its tracing_on); lines() reads what its ring buffer
+        holds. Not without an instance: the top level's tracing_on is everyone's."""
+        if self._fd is None or self._instance is None or self._finish_by is not None:
+            return False
+        try:
+            if not self._fs.set_option(self._instance, "tracing_on", "0"):
+                return False
+        except (tracefs.TracefsError, OSError) as err:
+            log.warning("ftrace: cannot stop recording before the last read: %s", err)
+            return False
+        self._finish_by = time.monotonic() + FINISH_TIMEOUT
+        return True
 
     def detach(self):
         while self._undo:
