@@ -98,6 +98,12 @@ class Backend(object):
         """Return the `Program` for a `TraceRequest`. Pure: no I/O, same input, same text."""
         raise NotImplementedError
 
+    def ready(self, program, host):
+        """None when `host` can run this `program`, else why not. `check()` judges the host
+        before there is a program; a backend whose ability depends on the program (stap:
+        a cached module, or a compiler) says so here."""
+        return None
+
     def run(self, program):
         """Return a `Session` that runs `program` on this host."""
         raise NotImplementedError

@@ -151,11 +151,9 @@ class StapBackend(Backend):
                                  "digits and _ (at most 40): SystemTap module names are C "
                                  "identifiers and `legacytrace cleanup` knows ours by lt_"
                                  .format(out))
-        command = _stap_command(program, release, runtime)
         target = release or program.data.get("release") or "this kernel"
-        key = _digest(command + [name or ""], program.text, _stap_version())[:16]
-        name = name or "lt_" + key
-        module = os.path.join(cache_dir(), key, name + ".ko")
+        module, command = self._module_path(program, release, runtime, name)
+        name = os.path.basename(module)[:-3]
         if not os.path.isfile(module):
             try:
                 _compile_into(os.path.dirname(module), name, command, program.text)
@@ -169,6 +167,24 @@ class StapBackend(Backend):
             shutil.copyfile(module, out)
             return out
         return module
+
+    def _module_path(self, program, release=None, runtime=None, name=None):
+        """(where `program`'s module is or will be in the cache, the stap command)."""
+        command = _stap_command(program, release, runtime)
+        key = _digest(command + [name or ""], program.text, _stap_version())[:16]
+        return os.path.join(cache_dir(), key, (name or "lt_" + key) + ".ko"), command
+
+    def ready(self, program, host):
+        """None when this host can run `program`: a prebuilt or cached module, or headers and
+        a compiler to build one; else why not."""
+        if program.data.get("module") or (host.kernel_build and host.cc):
+            return None
+        if os.path.isfile(self._module_path(program)[0]):
+            return None
+        return ("this trace's module is not in the cache, and without kernel headers and a C "
+                "compiler for {0} none can be compiled here: build it where they are with "
+                "`legacytrace build -r {0} -o lt_NAME.ko` and run it with `trace --stap-module "
+                "lt_NAME.ko`".format(host.release))
 
     def run(self, program, release=None, runtime=None):
         """A session that loads the program's module (compiled on attach unless cached)."""
@@ -712,6 +728,7 @@ def _digest(command, text, version):
     return hashlib.sha256(key.encode("utf-8")).hexdigest()
 
 
+@functools.lru_cache(maxsize=1)
 def _stap_version():
     result = _call(["stap", "-V"])
     if result.returncode != 0:

@@ -15,7 +15,7 @@ import sys
 import click
 
 from legacytrace import __version__, host as hostmod, manifest as manifestmod, symbols
-from legacytrace.errors import LegacytraceError, UsageError
+from legacytrace.errors import BackendUnavailable, LegacytraceError, UsageError
 from legacytrace.flowfilter import FlowFilter
 from legacytrace.model import SKB_FREE_FUNCTIONS, Limits, TraceRequest
 
@@ -172,14 +172,23 @@ def _btf_skb_position(host):
     return skb_position
 
 
-def _backend(name, facts):
-    """The backend to use: `name`, or the auto pick; fail with the reason if it can't run."""
+def _backend(name, facts, without=None):
+    """The backend to use: `name`, or the auto pick; fail with the reason if it can't run.
+    `without`: {name: why} of backends that cannot run this trace (Backend.ready)."""
     from legacytrace import select
     from legacytrace import backends
-    chosen, reason, _ = select.choose(facts, None if name == "auto" else name)
+    check = select.backend_checks()
+    for other, why in (without or {}).items():
+        check[other] = functools.partial(_unavailable, why)
+    chosen, reason, _ = select.choose(facts, None if name == "auto" else name, check)
     if name == "auto":
         click.echo("legacytrace: using {}: {}".format(chosen, reason), err=True)
     return backends.get(chosen)
+
+
+def _unavailable(why, host):
+    from legacytrace.backends.base import Availability
+    return Availability.no(why)
 
 
 def output_options(command):
@@ -268,6 +277,15 @@ def trace(manifest, backend, count, duration, rate_limit, regex, stap_module, **
         request = TraceRequest(probes, flow, facts, limits=limits,
                                run_id="lt{}".format(os.getpid()), manifest=manifest_obj.source)
         program = _build(chosen, request)
+        why_not = chosen.ready(program, facts)
+        if why_not and backend != "auto":
+            raise BackendUnavailable("backend {} cannot run this trace here: {}".format(
+                chosen.name, why_not))
+        if why_not:
+            click.echo("legacytrace: {} cannot run this trace here: {}".format(
+                chosen.name, why_not), err=True)
+            chosen = _backend("auto", facts, without={chosen.name: why_not})
+            program = _build(chosen, request)
     stream = _line_buffered(sys.stdout)
     sink = _output(opts, probes, stream)
     _warn_leftovers(chosen, facts)

@@ -205,3 +205,13 @@ def test_default_checks_on_this_machine():
     report = doctor.doctor_json(host)
     assert [b["name"] for b in report["backends"]] == list(select.preference(host)[0])
     assert ("trace would use: " + (report["pick"]["name"] or "nothing")) in text
+
+
+def test_auto_chooses_again_without_a_backend_that_cannot_run_the_trace(capsys):
+    """cli: stap was the pick but cannot run this trace (Backend.ready): the next one is."""
+    from legacytrace import cli
+    host = facts("el7-3.10")
+    assert select.choose(host)[0] == "stap"
+    chosen = cli._backend("auto", host, without={"stap": "its module is not in the cache"})
+    assert chosen.name == "ftrace"
+    assert "legacytrace: using ftrace" in capsys.readouterr().err

@@ -72,3 +72,22 @@ def test_cached_modules_are_those_compiled_for_the_release(tmp_path, monkeypatch
     assert stap.StapBackend().check(host).available
     monkeypatch.setenv(stap.CACHE_ENV, str(tmp_path / "elsewhere"))
     assert not stap.StapBackend().check(host).available
+
+
+def test_ready_for_a_request_whose_module_is_cached_or_can_be_built(tmp_path, monkeypatch, datadir):
+    """Auto selection asks `ready()` once the program exists: a cache of other requests'
+    modules makes stap available, but not for every request (the lab guest has no headers)."""
+    monkeypatch.setenv(stap.CACHE_ENV, str(tmp_path / "cache"))
+    backend = stap.StapBackend()
+    host = saved_host(datadir, "lab-6.1.json")
+    program = backend.build(stap_request(LAB))
+    why = backend.ready(program, host)
+    assert "not in the cache" in why and "legacytrace build -r {}".format(LAB) in why
+    module = backend._module_path(program)[0]
+    os.makedirs(os.path.dirname(module))
+    with open(module, "wb") as handle:
+        handle.write(os.path.basename(module)[:-3].encode("ascii") + b"\0")
+    assert backend.ready(program, host) is None
+    other = backend.build(stap_request("3.10.0-1160.el7.x86_64"))
+    assert backend.ready(other, saved_host(datadir, "el7-3.10.json")) is None  # headers and gcc
+    assert backend.ready(backend.module_program(module), host) is None          # --stap-module
