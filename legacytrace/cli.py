@@ -179,16 +179,11 @@ def _backend(name, facts, without=None):
     from legacytrace import backends
     check = select.backend_checks()
     for other, why in (without or {}).items():
-        check[other] = functools.partial(_unavailable, why)
+        check[other] = select.unavailable(why)
     chosen, reason, _ = select.choose(facts, None if name == "auto" else name, check)
     if name == "auto":
         click.echo("legacytrace: using {}: {}".format(chosen, reason), err=True)
     return backends.get(chosen)
-
-
-def _unavailable(why, host):
-    from legacytrace.backends.base import Availability
-    return Availability.no(why)
 
 
 def output_options(command):

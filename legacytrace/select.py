@@ -44,7 +44,9 @@ def preference(host):
     return _NO_BTF
 
 
-def _cannot_load(reason):
+def unavailable(reason):
+    """A check(host) that always answers no with `reason`: a backend that cannot load, or
+    one that cannot run this trace (the CLI's fallback after Backend.ready)."""
     return lambda host: Availability.no(reason)
 
 
@@ -55,7 +57,7 @@ def backend_checks():
         try:
             found[name] = backends.get(name).check
         except BackendUnavailable as exc:
-            found[name] = _cannot_load(str(exc))
+            found[name] = unavailable(str(exc))
     return found
 
 
