@@ -251,7 +251,7 @@ class StapSession(Session):
         self._pending = collections.deque()
         self._backlog = 0                 # lines in _chunks, under _backlog_lock
         self._backlog_lock = threading.Lock()
-        self._backlog_max = int(os.environ.get(BACKLOG_ENV) or BACKLOG)
+        self._backlog_max = _backlog_max()
         self._eof = threading.Event()
         self._stopped = False
         self._finish_by = None
@@ -382,6 +382,17 @@ class StapSession(Session):
             self.stderr.append(line)
             if not _EXIT_REPORT_RE.search(line):
                 sys.stderr.write("legacytrace: stap: {}\n".format(line))
+
+
+def _backlog_max():
+    """$LEGACYTRACE_STAP_BACKLOG, a positive line count, or BACKLOG."""
+    text = os.environ.get(BACKLOG_ENV, "").strip()
+    if not text:
+        return BACKLOG
+    if not text.isdigit() or int(text) < 1:
+        raise UsageError("{}={!r}: give a number of lines, at least 1 (default {})".format(
+            BACKLOG_ENV, text, BACKLOG))
+    return int(text)
 
 
 def _events_in(lines):

@@ -159,3 +159,10 @@ def test_the_backlog_between_staprun_and_the_parser_counts_what_it_drops(monkeyp
     session._eof.set()
     assert list(session._take()) == [event.format(1), event.format(2),
                                      "t\0\0\0" + event.format(4)]
+
+
+@pytest.mark.parametrize("value", ["lots", "-5", "0", "1e3"])
+def test_a_bad_backlog_setting_is_a_clear_error(monkeypatch, value):
+    monkeypatch.setenv(stap.BACKLOG_ENV, value)
+    with pytest.raises(stap.UsageError, match="LEGACYTRACE_STAP_BACKLOG"):
+        stap.StapSession(stap.StapBackend(), None)
