@@ -25,6 +25,18 @@ CAPTURES = [
 ]
 
 
+def one_by_one(renderer, events):
+    for ev in events:
+        renderer.event(ev)
+
+
+def as_a_batch(renderer, events):
+    renderer.events(events)
+
+
+WRITES = [one_by_one, as_a_batch]
+
+
 def reference(ev):
     """The JSON line the schema defines: the dict, encoded compactly."""
     return json.dumps(ev.to_dict(), separators=(",", ":"), default=str)
@@ -48,37 +60,47 @@ def test_json_lines_of_real_captures_are_the_dict_encoders_text(backend, path):
     assert out.getvalue().splitlines() == [reference(ev) for ev in events + events]
 
 
-def test_a_value_equal_to_a_remembered_one_keeps_its_own_type():
+@pytest.mark.parametrize("write", WRITES)
+def test_a_value_equal_to_a_remembered_one_keeps_its_own_type(write):
     events = [FlowEvent(backend="bpf", source="kprobe", func="ip_rcv", time_ns=1, cpu=0, pid=pid,
                         family=4, proto=proto, saddr="127.0.0.1", daddr="127.0.0.1")
               for pid, proto in ((1, 6), (True, 6), (1.0, 6), (1, 6.0), (1, 6))]
     out = io.StringIO()
-    renderer = JsonRenderer(out)
-    for ev in events:
-        renderer.event(ev)
+    write(JsonRenderer(out), events)
     lines = out.getvalue().splitlines()
     assert lines == [reference(ev) for ev in events]
     assert '"pid":true' in lines[1] and '"pid":1.0' in lines[2]
 
 
-def test_percent_signs_in_remembered_values_stay_literal():
+@pytest.mark.parametrize("write", WRITES)
+def test_percent_signs_in_remembered_values_stay_literal(write):
     ev = FlowEvent(backend="bpf", source="kprobe", func="f%s%%d", time_ns=5, cpu=1, comm="100%",
                    fields={"x": "%d"})
     out = io.StringIO()
-    JsonRenderer(out).event(ev)
+    write(JsonRenderer(out), [ev])
     assert out.getvalue() == reference(ev) + "\n"
 
 
-def test_a_full_memo_starts_again_and_stays_right(monkeypatch):
+@pytest.mark.parametrize("write", WRITES)
+def test_a_full_memo_starts_again_and_stays_right(monkeypatch, write):
     monkeypatch.setattr(JsonRenderer, "MEMO_MAX", 3)
     events = [FlowEvent(backend="stap", source="kprobe", func="ip_rcv", time_ns=n, cpu=0,
                         pid=n % 5) for n in range(20)]
     out = io.StringIO()
     renderer = JsonRenderer(out)
-    for ev in events:
-        renderer.event(ev)
+    write(renderer, events)
     assert out.getvalue().splitlines() == [reference(ev) for ev in events]
     assert len(renderer._memo) <= 3
+
+
+@pytest.mark.parametrize("write", WRITES)
+def test_a_value_no_template_can_take_goes_through_the_dict_encoder(write):
+    events = [FlowEvent(backend="bpf", source="kprobe", func="ip_rcv", time_ns=time_ns, cpu=0,
+                        fields={"n": 1} if time_ns == 2 else None)
+              for time_ns in (1, "2 (a backend bug)", 2, 3.5)]
+    out = io.StringIO()
+    write(JsonRenderer(out), events)
+    assert out.getvalue().splitlines() == [reference(ev) for ev in events]
 
 
 def test_changing_fields_are_in_slot_order_before_fields():
