@@ -7,6 +7,7 @@ and parses each raw line into a `FlowEvent` (pure, so captures replay).
     request --build()--> Program --run()--> Session (raw lines) --parse()--> FlowEvent
 """
 import collections
+import itertools
 
 
 class Availability(collections.namedtuple("Availability", "available reason")):
@@ -115,3 +116,12 @@ class Backend(object):
         `program` gives the line protocol's details where the backend needs them.
         """
         raise NotImplementedError
+
+    def parse_lines(self, lines, program=None):
+        """The `FlowEvent`s of a list of raw lines, as `parse` gives them, non-events left out.
+
+        The parse command reads a capture in batches; a backend whose parser can take
+        a batch in fewer steps than a line at a time (ftrace: one findall) overrides this.
+        """
+        events = map(self.parse, lines, itertools.repeat(program, len(lines)))
+        return [event for event in events if event is not None]

@@ -68,6 +68,7 @@ class FtraceBackend(Backend):
         when the layout came from BTF, else only what the layout holds)."""
         self._layout_for = layout_for
         self._types_for = types_for or kernel_types
+        self._parser = ftrace_parse.LineParser()
 
     # -- check -------------------------------------------------------------------------------
 
@@ -127,7 +128,10 @@ class FtraceBackend(Backend):
         return FtraceSession(program)
 
     def parse(self, line, program=None):
-        return ftrace_parse.parse_line(line)
+        return self._parser.parse(line)
+
+    def parse_lines(self, lines, program=None):
+        return self._parser.parse_lines(lines)
 
     def export(self, program, fmt):
         if fmt == "text":

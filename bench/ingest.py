@@ -118,10 +118,8 @@ def stages(backend, path):
             batches.extend(cli._line_batches(capture))
 
     def parse():
-        parse_line = chosen.parse
         for lines in batches:
-            events.append([e for e in map(parse_line, lines, itertools.repeat(None))
-                           if e is not None])
+            events.append(chosen.parse_lines(lines))
 
     flow = flowfilter.FlowFilter()
     stats = summary.Summary()

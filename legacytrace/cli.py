@@ -7,7 +7,6 @@ import codecs
 import collections
 import errno
 import functools
-import itertools
 import json
 import os
 import sys
@@ -484,10 +483,9 @@ def parse(capture, backend, **opts):
     chosen = _load_backend(backend)
     sink = _output(opts, [], sys.stdout, replay=True)
     stats = summary.Summary()
-    parse_line = chosen.parse
     every_flow = flow.is_empty()
     for lines in _line_batches(capture):
-        events = [ev for ev in map(parse_line, lines, itertools.repeat(None)) if ev is not None]
+        events = chosen.parse_lines(lines)
         if not every_flow:
             kept = [ev for ev in events if flow.matches(ev)]
             stats.filtered += len(events) - len(kept)

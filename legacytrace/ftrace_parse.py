@@ -29,10 +29,12 @@ _new_event = object.__new__
 
 # COMM-TID [(TGID)] [CPU] [FLAGS] SECS[.FRACTION]: EVENT: [(KPROBE)] BODY, in one match per line.
 # KPROBE: `ip_rcv+0x0/0x1d0` of a kprobe, `ip_rcv_finish+0x2c/0x70 <- ip_rcv` of a kretprobe.
+# ftrace pads with spaces; no part but BODY can hold a newline, so one findall over a batch
+# of lines joined by newlines (LineParser.parse_lines) finds each line's match, none across two.
 _LINE = re.compile(
-    r"^\s*(.*?)-(\d+)\s+(?:\(\s*(-+|\d+)\)\s+)?\[(\d+)\]\s+(?:(\S{4,5})\s+)?"
-    r"(\d+)(?:\.(\d+))?:\s+(\w+):\s?"
-    r"(?:\(([\w.]+)\+0x[0-9a-fA-F]+/0x[0-9a-fA-F]+(?: <- ([\w.]+))?\)\s?)?(.*)$")
+    r"^ *(.*?)-(\d+) +(?:\( *(-+|\d+)\) +)?\[(\d+)\] +(?:(\S{4,5}) +)?"
+    r"(\d+)(?:\.(\d+))?: +(\w+): ?"
+    r"(?:\(([\w.]+)\+0x[0-9a-fA-F]+/0x[0-9a-fA-F]+(?: <- ([\w.]+))?\) ?)?(.*)$", re.MULTILINE)
 _ARG = re.compile(r'(\w+)=("[^"]*"|\(fault\)|\S*)')
 _REASON = re.compile(r"\breason: (\w+)")
 _HEX = re.compile(r"^(0x)?[0-9a-f]+\Z")
@@ -65,19 +67,42 @@ class _Layout(object):
 
     Every line of a kprobe event prints the same names in the same order (its
     kprobe_events definition), so what each name is (a window word and its offset
-    from skb->data, or a value; which one is the pointer that tells the radix) is
-    worked out once per definition, not once per line (bench/ingest.py).
-    `args`: (name, window offset or None) per argument; `pointers`: the places of
-    `skb` then `sk`.
+    from skb->data, a value this parser reads, or one it has no use for; which one is
+    the pointer that tells the radix) is worked out once per definition, not once per
+    line (bench/ingest.py).
+    `read`: (place, name, window offset or None) of each argument the event is made
+    from, in line order; `pointers`: the places of `skb` then `sk`; `values`: a pattern
+    that matches a body of exactly these names and takes each value, for `_texts`.
     """
 
-    __slots__ = ("args", "pointers")
+    __slots__ = ("names", "read", "pointers", "values")
 
     def __init__(self, names):
-        self.args = [(name, _window_offset(name)) for name in names]
+        self.names = names
+        self.read = [(place, name, _window_offset(name)) for place, name in enumerate(names)
+                     if _window_offset(name) is not None or _reads(name)]
         # As dict(args) would: the last of a repeated name is the one that counts.
-        last = dict((name, index) for index, name in enumerate(names))
+        last = dict((name, place) for place, name in enumerate(names))
         self.pointers = [last[name] for name in ("skb", "sk") if name in last]
+        self.values = re.compile(" ".join(re.escape(name) + "=" + _VALUE for name in names)
+                                 + r"\Z")
+
+
+#: Argument names the event is made from (_kprobe, _skb, _sock, _peeked); others,
+#: such as a hand-written probe's `proto=+0x74(%di):u16`, are left unconverted.
+_READ = frozenset(("skb", "sk", "len", "ret", "dev", "head", "nh", "data", "eth", "reason",
+                   "caller"))
+_READ_PREFIXES = ("c_", "skc_", "pi", "pu", "it")
+
+#: One value of a body whose names are known: what _ARG would take at that place,
+#: never more. A quoted string ends at its first quote, `(fault)` is a fault, and
+#: other text has no quote and does not begin with `(fault)`, so that where the whole
+#: body matches, each value is the one _ARG.findall gives (tests/test_properties.py).
+_VALUE = r'("[^"]*"|\(fault\)|(?!\(fault\))[^\s"]*)'
+
+
+def _reads(name):
+    return name in _READ or name.startswith(_READ_PREFIXES)
 
 
 def _window_offset(name):
@@ -92,8 +117,34 @@ def _layout(names):
     return _Layout(names)
 
 
-def _numbers(args):
-    """(values, window) of one kprobe line's `(name, text)` pairs, in one pass.
+def _texts(event_name, body, known):
+    """(layout, value texts) of one kprobe line's body.
+
+    `known` remembers the layout each event name had last: a body that its pattern
+    matches takes one regex match; any other body is split by _ARG.findall (which is
+    also how a new or redefined event's names are learnt).
+    """
+    layout = known.get(event_name)
+    if layout is not None:
+        match = layout.values.match(body)
+        if match is not None:
+            return layout, match.groups()
+    args = _ARG.findall(body)
+    if not args:
+        return None, ()
+    names, texts = zip(*args)
+    layout = _layout(names)
+    if len(known) >= _KNOWN_MAX:
+        known.clear()
+    known[event_name] = layout
+    return layout, texts
+
+
+_KNOWN_MAX = 256
+
+
+def _numbers(layout, texts):
+    """(values, window) of one kprobe line's argument texts, for the arguments it reads.
 
     values: name -> int, or str for a string, None for `(fault)`.
     window: the (offset from skb->data, int or None) of the window words, as printed
@@ -101,14 +152,18 @@ def _numbers(args):
     except on kernels that print every `u*` as unprefixed hex (upstream 3.10): there
     the sk_buff or sock pointer, a kernel address, shows hex digits without `0x`.
     """
-    if not args:
+    if layout is None:
         return {}, []
-    names, texts = zip(*args)
-    layout = _layout(names)
-    pointer = next((texts[index] for index in layout.pointers if texts[index]), "")
-    radix = 16 if pointer and pointer[:2] != "0x" and not pointer.isdigit() else 10
+    radix = 10
+    for place in layout.pointers:
+        pointer = texts[place]
+        if pointer:
+            if pointer[:2] != "0x" and not pointer.isdigit():
+                radix = 16
+            break
     values, window = {}, []
-    for (name, offset), text in zip(layout.args, texts):
+    for place, name, offset in layout.read:
+        text = texts[place]
         first = text[:1]
         if first == '"':
             value = text[1:-1]
@@ -126,29 +181,49 @@ def _numbers(args):
 
 
 def _time_ns(secs, fraction):
-    if fraction is None:             # counter-like trace clocks print a plain number
+    if not fraction:                 # counter-like trace clocks print a plain number
         return int(secs)
     return int(secs + fraction) * 10 ** (9 - len(fraction))
 
 
+class LineParser(object):
+    """ftrace output lines -> FlowEvents; remembers the layout of each kprobe event it saw.
+
+    `parse_lines` takes a batch of lines with one findall, in C, instead of one match
+    call per line. Both give for each line what `parse_line` gives.
+    """
+
+    def __init__(self):
+        self._known = {}
+
+    def parse(self, line):
+        """The FlowEvent for one ftrace output line, or None for anything else. Never raises."""
+        match = _LINE.match(line)
+        return None if match is None else self._event(match.groups())
+
+    def parse_lines(self, lines):
+        """The FlowEvents of a list of lines (lines that are not events left out)."""
+        events = map(self._event, _LINE.findall("\n".join(lines)))
+        return [event for event in events if event is not None]
+
+    def _event(self, groups):
+        try:
+            return _parse(groups, self._known)
+        except (ValueError, IndexError, struct.error, TypeError):
+            return None
+
+
 def parse_line(line):
     """The FlowEvent for one ftrace output line, or None for anything else. Never raises."""
-    try:
-        return _parse(line)
-    except (ValueError, IndexError, struct.error, TypeError):
-        return None
+    return LineParser().parse(line)
 
 
-def _parse(line):
-    match = _LINE.match(line)
-    if match is None:
-        return None
-    comm, tid, tgid, cpu, flags, secs, fraction, event_name, symbol, returned_from, body = \
-        match.groups()
+def _parse(groups, known):
+    comm, tid, tgid, cpu, flags, secs, fraction, event_name, symbol, returned_from, body = groups
     event = _event(comm, tid, tgid, cpu, flags, _time_ns(secs, fraction))
-    if symbol is not None:
-        values, window = _numbers(_ARG.findall(body))
-        _kprobe(event, symbol, returned_from, values, window)
+    if symbol:
+        values, window = _numbers(*_texts(event_name, body, known))
+        _kprobe(event, symbol, returned_from or None, values, window)
     elif body.startswith("("):           # a kprobe body this parser does not know
         return None
     elif event_name in TRACEPOINTS:

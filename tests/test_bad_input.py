@@ -257,9 +257,9 @@ from legacytrace import backends
 _get = backends.get
 def get(name):
     backend = _get(name)
-    def parse(line, program=None):
+    def parse(*args):
         raise RuntimeError("injected by the test")
-    backend.parse = parse
+    backend.parse = backend.parse_lines = parse
     return backend
 backends.get = get
 '''

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from legacytrace.ftrace_parse import decode_ip, parse_line
+from legacytrace.ftrace_parse import LineParser, decode_ip, parse_line
 from legacytrace.model import FlowEvent
 
 DATA = Path(__file__).parent / "data" / "ftrace"
@@ -218,3 +218,16 @@ def test_61_record_tgid_column():
         assert event.pid == (int(tgid) if tgid.isdigit() else int(tid))
         unknown += not tgid.isdigit()
     assert 0 < unknown < len(lines)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in DATA.iterdir()
+                                        if p.suffix in (".trace", ".trace_pipe")))
+def test_a_batch_and_a_parser_that_knows_the_layouts_parse_as_each_line_alone(name):
+    """parse_lines (one findall) and a LineParser that remembers each event's layout (one
+    match per body) give for every line what a parser that sees it first gives."""
+    lines = _trace_lines(name)
+    alone = [parse_line(line) for line in lines]
+    assert any(alone)
+    parser = LineParser()
+    assert [parser.parse(line) for line in lines + lines] == alone + alone
+    assert parser.parse_lines(lines) == [ev for ev in alone if ev is not None]

@@ -21,7 +21,7 @@ import re
 import yaml
 from hypothesis import HealthCheck, given, settings, strategies as st
 
-from legacytrace import backends, flowfilter, manifest, offsets
+from legacytrace import backends, flowfilter, ftrace_parse, manifest, offsets
 from legacytrace.backends.ftrace import FtraceBackend
 from legacytrace.errors import LegacytraceError, UsageError
 from legacytrace.flowfilter import FlowFilter
@@ -248,6 +248,39 @@ def test_every_seed_parses_in_its_own_backend():
 @given(LINES)
 def test_ftrace_parse_never_raises(line):
     check_parse("ftrace", line)
+
+
+@BOUNDED
+@given(st.lists(LINES.filter(lambda line: "\n" not in line), max_size=8))
+def test_ftrace_batches_parse_as_each_line_alone(lines):
+    """A batch (one findall over the joined lines) and a parser that remembers layouts
+    give for each line what a parser that sees it first gives. Lines never hold a
+    newline: every reader splits on it."""
+    alone = [ftrace_parse.parse_line(line) for line in lines]
+    parser = ftrace_parse.LineParser()
+    assert [parser.parse(line) for line in lines] == alone
+    assert ftrace_parse.LineParser().parse_lines(lines) == [ev for ev in alone if ev is not None]
+
+
+ARG_NAMES = st.sampled_from(["skb", "len", "dev", "dp8", "c_mark", "x", "proto"])
+ARG_VALUES = st.one_of(
+    st.sampled_from(['"lo"', '"a b"', '"a"b"', '""', "(fault)", "(fault)x", "(fault", "0x1f",
+                     "84", "", "a=b", '"', "x\"", "-1"]),
+    st.text(alphabet='ab"() =x0', max_size=6))
+
+
+@BOUNDED
+@given(st.lists(st.tuples(ARG_NAMES, ARG_VALUES), min_size=1, max_size=5))
+def test_a_known_layout_takes_the_values_findall_takes(args):
+    """Where an event's remembered pattern matches a body, it yields the value texts that
+    the generic split (_ARG.findall) gives: the fast path never reads a body otherwise."""
+    body = " ".join("{}={}".format(name, value) for name, value in args)
+    found = ftrace_parse._ARG.findall(body)
+    layout = ftrace_parse._Layout(tuple(name for name, _ in args))
+    match = layout.values.match(body)
+    if match is not None:
+        assert [name for name, _ in found] == list(layout.names)
+        assert [text for _, text in found] == list(match.groups())
 
 
 @BOUNDED
