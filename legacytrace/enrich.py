@@ -14,7 +14,8 @@ from legacytrace import skb_drop_reason, symbols
 
 
 class Enricher(object):
-    """A callable for trace.run's `enrich`: fills an event in place and returns it.
+    """A callable for trace.run's `enrich`: returns the event with what it adds (the
+    command line makes a new event; names replace numbers in its `fields` dict).
 
     `cmdlines` is a procinfo.CmdlineCache; `btf_path` the running kernel's BTF (or
     None); `kallsyms` a callable returning a symbols.Kallsyms (tests pass their own).
@@ -28,7 +29,7 @@ class Enricher(object):
         self._kallsyms = None
 
     def __call__(self, ev):
-        self._cmdlines.enrich(ev)
+        ev = self._cmdlines.enrich(ev)
         fields = ev.fields
         if fields:
             reason = fields.get("reason")

@@ -21,11 +21,11 @@ import re
 import struct
 from socket import AF_INET, AF_INET6, inet_ntop
 
-from legacytrace.model import FlowEvent
+from legacytrace.model import EVENT_FIELDS, FlowEvent
 from legacytrace.payload import fields as payload_fields
 
 BACKEND = "ftrace"
-_new_event = object.__new__
+_new_event = tuple.__new__
 
 # COMM-TID [(TGID)] [CPU] [FLAGS] SECS[.FRACTION]: EVENT: [(KPROBE)] BODY, in one match per line.
 # KPROBE: `ip_rcv+0x0/0x1d0` of a kprobe, `ip_rcv_finish+0x2c/0x70 <- ip_rcv` of a kretprobe.
@@ -209,7 +209,7 @@ class LineParser(object):
     def _event(self, groups):
         try:
             return _parse(groups, self._known)
-        except (ValueError, IndexError, struct.error, TypeError):
+        except (ValueError, IndexError, KeyError, struct.error, TypeError):
             return None
 
 
@@ -220,69 +220,64 @@ def parse_line(line):
 
 def _parse(groups, known):
     comm, tid, tgid, cpu, flags, secs, fraction, event_name, symbol, returned_from, body = groups
-    event = _event(comm, tid, tgid, cpu, flags, _time_ns(secs, fraction))
     if symbol:
-        values, window = _numbers(*_texts(event_name, body, known))
-        _kprobe(event, symbol, returned_from or None, values, window)
+        what = _kprobe(symbol, returned_from, *_numbers(*_texts(event_name, body, known)))
     elif body.startswith("("):           # a kprobe body this parser does not know
         return None
     elif event_name in TRACEPOINTS:
-        _tracepoint(event, event_name, body)
+        what = _tracepoint(event_name, body)
     else:
         return None
-    return event
+    tid = int(tid)
+    # In EVENT_FIELDS order, made in one step (FlowEvent's docstring says why): who and
+    # where from the line's header, then the probe's own (source ... cmdline, no pid).
+    return _new_event(FlowEvent, (
+        BACKEND, what[0], _time_ns(secs, fraction), int(cpu),
+        int(tgid) if tgid and tgid[0] != "-" else tid, tid, None if comm == "<...>" else comm,
+        _CONTEXT.get(flags[2], "task") if flags else "task") + what[1:])
 
 
-def _event(comm, tid, tgid, cpu, flags, time_ns):
-    """The event of one line from its header, every other slot None (kind: entry).
-
-    Slots set directly: FlowEvent(**keywords) took 15,000 instructions a line, these
-    assignments 8,000 (valgrind, bench/ingest.py; tests check that every slot is set).
-    """
-    event = _new_event(FlowEvent)
-    event.backend = BACKEND
-    event.source = event.func = event.retval = event.skb = None
-    event.time_ns = time_ns
-    event.cpu = int(cpu)
-    event.tid = tid = int(tid)
-    event.pid = int(tgid) if tgid and tgid[0] != "-" else tid
-    event.comm = None if comm == "<...>" else comm
-    event.context = _CONTEXT.get(flags[2], "task") if flags else "task"
-    event.kind = "entry"
-    event.family = event.proto = event.saddr = event.daddr = event.sport = event.dport = None
-    event.icmp_type = event.icmp_code = event.icmp_id = event.icmp_seq = None
-    event.length = event.dev = event.cmdline = None
-    event.fields = {}
-    return event
+#: family, proto, saddr, daddr, sport, dport, icmp_type, icmp_code, icmp_id, icmp_seq:
+#: what a packet's headers tell, in EVENT_FIELDS order (decode_ip).
+FLOW_FIELDS = EVENT_FIELDS[EVENT_FIELDS.index("family"):EVENT_FIELDS.index("icmp_seq") + 1]
+_NO_FLOW = (None,) * len(FLOW_FIELDS)
 
 
-def _kprobe(event, symbol, returned_from, values, window):
+def _kprobe(symbol, returned_from, values, window):
+    """(source, func, kind, retval, skb, *FLOW_FIELDS, length, dev, fields, cmdline) of a
+    kprobe line: EVENT_FIELDS from `func` on, after `source`."""
     if returned_from:
-        event.source, event.kind, event.func = "kretprobe", "return", returned_from
+        source, kind, func = "kretprobe", "return", returned_from
     else:
-        event.source, event.func = "kprobe", symbol
+        source, kind, func = "kprobe", "entry", symbol
     ret = values.get("ret")
-    if ret is not None:
-        event.retval = ret - (1 << 64) if ret >= 1 << 63 else ret
-    event.length = values.get("len")
+    if ret is not None and ret >= 1 << 63:
+        ret -= 1 << 64
+    fields = {}
     for name, value in values.items():
         if name.startswith("c_"):
-            event.fields[name[2:]] = value
+            fields[name[2:]] = value
     for name in ("reason", "caller"):            # args: {reason: N}, caller: true
         if name in values:
-            event.fields[name] = values[name]
+            fields[name] = values[name]
     if "pi0" in values:
-        _peeked(event, values)
-    if values.get("skb") is not None:
-        _skb(event, values, window)
+        fields.update(_peeked(values))
+    skb, dev, flow = values.get("skb"), None, _NO_FLOW
+    if skb is not None:
+        dev = values.get("dev")
+        if not (isinstance(dev, str) and dev):
+            dev = None
+        flow = _skb(values, window)
     elif values.get("sk") is not None:
-        _sock(event, values)
+        flow = _sock(values, func)
+    return (source, func, kind, ret, skb) + flow + (values.get("len"), dev, fields, None)
 
 
-def _peeked(event, values):
-    """The request line (or escaped bytes) of a peek (legacytrace.ftrace_kprobe.msg_iter_args):
-    the `pu` words when the iov_iter's type `itN` equals N (ITER_UBUF), else the `pi` words
-    (ITER_IOVEC), each word 8 little-endian bytes at its offset; a faulted word ends the data."""
+def _peeked(values):
+    """The fields of a peek's request line (or escaped bytes) (legacytrace.ftrace_kprobe.
+    msg_iter_args): the `pu` words when the iov_iter's type `itN` equals N (ITER_UBUF), else
+    the `pi` words (ITER_IOVEC), each word 8 little-endian bytes at its offset; a faulted word
+    ends the data."""
     view = "pi"
     for name, value in values.items():
         if name[:2] == "it" and name[2:].isdigit() and value == int(name[2:]):
@@ -294,23 +289,18 @@ def _peeked(event, values):
         if at != len(data) or not isinstance(value, int):
             break
         data += struct.pack("<Q", value & 0xFFFFFFFFFFFFFFFF)
-    if data:
-        event.fields.update(payload_fields(bytes(data)))
+    return payload_fields(bytes(data)) if data else {}
 
 
-def _skb(event, values, window):
-    """Fill the packet fields from an sk_buff probe's arguments (legacytrace.ftrace_kprobe)."""
-    event.skb = values["skb"]
-    dev = values.get("dev")
-    if isinstance(dev, str) and dev:
-        event.dev = dev
+def _skb(values, window):
+    """FLOW_FIELDS of an sk_buff probe's arguments (legacytrace.ftrace_kprobe)."""
     head, nh, data = values.get("head"), values.get("nh"), values.get("data")
     if head is None or nh is None or data is None:   # not fetched, or faulted
-        return
-    nh_at = head + nh - data
+        return _NO_FLOW
     buf = _window_bytes(window)
-    if buf is not None:
-        decode_ip(event, buf, nh_at - window[0][0], values.get("eth") or 0)
+    if buf is None:
+        return _NO_FLOW
+    return decode_ip(buf, head + nh - data - window[0][0], values.get("eth") or 0) or _NO_FLOW
 
 
 def _window_bytes(window):
@@ -326,61 +316,61 @@ def _window_bytes(window):
     return struct.pack("<{}Q".format(len(words)), *words)
 
 
-def decode_ip(event, buf, at, eth_le=0):
-    """Set family, proto, addresses and ports of `event` from an IP header at buf[at:].
+def decode_ip(buf, at, eth_le=0):
+    """FLOW_FIELDS of an IP header at buf[at:], or None when there is none.
 
     `eth_le` is skb->protocol as fetched (0 when not yet set, e.g. early on transmit);
     when set it must agree with the header's version, so that stale bytes of a non-IP
-    buffer (netlink, ARP) are never presented as a tuple. Returns True when decoded.
+    buffer (netlink, ARP) are never presented as a tuple.
     """
     if at < 0 or at + 20 > len(buf):
-        return False
+        return None
     version = buf[at] >> 4
     if version == 4 and eth_le in (0, ETH_P_IP_LE):
         ihl = (buf[at] & 0x0f) * 4
         if ihl < 20:
-            return False
-        event.family, event.proto = 4, buf[at + 9]
-        event.saddr = inet_ntop(AF_INET, buf[at + 12:at + 16])
-        event.daddr = inet_ntop(AF_INET, buf[at + 16:at + 20])
+            return None
+        proto = buf[at + 9]
+        addresses = (inet_ntop(AF_INET, buf[at + 12:at + 16]), inet_ntop(AF_INET, buf[at + 16:at + 20]))
         fragment_offset = struct.unpack_from(">H", buf, at + 6)[0] & 0x1fff
-        if fragment_offset == 0:
-            _l4(event, buf, at + ihl)
-        return True
+        if fragment_offset:
+            return (4, proto) + addresses + _NO_L4
+        return (4, proto) + addresses + _l4(proto, buf, at + ihl)
     if version == 6 and eth_le in (0, ETH_P_IPV6_LE) and at + 40 <= len(buf):
-        event.family = 6
-        event.saddr = inet_ntop(AF_INET6, buf[at + 8:at + 24])
-        event.daddr = inet_ntop(AF_INET6, buf[at + 24:at + 40])
+        addresses = (inet_ntop(AF_INET6, buf[at + 8:at + 24]), inet_ntop(AF_INET6, buf[at + 24:at + 40]))
         proto, at = buf[at + 6], at + 40
         while at + 8 <= len(buf) and proto in _IPV6_EXT + (_IPV6_FRAGMENT,):
             if proto == _IPV6_FRAGMENT:
                 if struct.unpack_from(">H", buf, at + 2)[0] & 0xfff8:
-                    event.proto = buf[at]
-                    return True          # a later fragment: no transport header
+                    return (6, buf[at]) + addresses + _NO_L4   # a later fragment: no transport header
                 proto, at = buf[at], at + 8
             else:
                 proto, at = buf[at], at + (buf[at + 1] + 1) * 8
         if proto in _IPV6_EXT + (_IPV6_FRAGMENT,):
-            return True                  # the chain runs past the fetched bytes: protocol unknown
-        event.proto = proto
-        _l4(event, buf, at)
-        return True
-    return False
+            return (6, None) + addresses + _NO_L4  # the chain runs past the fetched bytes
+        return (6, proto) + addresses + _l4(proto, buf, at)
+    return None
 
 
-def _l4(event, buf, at):
+#: sport, dport, icmp_type, icmp_code, icmp_id, icmp_seq: none known.
+_NO_L4 = (None,) * 6
+
+
+def _l4(proto, buf, at):
+    """sport, dport, icmp_type, icmp_code, icmp_id, icmp_seq of a transport header at buf[at:]."""
     if at + 4 > len(buf):
-        return
-    if event.proto in _PORTS:
-        event.sport, event.dport = struct.unpack_from(">HH", buf, at)
-    elif event.proto in _ICMP:
-        event.icmp_type, event.icmp_code = buf[at], buf[at + 1]
+        return _NO_L4
+    if proto in _PORTS:
+        return struct.unpack_from(">HH", buf, at) + (None,) * 4
+    if proto in _ICMP:
         if at + 8 <= len(buf):
-            event.icmp_id, event.icmp_seq = struct.unpack_from(">HH", buf, at + 4)
+            return (None, None, buf[at], buf[at + 1]) + struct.unpack_from(">HH", buf, at + 4)
+        return (None, None, buf[at], buf[at + 1], None, None)
+    return _NO_L4
 
 
-def _sock(event, values):
-    """Fill the tuple from struct sock_common (socket-level functions: tcp_sendmsg, tcp_connect).
+def _sock(values, func):
+    """FLOW_FIELDS of struct sock_common (socket-level functions: tcp_sendmsg, tcp_connect).
 
     skc_rcv_saddr/skc_daddr are the local and remote address, skc_num the local port in
     host order, skc_dport the remote port in network order. The protocol is not in
@@ -388,21 +378,19 @@ def _sock(event, values):
     """
     family = values.get("skc_family")
     if family == SK_AF_INET:
-        event.family = 4
-        event.saddr = inet_ntop(AF_INET, struct.pack("<I", values["skc_saddr"]))
-        event.daddr = inet_ntop(AF_INET, struct.pack("<I", values["skc_daddr"]))
+        family = 4
+        saddr = inet_ntop(AF_INET, struct.pack("<I", values["skc_saddr"]))
+        daddr = inet_ntop(AF_INET, struct.pack("<I", values["skc_daddr"]))
     elif family == SK_AF_INET6 and values.get("skc_saddr6a") is not None:
-        event.family = 6
-        event.saddr = inet_ntop(AF_INET6, struct.pack("<QQ", values["skc_saddr6a"], values["skc_saddr6b"]))
-        event.daddr = inet_ntop(AF_INET6, struct.pack("<QQ", values["skc_daddr6a"], values["skc_daddr6b"]))
+        family = 6
+        saddr = inet_ntop(AF_INET6, struct.pack("<QQ", values["skc_saddr6a"], values["skc_saddr6b"]))
+        daddr = inet_ntop(AF_INET6, struct.pack("<QQ", values["skc_daddr6a"], values["skc_daddr6b"]))
     else:
-        return
-    event.sport = values["skc_sport"]
-    event.dport = struct.unpack("<H", struct.pack(">H", values["skc_dport"]))[0]
-    if event.func.startswith("tcp"):
-        event.proto = 6
-    elif event.func.startswith("udp"):
-        event.proto = 17
+        return _NO_FLOW
+    sport = values["skc_sport"]
+    dport = struct.unpack("<H", struct.pack(">H", values["skc_dport"]))[0]
+    proto = 6 if func.startswith("tcp") else 17 if func.startswith("udp") else None
+    return (family, proto, saddr, daddr, sport, dport, None, None, None, None)
 
 
 def _location(text):
@@ -413,11 +401,11 @@ def _location(text):
     return text.split("/", 1)[0]
 
 
-def _tracepoint(event, name, body):
-    """A static net:/skb: tracepoint: packet identity, length, device, drop reason; no tuple."""
-    event.source, event.func = "tracepoint", name
-    fields = event.fields
-    fields["meaning"] = TRACEPOINTS[name]
+def _tracepoint(name, body):
+    """A static net:/skb: tracepoint: packet identity, length, device, drop reason; no tuple.
+    (source, func, kind, retval, skb, *FLOW_FIELDS, length, dev, fields, cmdline)."""
+    skb = length = dev = None
+    fields = {"meaning": TRACEPOINTS[name]}
     reason = _REASON.search(body)
     if reason:
         fields["reason"] = reason.group(1)
@@ -426,11 +414,11 @@ def _tracepoint(event, name, body):
         if key == "location":
             fields["caller"] = _location(value)
         elif key == "skbaddr":
-            event.skb = int(value, 16)
+            skb = int(value, 16)
         elif key == "len":
-            event.length = int(value)
+            length = int(value)
         elif key == "dev":
-            event.dev = value
+            dev = value
         elif key == "protocol":
             # Kept as a field: a family without addresses would claim a tuple it does not know.
             family = {0x0800: 4, 0x86dd: 6}.get(int(value, 0))
@@ -438,3 +426,4 @@ def _tracepoint(event, name, body):
                 fields["family"] = family
         else:
             fields[key] = value
+    return ("tracepoint", name, "entry", None, skb) + _NO_FLOW + (length, dev, fields, None)

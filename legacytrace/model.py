@@ -5,6 +5,7 @@ This module holds the two ends that every backend shares: `TraceRequest` (what t
 trace) and `FlowEvent` (what was seen). Nothing here knows which mechanism ran.
 """
 import collections
+import operator
 
 #: Contexts an event can run in. An event in interrupt context runs on behalf of
 #: whatever task was interrupted: that task is not the packet's owner.
@@ -50,55 +51,43 @@ def _endpoint(family, addr, port):
     return "{}:{}".format(addr, port)
 
 
-class FlowEvent(object):
+#: FlowEvent's fields, in the order of the JSON Lines schema (README, "JSON output").
+EVENT_FIELDS = (
+    "backend", "source", "time_ns", "cpu", "pid", "tid", "comm", "context",
+    "func", "kind", "retval", "skb", "family", "proto", "saddr", "daddr",
+    "sport", "dport", "icmp_type", "icmp_code", "icmp_id", "icmp_seq",
+    "length", "dev", "fields", "cmdline",
+)
+
+
+class FlowEvent(collections.namedtuple("FlowEvent", EVENT_FIELDS)):
     """One hit of one probe, normalised: the same fields whichever backend saw it.
 
     Fields that a mechanism cannot know stay None (a tracepoint knows no tuple,
     an interrupt-context event has no meaningful sender). `backend` names the
     mechanism and `source` the kind of probe (kprobe, kretprobe, tracepoint).
+
+    A tuple, made in one step: a parser builds it with `tuple.__new__(FlowEvent,
+    values)` from the values in EVENT_FIELDS order, and the renderers, the summary
+    and the flow filter read fields by position in C (operator.itemgetter). An
+    object with 26 slots set one by one took about twice the instructions to make
+    and to read (bench/ingest.py). Other code makes one by keyword, and changes one
+    with `_replace` (the command line, added after parsing).
     """
 
-    __slots__ = (
-        "backend", "source", "time_ns", "cpu", "pid", "tid", "comm", "context",
-        "func", "kind", "retval", "skb", "family", "proto", "saddr", "daddr",
-        "sport", "dport", "icmp_type", "icmp_code", "icmp_id", "icmp_seq",
-        "length", "dev", "fields", "cmdline",
-    )
+    __slots__ = ()
+    __hash__ = None        # `fields` is a dict
 
-    # Every field by keyword, one statement each: a loop over __slots__ with setattr
-    # made this the costliest step of parsing a line (40,000 instructions against
-    # 19,000, counted under valgrind; bench/ingest.py).
-    def __init__(self, *, backend=None, source=None, time_ns=None, cpu=None, pid=None, tid=None,
-                 comm=None, context=None, func=None, kind=None, retval=None, skb=None,
-                 family=None, proto=None, saddr=None, daddr=None, sport=None, dport=None,
-                 icmp_type=None, icmp_code=None, icmp_id=None, icmp_seq=None, length=None,
-                 dev=None, fields=None, cmdline=None):
-        self.backend = backend
-        self.source = source
-        self.time_ns = time_ns
-        self.cpu = cpu
-        self.pid = pid
-        self.tid = tid
-        self.comm = comm
-        self.context = "task" if context is None else context
-        self.func = func
-        self.kind = "entry" if kind is None else kind
-        self.retval = retval
-        self.skb = skb
-        self.family = family
-        self.proto = proto
-        self.saddr = saddr
-        self.daddr = daddr
-        self.sport = sport
-        self.dport = dport
-        self.icmp_type = icmp_type
-        self.icmp_code = icmp_code
-        self.icmp_id = icmp_id
-        self.icmp_seq = icmp_seq
-        self.length = length
-        self.dev = dev
-        self.fields = {} if fields is None else fields
-        self.cmdline = cmdline
+    def __new__(cls, *, backend=None, source=None, time_ns=None, cpu=None, pid=None, tid=None,
+                comm=None, context=None, func=None, kind=None, retval=None, skb=None,
+                family=None, proto=None, saddr=None, daddr=None, sport=None, dport=None,
+                icmp_type=None, icmp_code=None, icmp_id=None, icmp_seq=None, length=None,
+                dev=None, fields=None, cmdline=None):
+        return tuple.__new__(cls, (
+            backend, source, time_ns, cpu, pid, tid, comm, "task" if context is None else context,
+            func, "entry" if kind is None else kind, retval, skb, family, proto, saddr, daddr,
+            sport, dport, icmp_type, icmp_code, icmp_id, icmp_seq, length, dev,
+            {} if fields is None else fields, cmdline))
 
     @property
     def in_interrupt(self):
@@ -108,29 +97,23 @@ class FlowEvent(object):
     @property
     def key(self):
         """The flow this event belongs to."""
-        # tuple.__new__ skips namedtuple's own __new__, a Python call (bench/ingest.py).
-        return _new_tuple(FlowKey, (self.family, self.proto, self.saddr, self.sport, self.daddr,
-                                    self.dport))
+        return _new_tuple(FlowKey, flow_of(self))
 
     def to_dict(self):
         """The JSON Lines schema (README, "JSON output"): every field, None as null."""
-        out = dict((name, getattr(self, name)) for name in self.__slots__)
+        out = dict(zip(EVENT_FIELDS, self))
         out["proto"] = PROTO_NAMES.get(self.proto, self.proto)
         return out
 
     def __repr__(self):
         return "FlowEvent({})".format(", ".join(
-            "{}={!r}".format(n, getattr(self, n)) for n in self.__slots__
-            if getattr(self, n) not in (None, {})))
+            "{}={!r}".format(name, value) for name, value in zip(EVENT_FIELDS, self)
+            if value not in (None, {})))
 
-    def __eq__(self, other):
-        return isinstance(other, FlowEvent) and all(
-            getattr(self, n) == getattr(other, n) for n in self.__slots__)
 
-    def __ne__(self, other):
-        return not self == other
-
-    __hash__ = None
+#: An event's flow as a plain tuple in FlowKey's order, taken in C: equal to its FlowKey
+#: and hashed alike (the summary counts flows by it).
+flow_of = operator.itemgetter(*(EVENT_FIELDS.index(name) for name in FlowKey._fields))
 
 
 class Probe(object):

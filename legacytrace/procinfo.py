@@ -65,12 +65,15 @@ class CmdlineCache(object):
         return cmdline
 
     def enrich(self, ev):
-        """Fill `ev.cmdline` for a task-context event that has none; return `ev`.
+        """`ev` with the command line of its process when it is a task-context event that
+        has none (`ev` itself otherwise).
 
         Interrupt-context events keep None: the interrupted task is not the owner.
         """
         if ev.cmdline is None and ev.context == "task" and ev.pid and ev.pid > 0:
-            ev.cmdline = self.get(ev.pid)
+            cmdline = self.get(ev.pid)
+            if cmdline is not None:
+                return ev._replace(cmdline=cmdline)
         return ev
 
     def _store(self, pid, entry):

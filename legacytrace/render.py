@@ -60,7 +60,7 @@ import operator
 from itertools import repeat
 from json.encoder import c_make_encoder, encode_basestring_ascii
 
-from legacytrace.model import PROTO_NAMES, FlowEvent
+from legacytrace.model import EVENT_FIELDS, PROTO_NAMES
 
 # The argument of every renderer's close(); the CLI takes it from here.
 from legacytrace.summary import Summary  # noqa: F401
@@ -88,7 +88,12 @@ _JSON_TEXT = frozenset(("backend", "source", "comm", "context", "func", "kind", 
 _JSON_PROTO = dict((number, json.dumps(name)) for number, name in PROTO_NAMES.items())
 
 _NONE = type(None)
-_fields_of = operator.attrgetter("fields")
+_fields_of = operator.itemgetter(EVENT_FIELDS.index("fields"))
+
+
+def _getter(names):
+    """The values of these FlowEvent fields, as a tuple, taken in C."""
+    return operator.itemgetter(*(EVENT_FIELDS.index(name) for name in names))
 
 #: Characters that make a value need quotes in name=value text.
 _QUOTE_TRIGGERS = frozenset(' "\\=')
@@ -166,7 +171,7 @@ class JsonRenderer(Renderer):
     """
 
     #: Integer fields that change from event to event even within one flow, in
-    #: FlowEvent.__slots__ order; `fields`, after them there, changes too.
+    #: EVENT_FIELDS order; `fields`, after them there, changes too.
     CHANGING = ("time_ns", "cpu", "retval", "skb", "icmp_seq", "length")
     MEMO_MAX = 4096
 
@@ -176,12 +181,10 @@ class JsonRenderer(Renderer):
         # Compact separators; default=str keeps an odd custom field value from stopping the run.
         self._encode = json.JSONEncoder(separators=(",", ":"), default=str).encode
         self._encode_fields = _compact_encoder()
-        self._repeating = tuple(name for name in FlowEvent.__slots__
+        self._repeating = tuple(name for name in EVENT_FIELDS
                                 if name not in self.CHANGING and name != "fields")
-        # The repeating values first, then the changing ones: values[:len(self._repeating)].
-        self._values = operator.attrgetter(*(self._repeating + self.CHANGING))
-        self._repeating_of = operator.itemgetter(slice(0, len(self._repeating)))
-        self._changing_of = operator.itemgetter(slice(len(self._repeating), None))
+        self._repeating_of = _getter(self._repeating)
+        self._changing_of = _getter(self.CHANGING)
         self._memo = {}
 
     def event(self, ev):
@@ -191,12 +194,11 @@ class JsonRenderer(Renderer):
         """A batch of events, written at once (the parse command reads a capture in batches).
 
         The same steps as `line`, each taken over the whole batch by a C loop (map, zip,
-        itemgetter) instead of one Python call per event: 1.6 against 4.4 us an event
-        (bench/ingest.py). If a template cannot be made for one event, the batch goes
-        through `line` one event at a time, which falls back to the dict encoder.
+        itemgetter) instead of one Python call per event (bench/ingest.py). If a template
+        cannot be made for one event, the batch goes through `line` one event at a time,
+        which falls back to the dict encoder.
         """
-        values = list(map(self._values, evs))
-        keys = zip(map(self._repeating_of, values), map(tuple, map(map, repeat(type), values)))
+        keys = zip(map(self._repeating_of, evs), map(tuple, map(map, repeat(type), evs)))
         memo = self._memo
         try:
             templates = [memo.get(key) or self._template(key) for key in keys]
@@ -206,18 +208,17 @@ class JsonRenderer(Renderer):
         encode = self._encode_fields
         fields = [(encode(f) if f else "{}",) for f in map(_fields_of, evs)]
         self._stream.write("".join(map(operator.mod, templates,
-                                       map(operator.add, map(self._changing_of, values), fields))))
+                                       map(operator.add, map(self._changing_of, evs), fields))))
 
     def line(self, ev):
         """The JSON line of one event, with its newline."""
-        values = self._values(ev)
-        key = (self._repeating_of(values), tuple(map(type, values)))
+        key = (self._repeating_of(ev), tuple(map(type, ev)))
         try:
             template = self._memo.get(key) or self._template(key)
         except (TypeError, ValueError):
             return self._encode(ev.to_dict()) + "\n"
         fields = ev.fields
-        return template % (self._changing_of(values) + (self._encode_fields(fields) if fields else "{}",))
+        return template % (self._changing_of(ev) + (self._encode_fields(fields) if fields else "{}",))
 
     def close(self, summary):
         if self._summary:
@@ -235,7 +236,8 @@ class JsonRenderer(Renderer):
         text = {"fields": "%s"}
         for name, value in zip(self._repeating, values):
             text[name] = _json_converter(name)(value).replace("%", "%%")
-        for name, kind in zip(self.CHANGING, types[len(values):]):
+        for name in self.CHANGING:
+            kind = types[EVENT_FIELDS.index(name)]
             if kind is int:
                 text[name] = "%s"
             elif kind is _NONE:
@@ -243,7 +245,7 @@ class JsonRenderer(Renderer):
             else:
                 raise TypeError("{} is not an integer: {}".format(name, kind))
         template = "{" + ",".join('"{}":{}'.format(name, text[name])
-                                  for name in FlowEvent.__slots__) + "}\n"
+                                  for name in EVENT_FIELDS) + "}\n"
         if len(self._memo) >= self.MEMO_MAX:
             self._memo.clear()
         self._memo[key] = template

@@ -9,13 +9,11 @@ summary is complete only after the renderers are closed.
 import collections
 import operator
 
-from legacytrace.model import PROTO_NAMES, FlowKey
+from legacytrace.model import EVENT_FIELDS, PROTO_NAMES, FlowKey, flow_of as _flow_of
 
-#: An event's flow as a plain tuple, in FlowKey's order: equal to its FlowKey and
-#: hashed alike, and made in C (FlowEvent.key is a Python call per event).
-_flow_of = operator.attrgetter(*FlowKey._fields)
-_func_of = operator.attrgetter("func")
-_time_of = operator.attrgetter("time_ns")
+# Read in C (FlowEvent.key is a Python call per event).
+_func_of = operator.itemgetter(EVENT_FIELDS.index("func"))
+_time_of = operator.itemgetter(EVENT_FIELDS.index("time_ns"))
 _new_tuple = tuple.__new__
 
 

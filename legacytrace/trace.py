@@ -94,7 +94,7 @@ def run(backend, program, flow, limits, sink, stats, enrich=None, attached=None)
                 stats.lost["rate limit"] += 1
                 continue
             if enrich is not None:
-                enrich(event)
+                event = enrich(event)
             stats.add(event)
             sink.event(event)
             if limits.count and stats.events >= limits.count:

@@ -389,10 +389,3 @@ def test_a_bpftrace_that_never_attaches_times_out(tmp_path):
             pass
 
 
-def test_the_parser_sets_every_flow_event_slot():
-    from legacytrace.model import FlowEvent
-    for event in events():
-        for name in FlowEvent.__slots__:
-            getattr(event, name)
-    assert events()[0] == FlowEvent(**dict((n, getattr(events()[0], n))
-                                           for n in FlowEvent.__slots__))

@@ -200,12 +200,13 @@ def _flows_of(event):
 
 
 def test_l3_filter_keeps_every_matching_real_packet_and_drops_others():
-    from legacytrace.ftrace_parse import decode_ip
+    from legacytrace.ftrace_parse import FLOW_FIELDS, decode_ip
     from legacytrace.model import FlowEvent
     checked = 0
     for l3 in _pcap_l3_packets():
-        event = FlowEvent(func="ip_rcv")
-        assert decode_ip(event, l3, 0)
+        flow = decode_ip(l3, 0)
+        assert flow
+        event = FlowEvent(func="ip_rcv", **dict(zip(FLOW_FIELDS, flow)))
         keep, drop = _flows_of(event)
         for flow in keep + drop:
             assert flow.matches(event) == (flow in keep)

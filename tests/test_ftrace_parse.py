@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from legacytrace.ftrace_parse import LineParser, decode_ip, parse_line
+from legacytrace.ftrace_parse import FLOW_FIELDS, LineParser, decode_ip, parse_line
 from legacytrace.model import FlowEvent
 
 DATA = Path(__file__).parent / "data" / "ftrace"
@@ -110,8 +110,8 @@ def _truth():
 
 
 def _decode(buf, at):
-    event = FlowEvent()
-    return event if decode_ip(event, buf, at) else None
+    flow = decode_ip(buf, at)
+    return None if flow is None else FlowEvent(**dict(zip(FLOW_FIELDS, flow)))
 
 
 def test_pcap_and_ground_truth_agree_in_count():
@@ -152,10 +152,9 @@ def test_decode_ip_refuses_what_is_not_an_ip_header():
     packet = _pcap_packets()[0]
     assert _decode(packet, 0) is None                   # the Ethernet header, not IP
     assert _decode(packet[14:], 0) is not None
-    event = FlowEvent()
-    assert not decode_ip(event, packet[14:], 0, eth_le=0xdd86)   # skb->protocol says IPv6
-    assert not decode_ip(event, packet[14:30], 0)       # shorter than the header
-    assert not decode_ip(event, packet[14:], -2)
+    assert decode_ip(packet[14:], 0, eth_le=0xdd86) is None   # skb->protocol says IPv6
+    assert decode_ip(packet[14:30], 0) is None          # shorter than the header
+    assert decode_ip(packet[14:], -2) is None
 
 
 def test_61_kprobe_capture_of_the_sh_script_gives_the_ping_tuples():

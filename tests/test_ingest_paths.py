@@ -11,7 +11,7 @@ import os
 import pytest
 
 from legacytrace import backends, cli
-from legacytrace.model import FlowEvent
+from legacytrace.model import CONTEXTS, FlowEvent
 from legacytrace.render import JsonRenderer
 from legacytrace.summary import Summary
 
@@ -47,6 +47,18 @@ def events_of(backend, path):
     with open(os.path.join(DATA, path)) as capture:
         found = [chosen.parse(line.rstrip("\n"), None) for line in capture]
     return [ev for ev in found if ev is not None]
+
+
+@pytest.mark.parametrize("backend,path", CAPTURES)
+def test_parsers_make_every_field_in_its_place(backend, path):
+    """Parsers build events positionally (tuple.__new__): each has every field, and is
+    the event the keyword constructor makes of the same values."""
+    for ev in events_of(backend, path):
+        assert type(ev) is FlowEvent and len(ev) == len(FlowEvent._fields)
+        assert ev == FlowEvent(**dict(zip(FlowEvent._fields, ev)))
+        assert ev.backend == backend and ev.kind in ("entry", "return") and ev.cpu >= 0
+        assert isinstance(ev.time_ns, int) and isinstance(ev.func, str) and ev.func
+        assert ev.context in CONTEXTS and isinstance(ev.fields, dict)
 
 
 @pytest.mark.parametrize("backend,path", CAPTURES)
@@ -104,14 +116,14 @@ def test_a_value_no_template_can_take_goes_through_the_dict_encoder(write):
 
 
 def test_changing_fields_are_in_slot_order_before_fields():
-    slots = FlowEvent.__slots__
+    slots = FlowEvent._fields
     assert [n for n in slots if n in JsonRenderer.CHANGING] == list(JsonRenderer.CHANGING)
     assert all(slots.index("fields") > slots.index(n) for n in JsonRenderer.CHANGING)
 
 
 def test_flow_event_takes_every_slot_by_keyword_only():
-    parameters = list(inspect.signature(FlowEvent.__init__).parameters.values())[1:]
-    assert [p.name for p in parameters] == list(FlowEvent.__slots__)
+    parameters = list(inspect.signature(FlowEvent.__new__).parameters.values())[1:]
+    assert [p.name for p in parameters] == list(FlowEvent._fields)
     assert all(p.kind == p.KEYWORD_ONLY for p in parameters)
     with pytest.raises(TypeError):
         FlowEvent(no_such_field=1)

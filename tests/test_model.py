@@ -16,5 +16,5 @@ def test_event_defaults_and_dict():
     assert (ev.kind, ev.context, ev.fields, ev.in_interrupt) == ("entry", "task", {}, False)
     data = ev.to_dict()
     assert data["proto"] == "udp" and data["cmdline"] is None
-    assert list(data) == list(FlowEvent.__slots__)
+    assert list(data) == list(FlowEvent._fields)
     assert FlowEvent(context="softirq").in_interrupt

@@ -118,7 +118,7 @@ def test_attribution_in_every_output(traced_ping):
     objects = [json.loads(line) for line in lines.splitlines()]
     events, last = objects[:-1], objects[-1]
     assert events and last["type"] == "summary"
-    assert all(list(e) == list(FlowEvent.__slots__) for e in events)
+    assert all(list(e) == list(FlowEvent._fields) for e in events)
     # ping's own transmit path: its pid, comm and command line
     sent = [e for e in events if e["func"] == "ip_output" and e["icmp_type"] == 8]
     assert len(sent) == PING_COUNT, sent
