@@ -66,26 +66,36 @@ class _Layout(object):
     """What each argument of one kprobe event definition is, by its place on the line.
 
     Every line of a kprobe event prints the same names in the same order (its
-    kprobe_events definition), so what each name is (a window word and its offset
-    from skb->data, a value this parser reads, or one it has no use for; which one is
-    the pointer that tells the radix) is worked out once per definition, not once per
-    line (bench/ingest.py).
-    `read`: (place, name, window offset or None) of each argument the event is made
-    from, in line order; `pointers`: the places of `skb` then `sk`; `values`: a pattern
-    that matches a body of exactly these names and takes each value, for `_texts`.
+    kprobe_events definition), so what each name is (a value this parser reads, a
+    window word, or one it has no use for; which one is the pointer that tells the
+    radix) is worked out once per definition, not once per line (bench/ingest.py).
+    `values`: a pattern that matches a body of exactly these names and takes each
+    value, for `_texts`; `scalars`: (place, name) of the values read (the last of a
+    repeated name counts, as in a dict); `customs`: (name, field) of the `c_` ones;
+    `pointers`: the places of `skb` then `sk`; `window`: the places of the window
+    words when they are contiguous (8 bytes apart, ascending), else empty, and
+    `window_start` the first one's offset from skb->data.
     """
 
-    __slots__ = ("names", "read", "pointers", "values")
+    __slots__ = ("names", "values", "scalars", "customs", "pointers", "window", "window_start",
+                 "window_format")
 
     def __init__(self, names):
         self.names = names
-        self.read = [(place, name, _window_offset(name)) for place, name in enumerate(names)
-                     if _window_offset(name) is not None or _reads(name)]
-        # As dict(args) would: the last of a repeated name is the one that counts.
-        last = dict((name, place) for place, name in enumerate(names))
-        self.pointers = [last[name] for name in ("skb", "sk") if name in last]
         self.values = re.compile(" ".join(re.escape(name) + "=" + _VALUE for name in names)
                                  + r"\Z")
+        last = dict((name, place) for place, name in enumerate(names))
+        self.scalars = [(place, name) for name, place in last.items()
+                        if _window_offset(name) is None and _reads(name)]
+        self.customs = [(name, name[2:]) for name in last if name.startswith("c_")]
+        self.pointers = [last[name] for name in ("skb", "sk") if name in last]
+        offsets = [(_window_offset(name), place) for place, name in enumerate(names)
+                   if _window_offset(name) is not None]
+        self.window_start = offsets[0][0] if offsets else None
+        contiguous = all(offset == self.window_start + 8 * index
+                         for index, (offset, _) in enumerate(offsets))
+        self.window = [place for _, place in offsets] if contiguous else []
+        self.window_format = struct.Struct("<{}Q".format(len(self.window)))
 
 
 #: Argument names the event is made from (_kprobe, _skb, _sock, _peeked); others,
@@ -144,16 +154,16 @@ _KNOWN_MAX = 256
 
 
 def _numbers(layout, texts):
-    """(values, window) of one kprobe line's argument texts, for the arguments it reads.
+    """(layout, values, window) of one kprobe line's argument texts.
 
-    values: name -> int, or str for a string, None for `(fault)`.
-    window: the (offset from skb->data, int or None) of the window words, as printed
-    (ascending). `0x..` is hex. An unprefixed number is decimal (4.9+ `u*` types),
-    except on kernels that print every `u*` as unprefixed hex (upstream 3.10): there
-    the sk_buff or sock pointer, a kernel address, shows hex digits without `0x`.
+    values: name -> int, or str for a string, None for `(fault)`, of the arguments the
+    event is made from. window: the bytes of the window words, or None when the line
+    has none or one faulted. `0x..` is hex. An unprefixed number is decimal (4.9+ `u*`
+    types), except on kernels that print every `u*` as unprefixed hex (upstream 3.10):
+    there the sk_buff or sock pointer, a kernel address, shows hex digits without `0x`.
     """
     if layout is None:
-        return {}, []
+        return None, {}, None
     radix = 10
     for place in layout.pointers:
         pointer = texts[place]
@@ -161,23 +171,26 @@ def _numbers(layout, texts):
             if pointer[:2] != "0x" and not pointer.isdigit():
                 radix = 16
             break
-    values, window = {}, []
-    for place, name, offset in layout.read:
-        text = texts[place]
-        first = text[:1]
-        if first == '"':
-            value = text[1:-1]
-        elif first == "(" or not first:
-            value = None
-        elif text[1:2] == "x":
-            value = int(text, 16)
-        else:
-            value = int(text, radix)
-        if offset is None:
-            values[name] = value
-        else:
-            window.append((offset, value))
-    return values, window
+    values = {}
+    for place, name in layout.scalars:
+        values[name] = _value(texts[place], radix)
+    window = None
+    if layout.window:
+        words = [_value(texts[place], radix) for place in layout.window]
+        if None not in words:
+            window = layout.window_format.pack(*words)
+    return layout, values, window
+
+
+def _value(text, radix):
+    first = text[:1]
+    if first == '"':
+        return text[1:-1]
+    if first == "(" or not first:
+        return None
+    if text[1:2] == "x":
+        return int(text, 16)
+    return int(text, radix)
 
 
 def _time_ns(secs, fraction):
@@ -243,7 +256,7 @@ FLOW_FIELDS = EVENT_FIELDS[EVENT_FIELDS.index("family"):EVENT_FIELDS.index("icmp
 _NO_FLOW = (None,) * len(FLOW_FIELDS)
 
 
-def _kprobe(symbol, returned_from, values, window):
+def _kprobe(symbol, returned_from, layout, values, window):
     """(source, func, kind, retval, skb, *FLOW_FIELDS, length, dev, fields, cmdline) of a
     kprobe line: EVENT_FIELDS from `func` on, after `source`."""
     if returned_from:
@@ -254,9 +267,9 @@ def _kprobe(symbol, returned_from, values, window):
     if ret is not None and ret >= 1 << 63:
         ret -= 1 << 64
     fields = {}
-    for name, value in values.items():
-        if name.startswith("c_"):
-            fields[name[2:]] = value
+    if layout is not None:
+        for name, field in layout.customs:
+            fields[field] = values[name]
     for name in ("reason", "caller"):            # args: {reason: N}, caller: true
         if name in values:
             fields[name] = values[name]
@@ -267,7 +280,8 @@ def _kprobe(symbol, returned_from, values, window):
         dev = values.get("dev")
         if not (isinstance(dev, str) and dev):
             dev = None
-        flow = _skb(values, window)
+        if window is not None:
+            flow = _skb(values, window, layout.window_start)
     elif values.get("sk") is not None:
         flow = _sock(values, func)
     return (source, func, kind, ret, skb) + flow + (values.get("len"), dev, fields, None)
@@ -292,28 +306,13 @@ def _peeked(values):
     return payload_fields(bytes(data)) if data else {}
 
 
-def _skb(values, window):
-    """FLOW_FIELDS of an sk_buff probe's arguments (legacytrace.ftrace_kprobe)."""
+def _skb(values, window, start):
+    """FLOW_FIELDS of an sk_buff probe's arguments (legacytrace.ftrace_kprobe): the window
+    bytes from skb->data + `start` on, and where the network header is in them."""
     head, nh, data = values.get("head"), values.get("nh"), values.get("data")
     if head is None or nh is None or data is None:   # not fetched, or faulted
         return _NO_FLOW
-    buf = _window_bytes(window)
-    if buf is None:
-        return _NO_FLOW
-    return decode_ip(buf, head + nh - data - window[0][0], values.get("eth") or 0) or _NO_FLOW
-
-
-def _window_bytes(window):
-    """The bytes of the window words, or None when they are missing, not contiguous or faulted."""
-    if not window:
-        return None
-    start = window[0][0]
-    words = []
-    for index, (offset, value) in enumerate(window):
-        if offset != start + 8 * index or value is None:
-            return None
-        words.append(value)
-    return struct.pack("<{}Q".format(len(words)), *words)
+    return decode_ip(window, head + nh - data - start, values.get("eth") or 0) or _NO_FLOW
 
 
 def decode_ip(buf, at, eth_le=0):
