@@ -50,7 +50,25 @@ AWK = {
     "bpf": awk_lt1(BPF_COLUMNS, ""),
     "stap": awk_lt1(STAP_COLUMNS, 'for (i = {}; i <= NF; i++) printf ",\\"f%d\\":\\"%s\\"", i, $i;'
                     .format(len(STAP_COLUMNS) + 1)),
-    # COMM-PID [CPU] FLAGS TIME: EVENT: (SYMBOL+off/size) name=value ...
+    # COMM-PID [CPU] FLAGS SECS: EVENT: [(SYMBOL+off/size)] name=value ...: comm and pid apart
+    # (a comm may hold "-" and spaces), the CPU without brackets, time and event without
+    # their colons, the function without its offset: the fields legacytrace reads.
+    "ftrace": ['{ n = match($0, /-[0-9]+ +\\[/); comm = substr($0, 1, n - 1); sub(/^ +/, "", comm); '
+               'split(substr($0, n + 1), f, / +/); '
+               'printf "{\\"comm\\":\\"%s\\",\\"pid\\":\\"%s\\",\\"cpu\\":\\"%s\\",'
+               '\\"flags\\":\\"%s\\",\\"time\\":\\"%s\\",\\"event\\":\\"%s\\"", comm, f[1], '
+               'substr(f[2], 2, length(f[2]) - 2), f[3], substr(f[4], 1, length(f[4]) - 1), '
+               'substr(f[5], 1, length(f[5]) - 1); i = 6; '
+               'if (substr(f[6], 1, 1) == "(") { func = substr(f[6], 2); sub(/[+].*/, "", func); '
+               'printf ",\\"func\\":\\"%s\\"", func; i = 7 } '
+               'for (; i in f; i++) { k = index(f[i], "="); '
+               'if (k) printf ",\\"%s\\":\\"%s\\"", substr(f[i], 1, k - 1), substr(f[i], k + 1) } '
+               'print "}" }'],
+}
+
+#: The ftrace program of the figures before 2026-11-22: it splits on whitespace only (the
+#: comm-pid and the function+offset stay one field each); still timed, for comparison.
+AWK_WHITESPACE = {
     "ftrace": ['{ printf "{\\"task\\":\\"%s\\",\\"cpu\\":\\"%s\\",\\"flags\\":\\"%s\\",'
                '\\"time\\":\\"%s\\",\\"event\\":\\"%s\\",\\"at\\":\\"%s\\"", $1, $2, $3, $4, $5, $6; '
                'for (i = 7; i <= NF; i++) { n = index($i, "="); '
@@ -87,14 +105,22 @@ def replicated(backend, count, workdir):
 
 
 def measure(backend, path, lines, repeat, python, awk):
+    """The table's rows for `backend`: against AWK, and against AWK_WHITESPACE where it has one."""
     cli = benchkit.best_of(repeat, [python, "-m", "legacytrace", "parse", "-b", backend, path,
                                     "--json"])
     events = int(_EVENTS.search(cli.stderr).group(1))
-    ref = benchkit.best_of(repeat, [awk] + AWK[backend] + [path])
-    return [backend, "{:,}".format(lines), "{:,}".format(events),
-            "{:,.0f}".format(events / cli.cpu), "{:.2f}".format(cli.cpu), "{:.2f}".format(cli.wall),
-            "{:,.0f}".format(lines / ref.cpu), "{:.2f}".format(ref.cpu), "{:.2f}".format(ref.wall),
-            "{:.2f}".format(ref.cpu / cli.cpu)]
+    rows = []
+    for label, program in ((backend, AWK[backend]),
+                           (backend + " (awk: whitespace only)", AWK_WHITESPACE.get(backend))):
+        if program is None:
+            continue
+        ref = benchkit.best_of(repeat, [awk] + program + [path])
+        rows.append([label, "{:,}".format(lines), "{:,}".format(events),
+                     "{:,.0f}".format(events / cli.cpu), "{:.2f}".format(cli.cpu),
+                     "{:.2f}".format(cli.wall), "{:,.0f}".format(lines / ref.cpu),
+                     "{:.2f}".format(ref.cpu), "{:.2f}".format(ref.wall),
+                     "{:.2f}".format(ref.cpu / cli.cpu)])
+    return rows
 
 
 def stages(backend, path):
@@ -162,8 +188,8 @@ def main():
             args.lines),
         "legacytrace: {} -m legacytrace parse -b BACKEND FILE --json > /dev/null "
         "(Python {})".format(args.python, python_version),
-        "awk: {} PROGRAM FILE > /dev/null, PROGRAM printing every field as \"name\":\"value\" "
-        "(shown below)".format(args.awk),
+        "awk: {} PROGRAM FILE > /dev/null ({}), PROGRAM printing every field as "
+        "\"name\":\"value\" (shown below)".format(args.awk, awk_version.splitlines()[0]),
         "CPU time (user+system) of each process, the least of {} runs; rates are per CPU "
         "second".format(args.repeat),
         "ratio = legacytrace's rate / awk's rate (target >= 0.25, stretch 0.5)",
@@ -172,12 +198,15 @@ def main():
              "awk cpu s", "awk wall s", "ratio"]]
     for backend in chosen:
         path = replicated(backend, args.lines, args.workdir)
-        rows.append(measure(backend, path, args.lines, args.repeat, args.python, args.awk))
+        rows.extend(measure(backend, path, args.lines, args.repeat, args.python, args.awk))
     print("results:")
     benchkit.table(rows)
     print("awk programs:")
     for backend in chosen:
         print("  {}: awk {}".format(backend, " ".join(_shell_quote(a) for a in AWK[backend])))
+        if backend in AWK_WHITESPACE:
+            print("  {} (whitespace only): awk {}".format(
+                backend, " ".join(_shell_quote(a) for a in AWK_WHITESPACE[backend])))
     if args.stages:
         print("where the time goes (in-process, Python {}):".format(sys.version.split()[0]))
         for backend in chosen:
