@@ -60,6 +60,12 @@ EVENT_FIELDS = (
 )
 
 
+#: FlowEvent fields that hold text (or None). `fields` holds a dict; every other field an
+#: int (never a bool or a float) or None: the JSON renderer relies on it.
+TEXT_FIELDS = frozenset(("backend", "source", "comm", "context", "func", "kind", "saddr", "daddr",
+                         "dev", "cmdline"))
+
+
 class FlowEvent(collections.namedtuple("FlowEvent", EVENT_FIELDS)):
     """One hit of one probe, normalised: the same fields whichever backend saw it.
 
@@ -72,7 +78,8 @@ class FlowEvent(collections.namedtuple("FlowEvent", EVENT_FIELDS)):
     and the flow filter read fields by position in C (operator.itemgetter). An
     object with 26 slots set one by one took about twice the instructions to make
     and to read (bench/ingest.py). Other code makes one by keyword, and changes one
-    with `_replace` (the command line, added after parsing).
+    with `_replace` (the command line, added after parsing). The keyword constructor
+    checks each field's type (TEXT_FIELDS); tests check that parsers keep them.
     """
 
     __slots__ = ()
@@ -83,11 +90,19 @@ class FlowEvent(collections.namedtuple("FlowEvent", EVENT_FIELDS)):
                 family=None, proto=None, saddr=None, daddr=None, sport=None, dport=None,
                 icmp_type=None, icmp_code=None, icmp_id=None, icmp_seq=None, length=None,
                 dev=None, fields=None, cmdline=None):
-        return tuple.__new__(cls, (
+        values = (
             backend, source, time_ns, cpu, pid, tid, comm, "task" if context is None else context,
             func, "entry" if kind is None else kind, retval, skb, family, proto, saddr, daddr,
             sport, dport, icmp_type, icmp_code, icmp_id, icmp_seq, length, dev,
-            {} if fields is None else fields, cmdline))
+            {} if fields is None else fields, cmdline)
+        for name, value in zip(EVENT_FIELDS, values):
+            if value is None or name == "fields":
+                continue
+            text = name in TEXT_FIELDS
+            if not (isinstance(value, str) if text else type(value) is int):
+                raise TypeError("FlowEvent {} must be {} or None, not {!r}".format(
+                    name, "text" if text else "an int", value))
+        return tuple.__new__(cls, values)
 
     @property
     def in_interrupt(self):

@@ -60,7 +60,7 @@ import operator
 from itertools import repeat
 from json.encoder import c_make_encoder, encode_basestring_ascii
 
-from legacytrace.model import EVENT_FIELDS, PROTO_NAMES
+from legacytrace.model import EVENT_FIELDS, PROTO_NAMES, TEXT_FIELDS
 
 # The argument of every renderer's close(); the CLI takes it from here.
 from legacytrace.summary import Summary  # noqa: F401
@@ -81,9 +81,6 @@ _YELLOW = "\x1b[33m"
 _GREEN = "\x1b[32m"
 _RED = "\x1b[31m"
 
-#: FlowEvent fields whose JSON value is a string; the others are integers but proto and fields.
-_JSON_TEXT = frozenset(("backend", "source", "comm", "context", "func", "kind", "saddr", "daddr",
-                        "dev", "cmdline"))
 #: JSON text of the protocols that to_dict() names.
 _JSON_PROTO = dict((number, json.dumps(name)) for number, name in PROTO_NAMES.items())
 
@@ -159,15 +156,15 @@ class JsonRenderer(Renderer):
     Most fields repeat from one event to the next (who ran, which function, the
     flow); only `CHANGING` ones (time, CPU, sk_buff, length...) and the custom
     fields differ each time. So the JSON text of the repeating fields is made once
-    per distinct combination of their values and of the types of every field (True
-    is not 1 in JSON, and a changing field that is None is printed as null) and kept
-    as a %-template with a slot for each changing field; an event then costs one
-    lookup and one format of a tuple taken from the event as it is (valgrind,
-    bench/ingest.py's bpf capture, 3.11: 28,000 instructions an event, against
-    36,000 with a converter call per changing field and 68,000 with a converter per
-    field). At most `MEMO_MAX` combinations are kept. A value of an unexpected type
-    (a backend bug) makes the template builder raise; that event then goes through
-    the dict encoder, so the line is always what `json.dumps(ev.to_dict())` would say.
+    per distinct combination of their values and of the types of the changing ones
+    (a changing field that is None is printed as null) and kept as a %-template with
+    a slot for each changing field; an event then costs one lookup and one format of
+    a tuple taken from the event as it is. The repeating values need no type in the
+    key because FlowEvent's fields have fixed types (model.TEXT_FIELDS: text, else an
+    int, never a bool or a float, so an equal value is the same JSON). At most
+    `MEMO_MAX` combinations are kept. A value of an unexpected type (a backend bug)
+    makes the template builder raise; that event then goes through the dict encoder,
+    so the line is what `json.dumps(ev.to_dict())` would say.
     """
 
     #: Integer fields that change from event to event even within one flow, in
@@ -198,7 +195,8 @@ class JsonRenderer(Renderer):
         cannot be made for one event, the batch goes through `line` one event at a time,
         which falls back to the dict encoder.
         """
-        keys = zip(map(self._repeating_of, evs), map(tuple, map(map, repeat(type), evs)))
+        changing = list(map(self._changing_of, evs))
+        keys = zip(map(self._repeating_of, evs), map(tuple, map(map, repeat(type), changing)))
         memo = self._memo
         try:
             templates = [memo.get(key) or self._template(key) for key in keys]
@@ -208,17 +206,18 @@ class JsonRenderer(Renderer):
         encode = self._encode_fields
         fields = [(encode(f) if f else "{}",) for f in map(_fields_of, evs)]
         self._stream.write("".join(map(operator.mod, templates,
-                                       map(operator.add, map(self._changing_of, evs), fields))))
+                                       map(operator.add, changing, fields))))
 
     def line(self, ev):
         """The JSON line of one event, with its newline."""
-        key = (self._repeating_of(ev), tuple(map(type, ev)))
+        changing = self._changing_of(ev)
+        key = (self._repeating_of(ev), tuple(map(type, changing)))
         try:
             template = self._memo.get(key) or self._template(key)
         except (TypeError, ValueError):
             return self._encode(ev.to_dict()) + "\n"
         fields = ev.fields
-        return template % (self._changing_of(ev) + (self._encode_fields(fields) if fields else "{}",))
+        return template % (changing + (self._encode_fields(fields) if fields else "{}",))
 
     def close(self, summary):
         if self._summary:
@@ -236,8 +235,7 @@ class JsonRenderer(Renderer):
         text = {"fields": "%s"}
         for name, value in zip(self._repeating, values):
             text[name] = _json_converter(name)(value).replace("%", "%%")
-        for name in self.CHANGING:
-            kind = types[EVENT_FIELDS.index(name)]
+        for name, kind in zip(self.CHANGING, types):
             if kind is int:
                 text[name] = "%s"
             elif kind is _NONE:
@@ -438,7 +436,7 @@ def _compact_encoder():
 
 def _json_converter(name):
     """The function that turns field `name`'s value into JSON text (not for `fields`)."""
-    if name in _JSON_TEXT:
+    if name in TEXT_FIELDS:
         return _json_text
     if name == "proto":
         return _json_proto

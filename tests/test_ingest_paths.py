@@ -73,15 +73,13 @@ def test_json_lines_of_real_captures_are_the_dict_encoders_text(backend, path):
 
 
 @pytest.mark.parametrize("write", WRITES)
-def test_a_value_equal_to_a_remembered_one_keeps_its_own_type(write):
-    events = [FlowEvent(backend="bpf", source="kprobe", func="ip_rcv", time_ns=1, cpu=0, pid=pid,
-                        family=4, proto=proto, saddr="127.0.0.1", daddr="127.0.0.1")
-              for pid, proto in ((1, 6), (True, 6), (1.0, 6), (1, 6.0), (1, 6))]
+def test_a_changing_field_that_is_none_is_null_after_an_int(write):
+    events = [FlowEvent(backend="bpf", source="kprobe", func="ip_rcv", time_ns=1, cpu=0, pid=7,
+                        skb=skb, length=length, retval=retval)
+              for skb, length, retval in ((1, 2, None), (None, 2, 0), (1, None, None), (1, 2, -1))]
     out = io.StringIO()
     write(JsonRenderer(out), events)
-    lines = out.getvalue().splitlines()
-    assert lines == [reference(ev) for ev in events]
-    assert '"pid":true' in lines[1] and '"pid":1.0' in lines[2]
+    assert out.getvalue().splitlines() == [reference(ev) for ev in events]
 
 
 @pytest.mark.parametrize("write", WRITES)
@@ -107,9 +105,10 @@ def test_a_full_memo_starts_again_and_stays_right(monkeypatch, write):
 
 @pytest.mark.parametrize("write", WRITES)
 def test_a_value_no_template_can_take_goes_through_the_dict_encoder(write):
-    events = [FlowEvent(backend="bpf", source="kprobe", func="ip_rcv", time_ns=time_ns, cpu=0,
-                        fields={"n": 1} if time_ns == 2 else None)
-              for time_ns in (1, "2 (a backend bug)", 2, 3.5)]
+    # FlowEvent's constructor refuses such types: _replace (as a buggy parser) does not.
+    events = [FlowEvent(backend="bpf", source="kprobe", func="ip_rcv", time_ns=1, cpu=0,
+                        fields={"n": 1} if time_ns == 2 else None)._replace(time_ns=time_ns)
+              for time_ns in (1, "2 (a backend bug)", 2, 3.5, True)]
     out = io.StringIO()
     write(JsonRenderer(out), events)
     assert out.getvalue().splitlines() == [reference(ev) for ev in events]

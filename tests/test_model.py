@@ -18,3 +18,15 @@ def test_event_defaults_and_dict():
     assert data["proto"] == "udp" and data["cmdline"] is None
     assert list(data) == list(FlowEvent._fields)
     assert FlowEvent(context="softirq").in_interrupt
+
+
+def test_event_fields_keep_their_types():
+    """Integer fields take an int (not a bool, a float or text), text fields take text:
+    the JSON renderer's memo relies on it (an equal value is the same JSON)."""
+    import pytest
+    for bad in (dict(pid=True), dict(time_ns=1.0), dict(proto="tcp"), dict(comm=3),
+                dict(saddr=b"127.0.0.1")):
+        with pytest.raises(TypeError) as error:
+            FlowEvent(**bad)
+        assert list(bad)[0] in str(error.value)
+    assert FlowEvent(pid=0, comm="", skb=2 ** 64 - 1, retval=-1).pid == 0
