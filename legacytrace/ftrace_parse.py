@@ -54,6 +54,9 @@ _IPV6_FRAGMENT = 44
 _PORTS = (6, 17, 132, 136)           # tcp, udp, sctp, udplite: ports first in the header
 _ICMP = (1, 58)
 
+#: skb:kfree_skb's `protocol` (an ethertype) -> IP version
+_ETHERTYPE_FAMILY = {0x0800: 4, 0x86dd: 6}
+
 #: tracepoint name -> what it means; a tracepoint event knows no tuple.
 TRACEPOINTS = {
     "netif_receive_skb": "receive", "netif_rx": "receive", "net_dev_queue": "queue",
@@ -105,10 +108,10 @@ _READ = frozenset(("skb", "sk", "len", "ret", "dev", "head", "nh", "data", "eth"
 _READ_PREFIXES = ("c_", "skc_", "pi", "pu", "it")
 
 #: One value of a body whose names are known: what _ARG would take at that place,
-#: never more. A quoted string ends at its first quote, `(fault)` is a fault, and
-#: other text has no quote and does not begin with `(fault)`, so that where the whole
-#: body matches, each value is the one _ARG.findall gives (tests/test_properties.py).
-_VALUE = r'("[^"]*"|\(fault\)|(?!\(fault\))[^\s"]*)'
+#: never more. A quoted string ends at its first quote, `(fault)` is a fault, other
+#: text has no quote and does not begin with `(`, or the value is empty; so where the
+#: whole body matches, each value is the one _ARG.findall gives (tests/test_properties.py).
+_VALUE = r'("[^"]*"|\(fault\)|[^\s"(][^\s"]*|)'
 
 
 def _reads(name):
@@ -193,12 +196,6 @@ def _value(text, radix):
     return int(text, radix)
 
 
-def _time_ns(secs, fraction):
-    if not fraction:                 # counter-like trace clocks print a plain number
-        return int(secs)
-    return int(secs + fraction) * 10 ** (9 - len(fraction))
-
-
 class LineParser(object):
     """ftrace output lines -> FlowEvents; remembers the layout of each kprobe event it saw.
 
@@ -233,21 +230,21 @@ def parse_line(line):
 
 def _parse(groups, known):
     comm, tid, tgid, cpu, flags, secs, fraction, event_name, symbol, returned_from, body = groups
-    if symbol:
-        what = _kprobe(symbol, returned_from, *_numbers(*_texts(event_name, body, known)))
-    elif body.startswith("("):           # a kprobe body this parser does not know
-        return None
-    elif event_name in TRACEPOINTS:
-        what = _tracepoint(event_name, body)
-    else:
-        return None
+    if not symbol and (body.startswith("(") or event_name not in TRACEPOINTS):
+        return None                      # a kprobe body this parser does not know, or no event
     tid = int(tid)
-    # In EVENT_FIELDS order, made in one step (FlowEvent's docstring says why): who and
-    # where from the line's header, then the probe's own (source ... cmdline, no pid).
-    return _new_event(FlowEvent, (
-        BACKEND, what[0], _time_ns(secs, fraction), int(cpu),
-        int(tgid) if tgid and tgid[0] != "-" else tid, tid, None if comm == "<...>" else comm,
-        _CONTEXT.get(flags[2], "task") if flags else "task") + what[1:])
+    # time_ns, cpu, pid, tid, comm, context: EVENT_FIELDS from the line's header
+    who = (int(secs + fraction) * _SCALE[len(fraction)] if fraction else int(secs), int(cpu),
+           int(tgid) if tgid and tgid[0] != "-" else tid, tid, None if comm == "<...>" else comm,
+           _CONTEXT.get(flags[2], "task") if flags else "task")
+    if symbol:
+        return _kprobe(who, symbol, returned_from, *_numbers(*_texts(event_name, body, known)))
+    return _tracepoint(who, event_name, body)
+
+
+#: Nanoseconds per unit of a timestamp's last digit, by the number of digits after its point
+#: (counter-like trace clocks print a plain number instead).
+_SCALE = dict((digits, 10 ** (9 - digits)) for digits in range(1, 10))
 
 
 #: family, proto, saddr, daddr, sport, dport, icmp_type, icmp_code, icmp_id, icmp_seq:
@@ -256,9 +253,8 @@ FLOW_FIELDS = EVENT_FIELDS[EVENT_FIELDS.index("family"):EVENT_FIELDS.index("icmp
 _NO_FLOW = (None,) * len(FLOW_FIELDS)
 
 
-def _kprobe(symbol, returned_from, layout, values, window):
-    """(source, func, kind, retval, skb, *FLOW_FIELDS, length, dev, fields, cmdline) of a
-    kprobe line: EVENT_FIELDS from `func` on, after `source`."""
+def _kprobe(who, symbol, returned_from, layout, values, window):
+    """The event of a kprobe line, `who` its header's fields (time_ns ... context)."""
     if returned_from:
         source, kind, func = "kretprobe", "return", returned_from
     else:
@@ -284,7 +280,9 @@ def _kprobe(symbol, returned_from, layout, values, window):
             flow = _skb(values, window, layout.window_start)
     elif values.get("sk") is not None:
         flow = _sock(values, func)
-    return (source, func, kind, ret, skb) + flow + (values.get("len"), dev, fields, None)
+    # In EVENT_FIELDS order, made in one step (FlowEvent's docstring says why).
+    return _new_event(FlowEvent, (BACKEND, source) + who + (func, kind, ret, skb) + flow
+                      + (values.get("len"), dev, fields, None))
 
 
 def _peeked(values):
@@ -400,12 +398,12 @@ def _location(text):
     return text.split("/", 1)[0]
 
 
-def _tracepoint(name, body):
-    """A static net:/skb: tracepoint: packet identity, length, device, drop reason; no tuple.
-    (source, func, kind, retval, skb, *FLOW_FIELDS, length, dev, fields, cmdline)."""
+def _tracepoint(who, name, body):
+    """The event of a static net:/skb: tracepoint (packet identity, length, device, drop
+    reason; no tuple), `who` its header's fields (time_ns ... context)."""
     skb = length = dev = None
     fields = {"meaning": TRACEPOINTS[name]}
-    reason = _REASON.search(body)
+    reason = _REASON.search(body) if "reason: " in body else None
     if reason:
         fields["reason"] = reason.group(1)
         body = body[:reason.start()]
@@ -420,9 +418,10 @@ def _tracepoint(name, body):
             dev = value
         elif key == "protocol":
             # Kept as a field: a family without addresses would claim a tuple it does not know.
-            family = {0x0800: 4, 0x86dd: 6}.get(int(value, 0))
+            family = _ETHERTYPE_FAMILY.get(int(value, 0))
             if family:
                 fields["family"] = family
         else:
             fields[key] = value
-    return ("tracepoint", name, "entry", None, skb) + _NO_FLOW + (length, dev, fields, None)
+    return _new_event(FlowEvent, (BACKEND, "tracepoint") + who + (name, "entry", None, skb)
+                      + _NO_FLOW + (length, dev, fields, None))
