@@ -74,14 +74,15 @@ class _Layout(object):
     radix) is worked out once per definition, not once per line (bench/ingest.py).
     `values`: a pattern that matches a body of exactly these names and takes each
     value, for `_texts`; `scalars`: (place, name) of the values read (the last of a
-    repeated name counts, as in a dict); `customs`: (name, field) of the `c_` ones;
-    `pointers`: the places of `skb` then `sk`; `window`: the places of the window
+    repeated name counts, as in a dict); `fields`: (name, field) of the values that go
+    to the event's fields (`c_NAME` as NAME, then `reason` and `caller`); `peek`: whether
+    the line holds a peek; `pointers`: the places of `skb` then `sk`; `window`: the places of the window
     words when they are contiguous (8 bytes apart, ascending), else empty, and
     `window_start` the first one's offset from skb->data.
     """
 
-    __slots__ = ("names", "values", "scalars", "customs", "pointers", "window", "window_start",
-                 "window_format")
+    __slots__ = ("names", "values", "scalars", "fields", "peek", "pointers", "window",
+                 "window_start", "window_format")
 
     def __init__(self, names):
         self.names = names
@@ -90,7 +91,9 @@ class _Layout(object):
         last = dict((name, place) for place, name in enumerate(names))
         self.scalars = [(place, name) for name, place in last.items()
                         if _window_offset(name) is None and _reads(name)]
-        self.customs = [(name, name[2:]) for name in last if name.startswith("c_")]
+        self.fields = ([(name, name[2:]) for name in last if name.startswith("c_")]
+                       + [(name, name) for name in ("reason", "caller") if name in last])
+        self.peek = "pi0" in last
         self.pointers = [last[name] for name in ("skb", "sk") if name in last]
         offsets = [(_window_offset(name), place) for place, name in enumerate(names)
                    if _window_offset(name) is not None]
@@ -143,9 +146,7 @@ def _texts(event_name, body, known):
         if match is not None:
             return layout, match.groups()
     args = _ARG.findall(body)
-    if not args:
-        return None, ()
-    names, texts = zip(*args)
+    names, texts = zip(*args) if args else ((), ())
     layout = _layout(names)
     if len(known) >= _KNOWN_MAX:
         known.clear()
@@ -165,8 +166,6 @@ def _numbers(layout, texts):
     types), except on kernels that print every `u*` as unprefixed hex (upstream 3.10):
     there the sk_buff or sock pointer, a kernel address, shows hex digits without `0x`.
     """
-    if layout is None:
-        return None, {}, None
     radix = 10
     for place in layout.pointers:
         pointer = texts[place]
@@ -263,13 +262,9 @@ def _kprobe(who, symbol, returned_from, layout, values, window):
     if ret is not None and ret >= 1 << 63:
         ret -= 1 << 64
     fields = {}
-    if layout is not None:
-        for name, field in layout.customs:
-            fields[field] = values[name]
-    for name in ("reason", "caller"):            # args: {reason: N}, caller: true
-        if name in values:
-            fields[name] = values[name]
-    if "pi0" in values:
+    for name, field in layout.fields:          # c_NAME, and args: {reason: N}, caller: true
+        fields[field] = values[name]
+    if layout.peek:
         fields.update(_peeked(values))
     skb, dev, flow = values.get("skb"), None, _NO_FLOW
     if skb is not None:
