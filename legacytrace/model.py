@@ -74,12 +74,12 @@ class FlowEvent(collections.namedtuple("FlowEvent", EVENT_FIELDS)):
     mechanism and `source` the kind of probe (kprobe, kretprobe, tracepoint).
 
     A tuple, made in one step: a parser builds it with `tuple.__new__(FlowEvent,
-    values)` from the values in EVENT_FIELDS order, and the renderers, the summary
-    and the flow filter read fields by position in C (operator.itemgetter). An
-    object with 26 slots set one by one took about twice the instructions to make
-    and to read (bench/ingest.py). Other code makes one by keyword, and changes one
-    with `_replace` (the command line, added after parsing). The keyword constructor
-    checks each field's type (TEXT_FIELDS); tests check that parsers keep them.
+    values)` from the values in EVENT_FIELDS order, and the JSON renderer and the
+    summary read fields by position in C (operator.itemgetter). An object with 26
+    slots set one by one cost bpf and stap 3,000 more instructions a line
+    (BENCHMARKS.md). Other code makes one by keyword, and changes one with `_replace`
+    (the command line, added after parsing). The keyword constructor checks each
+    field's type (TEXT_FIELDS); tests check that parsers keep them.
     """
 
     __slots__ = ()
