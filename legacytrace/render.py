@@ -92,6 +92,7 @@ def _getter(names):
     """The values of these FlowEvent fields, as a tuple, taken in C."""
     return operator.itemgetter(*(EVENT_FIELDS.index(name) for name in names))
 
+
 #: Characters that make a value need quotes in name=value text.
 _QUOTE_TRIGGERS = frozenset(' "\\=')
 
