@@ -53,6 +53,7 @@ _IPV6_EXT = (0, 43, 60)
 _IPV6_FRAGMENT = 44
 _PORTS = (6, 17, 132, 136)           # tcp, udp, sctp, udplite: ports first in the header
 _ICMP = (1, 58)
+_U64X2 = struct.Struct("<QQ")
 
 #: skb:kfree_skb's `protocol` (an ethertype) -> IP version
 _ETHERTYPE_FAMILY = {0x0800: 4, 0x86dd: 6}
@@ -75,10 +76,10 @@ class _Layout(object):
     `values`: a pattern that matches a body of exactly these names and takes each
     value, for `_texts`; `scalars`: (place, name) of the values read (the last of a
     repeated name counts, as in a dict); `fields`: (name, field) of the values that go
-    to the event's fields (`c_NAME` as NAME, then `reason` and `caller`); `peek`: whether
-    the line holds a peek; `pointers`: the places of `skb` then `sk`; `window`: the places of the window
-    words when they are contiguous (8 bytes apart, ascending), else empty, and
-    `window_start` the first one's offset from skb->data.
+    to the event's fields (`c_NAME` as NAME, then `reason` and `caller`); `peek`:
+    whether the line holds a peek; `pointers`: the places of `skb` then `sk`; `window`:
+    the places of the window words when they are contiguous (8 bytes apart, ascending),
+    else empty, and `window_start` the first one's offset from skb->data.
     """
 
     __slots__ = ("names", "values", "scalars", "fields", "peek", "pointers", "window",
@@ -323,18 +324,21 @@ def decode_ip(buf, at, eth_le=0):
         if ihl < 20:
             return None
         proto = buf[at + 9]
-        addresses = (inet_ntop(AF_INET, buf[at + 12:at + 16]), inet_ntop(AF_INET, buf[at + 16:at + 20]))
+        addresses = (inet_ntop(AF_INET, buf[at + 12:at + 16]),
+                     inet_ntop(AF_INET, buf[at + 16:at + 20]))
         fragment_offset = struct.unpack_from(">H", buf, at + 6)[0] & 0x1fff
         if fragment_offset:
             return (4, proto) + addresses + _NO_L4
         return (4, proto) + addresses + _l4(proto, buf, at + ihl)
     if version == 6 and eth_le in (0, ETH_P_IPV6_LE) and at + 40 <= len(buf):
-        addresses = (inet_ntop(AF_INET6, buf[at + 8:at + 24]), inet_ntop(AF_INET6, buf[at + 24:at + 40]))
+        addresses = (inet_ntop(AF_INET6, buf[at + 8:at + 24]),
+                     inet_ntop(AF_INET6, buf[at + 24:at + 40]))
         proto, at = buf[at + 6], at + 40
         while at + 8 <= len(buf) and proto in _IPV6_EXT + (_IPV6_FRAGMENT,):
             if proto == _IPV6_FRAGMENT:
                 if struct.unpack_from(">H", buf, at + 2)[0] & 0xfff8:
-                    return (6, buf[at]) + addresses + _NO_L4   # a later fragment: no transport header
+                    # a later fragment: no transport header
+                    return (6, buf[at]) + addresses + _NO_L4
                 proto, at = buf[at], at + 8
             else:
                 proto, at = buf[at], at + (buf[at + 1] + 1) * 8
@@ -375,8 +379,8 @@ def _sock(values, func):
         daddr = inet_ntop(AF_INET, struct.pack("<I", values["skc_daddr"]))
     elif family == SK_AF_INET6 and values.get("skc_saddr6a") is not None:
         family = 6
-        saddr = inet_ntop(AF_INET6, struct.pack("<QQ", values["skc_saddr6a"], values["skc_saddr6b"]))
-        daddr = inet_ntop(AF_INET6, struct.pack("<QQ", values["skc_daddr6a"], values["skc_daddr6b"]))
+        saddr = inet_ntop(AF_INET6, _U64X2.pack(values["skc_saddr6a"], values["skc_saddr6b"]))
+        daddr = inet_ntop(AF_INET6, _U64X2.pack(values["skc_daddr6a"], values["skc_daddr6b"]))
     else:
         return _NO_FLOW
     sport = values["skc_sport"]
