@@ -82,26 +82,25 @@ class _Layout(object):
     else empty, and `window_start` the first one's offset from skb->data.
     """
 
-    __slots__ = ("names", "values", "scalars", "fields", "peek", "pointers", "window",
-                 "window_start", "window_format")
+    __slots__ = ("values", "scalars", "fields", "peek", "pointers", "window", "window_start",
+                 "window_format")
 
     def __init__(self, names):
-        self.names = names
         self.values = re.compile(" ".join(re.escape(name) + "=" + _VALUE for name in names)
                                  + r"\Z")
+        offsets = [_window_offset(name) for name in names]
         last = dict((name, place) for place, name in enumerate(names))
         self.scalars = [(place, name) for name, place in last.items()
-                        if _window_offset(name) is None and _reads(name)]
+                        if offsets[place] is None and _reads(name)]
         self.fields = ([(name, name[2:]) for name in last if name.startswith("c_")]
                        + [(name, name) for name in ("reason", "caller") if name in last])
         self.peek = "pi0" in last
         self.pointers = [last[name] for name in ("skb", "sk") if name in last]
-        offsets = [(_window_offset(name), place) for place, name in enumerate(names)
-                   if _window_offset(name) is not None]
-        self.window_start = offsets[0][0] if offsets else None
+        window = [(offset, place) for place, offset in enumerate(offsets) if offset is not None]
+        self.window_start = window[0][0] if window else None
         contiguous = all(offset == self.window_start + 8 * index
-                         for index, (offset, _) in enumerate(offsets))
-        self.window = [place for _, place in offsets] if contiguous else []
+                         for index, (offset, _) in enumerate(window))
+        self.window = [place for _, place in window] if contiguous else []
         self.window_format = struct.Struct("<{}Q".format(len(self.window)))
 
 
@@ -134,6 +133,10 @@ def _layout(names):
     return _Layout(names)
 
 
+#: Event names a LineParser remembers a layout for, at most.
+_KNOWN_MAX = 256
+
+
 def _texts(event_name, body, known):
     """(layout, value texts) of one kprobe line's body.
 
@@ -153,9 +156,6 @@ def _texts(event_name, body, known):
         known.clear()
     known[event_name] = layout
     return layout, texts
-
-
-_KNOWN_MAX = 256
 
 
 def _numbers(layout, texts):

@@ -126,9 +126,15 @@ class FlowEvent(collections.namedtuple("FlowEvent", EVENT_FIELDS)):
             if value not in (None, {})))
 
 
+def fields_getter(*names):
+    """A C callable taking these FlowEvent fields by position: the value of one name, a
+    tuple of several."""
+    return operator.itemgetter(*(EVENT_FIELDS.index(name) for name in names))
+
+
 #: An event's flow as a plain tuple in FlowKey's order, taken in C: equal to its FlowKey
 #: and hashed alike (the summary counts flows by it).
-flow_of = operator.itemgetter(*(EVENT_FIELDS.index(name) for name in FlowKey._fields))
+flow_of = fields_getter(*FlowKey._fields)
 
 
 class Probe(object):

@@ -60,7 +60,7 @@ import operator
 from itertools import repeat
 from json.encoder import c_make_encoder, encode_basestring_ascii
 
-from legacytrace.model import EVENT_FIELDS, PROTO_NAMES, TEXT_FIELDS
+from legacytrace.model import EVENT_FIELDS, PROTO_NAMES, TEXT_FIELDS, fields_getter
 
 # The argument of every renderer's close(); the CLI takes it from here.
 from legacytrace.summary import Summary  # noqa: F401
@@ -85,13 +85,7 @@ _RED = "\x1b[31m"
 _JSON_PROTO = dict((number, json.dumps(name)) for number, name in PROTO_NAMES.items())
 
 _NONE = type(None)
-_fields_of = operator.itemgetter(EVENT_FIELDS.index("fields"))
-
-
-def _getter(names):
-    """The values of these FlowEvent fields, as a tuple, taken in C."""
-    return operator.itemgetter(*(EVENT_FIELDS.index(name) for name in names))
-
+_fields_of = fields_getter("fields")
 
 #: Characters that make a value need quotes in name=value text.
 _QUOTE_TRIGGERS = frozenset(' "\\=')
@@ -181,8 +175,8 @@ class JsonRenderer(Renderer):
         self._encode_fields = _compact_encoder()
         self._repeating = tuple(name for name in EVENT_FIELDS
                                 if name not in self.CHANGING and name != "fields")
-        self._repeating_of = _getter(self._repeating)
-        self._changing_of = _getter(self.CHANGING)
+        self._repeating_of = fields_getter(*self._repeating)
+        self._changing_of = fields_getter(*self.CHANGING)
         self._memo = {}
 
     def event(self, ev):

@@ -7,13 +7,12 @@ view evicting open packets) adds them to `evicted` in its `close()`, so the
 summary is complete only after the renderers are closed.
 """
 import collections
-import operator
 
-from legacytrace.model import EVENT_FIELDS, PROTO_NAMES, FlowKey, flow_of as _flow_of
+from legacytrace.model import PROTO_NAMES, FlowKey, fields_getter, flow_of as _flow_of
 
 # Read in C (FlowEvent.key is a Python call per event).
-_func_of = operator.itemgetter(EVENT_FIELDS.index("func"))
-_time_of = operator.itemgetter(EVENT_FIELDS.index("time_ns"))
+_func_of = fields_getter("func")
+_time_of = fields_getter("time_ns")
 _new_tuple = tuple.__new__
 
 

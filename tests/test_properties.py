@@ -279,7 +279,7 @@ def test_a_known_layout_takes_the_values_findall_takes(args):
     layout = ftrace_parse._Layout(tuple(name for name, _ in args))
     match = layout.values.match(body)
     if match is not None:
-        assert [name for name, _ in found] == list(layout.names)
+        assert [name for name, _ in found] == [name for name, _ in args]
         assert [text for _, text in found] == list(match.groups())
 
 
