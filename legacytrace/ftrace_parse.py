@@ -17,6 +17,7 @@ Static tracepoints (net:*, skb:*) print their own formats: `len=%u` decimal,
 Arrays (`pi=+u0(...):x8[64]`, a peek) print as `{0x47,0x45,...}`: read as bytes.
 """
 import functools
+import operator
 import re
 import struct
 from socket import AF_INET, AF_INET6, inet_ntop
@@ -73,21 +74,19 @@ class _Layout(object):
     kprobe_events definition), so what each name is (a value this parser reads, a
     window word, or one it has no use for; which one is the pointer that tells the
     radix) is worked out once per definition, not once per line (bench/ingest.py).
-    `values`: a pattern that matches a body of exactly these names and takes each
-    value, for `_texts`; `scalars`: (place, name) of the values read (the last of a
-    repeated name counts, as in a dict); `fields`: (name, field) of the values that go
-    to the event's fields (`c_NAME` as NAME, then `reason` and `caller`); `peek`:
-    whether the line holds a peek; `pointers`: the places of `skb` then `sk`; `window`:
-    the places of the window words when they are contiguous (8 bytes apart, ascending),
-    else empty, and `window_start` the first one's offset from skb->data.
+    `scalars`: (place, name) of the values read (the last of a repeated name counts,
+    as in a dict); `fields`: (name, field) of the values that go to the event's fields
+    (`c_NAME` as NAME, then `reason` and `caller`); `peek`: whether the line holds a
+    peek; `pointers`: the places of `skb` then `sk`; `window`: the places of the window
+    words when they are contiguous (8 bytes apart, ascending), else empty, and
+    `window_start` the first one's offset from skb->data.
     """
 
-    __slots__ = ("values", "scalars", "fields", "peek", "pointers", "window", "window_start",
+    __slots__ = ("names", "scalars", "fields", "peek", "pointers", "window", "window_start",
                  "window_format")
 
     def __init__(self, names):
-        self.values = re.compile(" ".join(re.escape(name) + "=" + _VALUE for name in names)
-                                 + r"\Z")
+        self.names = names
         offsets = [_window_offset(name) for name in names]
         last = dict((name, place) for place, name in enumerate(names))
         self.scalars = [(place, name) for name, place in last.items()
@@ -103,18 +102,130 @@ class _Layout(object):
         self.window = [place for _, place in window] if contiguous else []
         self.window_format = struct.Struct("<{}Q".format(len(self.window)))
 
+    def radix(self, texts):
+        """How this line's unprefixed numbers read: hex (16) where its first pointer that is
+        not empty, a kernel address, shows hex digits without `0x` (upstream 3.10), else 10."""
+        for place in self.pointers:
+            pointer = texts[place]
+            if pointer:
+                return 16 if pointer[:2] != "0x" and not pointer.isdigit() else 10
+        return 10
+
+    def forms(self, texts):
+        """The form (_FORMS) of each value this line's reader would take, None where unread."""
+        radix = self.radix(texts)
+        forms = [None] * len(texts)
+        for place, _ in self.scalars:
+            forms[place] = _form(texts[place], radix)
+        for place in self.window + self.pointers:
+            form = _form(texts[place], radix)
+            forms[place] = form if form in ("x", "d", "h") else "?"
+        return tuple(forms)
+
+
+def _form(text, radix):
+    """x: `0x` and hex digits; d: a decimal (radix 10); h: unprefixed hex (radix 16);
+    s: a string, `(fault)` or nothing (each None but the string); ?: none of those, a
+    value `_value` cannot read."""
+    if _HEX_FORM.match(text):
+        return "x"
+    if (_DEC_FORM if radix == 10 else _UHEX_FORM).match(text):
+        return "d" if radix == 10 else "h"
+    if text in ("", "(fault)") or (text[:1] == '"' and text.count('"') == 2 and text[-1] == '"'):
+        return "s"
+    return "?"
+
+
+_HEX_FORM = re.compile(r"0x[0-9a-fA-F]+\Z")
+_DEC_FORM = re.compile(r"-?[0-9]+\Z")
+_UHEX_FORM = re.compile(r"-?[0-9a-fA-F]+\Z")
+
+#: form -> (pattern of a value of that form, taking what is converted; int's base, or
+#: None for a string). Each takes only texts that _UNREAD takes, and that `_value` reads
+#: the same: `0x1f` (x) and `1f` in a radix 16 line (h) as hex, `-5` (d) as decimal, a
+#: string without its quotes, and `(fault)` or nothing as None.
+_FORMS = {
+    "x": (r"0x([0-9a-fA-F]+)", 16),
+    "d": (r"(-?[0-9]+)", 10),
+    "h": (r"(-?[0-9a-fA-F]+)", 16),
+    "s": (r'(?:"([^"]*)"|\(fault\)|)', None),
+}
+#: A pointer's value must give the radix the line it was learnt from gave (_Layout.radix):
+#: digits only (10), or hex digits with a letter among them (16).
+_POINTER_FORMS = {"d": r"([0-9]+)", "h": r"([0-9a-fA-F]*[a-fA-F][0-9a-fA-F]*)"}
+#: A value this parser does not read: what _ARG would take at that place, never more. A
+#: quoted string ends at its first quote, `(fault)` is a fault, other text has no quote
+#: and does not begin with `(`, or the value is empty; so where a whole body matches,
+#: each value is the one _ARG.findall gives (tests/test_properties.py).
+_UNREAD = r'(?:"[^"]*"|\(fault\)|[^\s"(][^\s"]*|)'
+
+
+class _Reader(object):
+    """Reads the bodies of one kprobe definition whose values have the forms of the line
+    it was learnt from, in C loops.
+
+    A fetch type prints every value of an argument alike (`x64` as `0x..`, `u32` in
+    decimal from 4.9, `string` quoted or `(fault)`), so a definition's lines all have
+    the forms of its first. `pattern` matches a body of the layout's names whose
+    values have those forms and takes only the values read; `read` converts them,
+    all at once by `map(int, ...)`, to what `_numbers` makes of the same line. A body
+    it does not match is learnt afresh (`LineParser`). No pattern where a value has no
+    form (`?`) or a name repeats.
+    """
+
+    __slots__ = ("layout", "pattern", "_numbers", "_bases", "_number_names", "_strings",
+                 "_string_names", "_window", "_window_bases")
+
+    def __init__(self, layout, forms):
+        self.layout = layout
+        self.pattern = None
+        if "?" in forms or len(set(layout.names)) < len(layout.names):
+            return
+        parts, taken = [], {}           # place -> its group's index
+        for place, (name, form) in enumerate(zip(layout.names, forms)):
+            if form is None:
+                value = _UNREAD
+            else:
+                taken[place] = len(taken)
+                value = _FORMS[form][0]
+                if place in layout.pointers[:1]:
+                    value = _POINTER_FORMS.get(form, value)
+            parts.append(re.escape(name) + "=" + value)
+        self.pattern = re.compile(" ".join(parts) + r"\Z")
+        numbers = [(place, name) for place, name in layout.scalars if _FORMS[forms[place]][1]]
+        strings = [(place, name) for place, name in layout.scalars if not _FORMS[forms[place]][1]]
+        self._numbers = _picker([taken[place] for place, _ in numbers])
+        self._bases = [_FORMS[forms[place]][1] for place, _ in numbers]
+        self._number_names = [name for _, name in numbers]
+        self._strings = _picker([taken[place] for place, _ in strings])
+        self._string_names = [name for _, name in strings]
+        self._window = _picker([taken[place] for place in layout.window])
+        self._window_bases = [_FORMS[forms[place]][1] for place in layout.window]
+
+    def read(self, groups):
+        """(layout, values, window) of the groups of a body `pattern` matched, as _numbers."""
+        layout = self.layout
+        values = dict(zip(self._number_names, map(int, self._numbers(groups), self._bases)))
+        values.update(zip(self._string_names, self._strings(groups)))
+        window = None
+        if layout.window:
+            window = layout.window_format.pack(*map(int, self._window(groups), self._window_bases))
+        return layout, values, window
+
+
+def _picker(places):
+    """A C callable taking these places of a tuple, as a tuple (itemgetter of one place
+    gives the item itself; a slice gives a tuple)."""
+    if len(places) == 1:
+        return operator.itemgetter(slice(places[0], places[0] + 1))
+    return operator.itemgetter(*places) if places else lambda _: ()
+
 
 #: Argument names the event is made from (_kprobe, _skb, _sock, _peeked); others,
 #: such as a hand-written probe's `proto=+0x74(%di):u16`, are left unconverted.
 _READ = frozenset(("skb", "sk", "len", "ret", "dev", "head", "nh", "data", "eth", "reason",
                    "caller"))
 _READ_PREFIXES = ("c_", "skc_", "pi", "pu", "it")
-
-#: One value of a body whose names are known: what _ARG would take at that place,
-#: never more. A quoted string ends at its first quote, `(fault)` is a fault, other
-#: text has no quote and does not begin with `(`, or the value is empty; so where the
-#: whole body matches, each value is the one _ARG.findall gives (tests/test_properties.py).
-_VALUE = r'("[^"]*"|\(fault\)|[^\s"(][^\s"]*|)'
 
 
 def _reads(name):
@@ -133,29 +244,35 @@ def _layout(names):
     return _Layout(names)
 
 
-#: Event names a LineParser remembers a layout for, at most.
+@functools.lru_cache(maxsize=256)
+def _reader(names, forms):
+    return _Reader(_layout(names), forms)
+
+
+#: Event names a LineParser remembers a reader for, at most.
 _KNOWN_MAX = 256
 
 
-def _texts(event_name, body, known):
-    """(layout, value texts) of one kprobe line's body.
+def _values(event_name, body, known):
+    """(layout, values, window) of one kprobe line's body (see _numbers).
 
-    `known` remembers the layout each event name had last: a body that its pattern
-    matches takes one regex match; any other body is split by _ARG.findall (which is
-    also how a new or redefined event's names are learnt).
+    `known` remembers the reader each event name had last: a body that its pattern
+    matches takes one regex match and a few C loops; any other body is split by
+    _ARG.findall and converted a value at a time, and its names and value forms are
+    learnt as the event's reader (a new or redefined event, or a value that faulted).
     """
-    layout = known.get(event_name)
-    if layout is not None:
-        match = layout.values.match(body)
+    reader = known.get(event_name)
+    if reader is not None and reader.pattern is not None:
+        match = reader.pattern.match(body)
         if match is not None:
-            return layout, match.groups()
+            return reader.read(match.groups())
     args = _ARG.findall(body)
     names, texts = zip(*args) if args else ((), ())
     layout = _layout(names)
     if len(known) >= _KNOWN_MAX:
         known.clear()
-    known[event_name] = layout
-    return layout, texts
+    known[event_name] = _reader(names, layout.forms(texts))
+    return _numbers(layout, texts)
 
 
 def _numbers(layout, texts):
@@ -167,13 +284,7 @@ def _numbers(layout, texts):
     types), except on kernels that print every `u*` as unprefixed hex (upstream 3.10):
     there the sk_buff or sock pointer, a kernel address, shows hex digits without `0x`.
     """
-    radix = 10
-    for place in layout.pointers:
-        pointer = texts[place]
-        if pointer:
-            if pointer[:2] != "0x" and not pointer.isdigit():
-                radix = 16
-            break
+    radix = layout.radix(texts)
     values = {}
     for place, name in layout.scalars:
         values[name] = _value(texts[place], radix)
@@ -238,7 +349,7 @@ def _parse(groups, known):
            int(tgid) if tgid and tgid[0] != "-" else tid, tid, None if comm == "<...>" else comm,
            _CONTEXT.get(flags[2], "task") if flags else "task")
     if symbol:
-        return _kprobe(who, symbol, returned_from, *_numbers(*_texts(event_name, body, known)))
+        return _kprobe(who, symbol, returned_from, *_values(event_name, body, known))
     return _tracepoint(who, event_name, body)
 
 

@@ -17,9 +17,10 @@ import glob
 import ipaddress
 import os
 import re
+import struct
 
 import yaml
-from hypothesis import HealthCheck, given, settings, strategies as st
+from hypothesis import HealthCheck, example, given, settings, strategies as st
 
 from legacytrace import backends, flowfilter, ftrace_parse, manifest, offsets
 from legacytrace.backends.ftrace import FtraceBackend
@@ -262,25 +263,36 @@ def test_ftrace_batches_parse_as_each_line_alone(lines):
     assert ftrace_parse.LineParser().parse_lines(lines) == [ev for ev in alone if ev is not None]
 
 
-ARG_NAMES = st.sampled_from(["skb", "len", "dev", "dp8", "c_mark", "x", "proto"])
+ARG_NAMES = st.sampled_from(["skb", "sk", "len", "dev", "dp8", "dp16", "c_mark", "x", "proto"])
 ARG_VALUES = st.one_of(
     st.sampled_from(['"lo"', '"a b"', '"a"b"', '""', "(fault)", "(fault)x", "(fault", "0x1f",
-                     "84", "", "a=b", '"', "x\"", "-1"]),
-    st.text(alphabet='ab"() =x0', max_size=6))
+                     "84", "", "a=b", '"', "x\"", "-1", "ffff8800", "1f", "0x", "-x1", "007"]),
+    st.text(alphabet='ab"() =x0-', max_size=6))
 
 
 @BOUNDED
-@given(st.lists(st.tuples(ARG_NAMES, ARG_VALUES), min_size=1, max_size=5))
-def test_a_known_layout_takes_the_values_findall_takes(args):
-    """Where an event's remembered pattern matches a body, it yields the value texts that
-    the generic split (_ARG.findall) gives: the fast path never reads a body otherwise."""
-    body = " ".join("{}={}".format(name, value) for name, value in args)
-    found = ftrace_parse._ARG.findall(body)
-    layout = ftrace_parse._Layout(tuple(name for name, _ in args))
-    match = layout.values.match(body)
+@given(st.lists(st.tuples(ARG_NAMES, ARG_VALUES, ARG_VALUES), min_size=1, max_size=5))
+@example([("skb", "12", "-1"), ("len", "84", "84")])        # -1 is no address: radix 16
+@example([("skb", "ffff88", "123"), ("len", "84", "84")])   # 123 is one: radix 10
+def test_a_learnt_reader_reads_what_the_generic_split_reads(args):
+    """A reader learnt from one body, where its pattern matches another body, takes the
+    values and window that the generic split (_ARG.findall, then _numbers, what a parser
+    seeing the line first does) takes: the fast path never reads a body otherwise."""
+    learnt = " ".join("{}={}".format(name, value) for name, value, _ in args)
+    body = " ".join("{}={}".format(name, value) for name, _, value in args)
+    known = {}
+    try:
+        ftrace_parse._values("event", learnt, known)
+    except (ValueError, struct.error):
+        pass                                 # the line is no event; its reader is learnt
+    reader = known["event"]
+    match = reader.pattern.match(body) if reader.pattern is not None else None
     if match is not None:
-        assert [name for name, _ in found] == [name for name, _ in args]
-        assert [text for _, text in found] == list(match.groups())
+        found = ftrace_parse._ARG.findall(body)
+        names = tuple(name for name, _ in found)
+        assert names == reader.layout.names
+        generic = ftrace_parse._numbers(ftrace_parse._layout(names), [t for _, t in found])
+        assert reader.read(match.groups()) == generic
 
 
 @BOUNDED
