@@ -29,13 +29,15 @@ BACKEND = "ftrace"
 _new_event = tuple.__new__
 
 # COMM-TID [(TGID)] [CPU] [FLAGS] SECS[.FRACTION]: EVENT: [(KPROBE)] BODY, in one match per line.
-# KPROBE: `ip_rcv+0x0/0x1d0` of a kprobe, `ip_rcv_finish+0x2c/0x70 <- ip_rcv` of a kretprobe.
-# ftrace pads with spaces; no part but BODY can hold a newline, so one findall over a batch
-# of lines joined by newlines (LineParser.parse_lines) finds each line's match, none across two.
+# Of FLAGS only the third character (the context) is taken. KPROBE: `ip_rcv+0x0/0x1d0` of a
+# kprobe, `ip_rcv_finish+0x2c/0x70 <- ip_rcv` of a kretprobe. ftrace pads with spaces; no
+# part but BODY can hold a newline, so one findall over a batch of lines joined by newlines
+# (LineParser.parse_lines) finds each line's match, none across two. An optional part is
+# written `(?:...|)`, which the regex engine takes faster than `(?:...)?`.
 _LINE = re.compile(
-    r"^ *(.*?)-(\d+) +(?:\( *(-+|\d+)\) +)?\[(\d+)\] +(?:(\S{4,5}) +)?"
-    r"(\d+)(?:\.(\d+))?: +(\w+): ?"
-    r"(?:\(([\w.]+)\+0x[0-9a-fA-F]+/0x[0-9a-fA-F]+(?: <- ([\w.]+))?\) ?)?(.*)$", re.MULTILINE)
+    r"^ *(.*?)-(\d+) +(?:\( *(-+|\d+)\) +|)\[(\d+)\] +(?:\S\S(\S)\S\S? +|)"
+    r"(\d+)(?:\.(\d+)|): +(\w+): ?"
+    r"(?:\(([\w.]+)\+0x[0-9a-fA-F]+/0x[0-9a-fA-F]+(?: <- ([\w.]+)|)\) ?|)(.*)$", re.MULTILINE)
 _ARG = re.compile(r'(\w+)=("[^"]*"|\(fault\)|\S*)')
 _REASON = re.compile(r"\breason: (\w+)")
 _HEX = re.compile(r"^(0x)?[0-9a-f]+\Z")
@@ -206,7 +208,8 @@ class _Reader(object):
         """(layout, values, window) of the groups of a body `pattern` matched, as _numbers."""
         layout = self.layout
         values = dict(zip(self._number_names, map(int, self._numbers(groups), self._bases)))
-        values.update(zip(self._string_names, self._strings(groups)))
+        if self._string_names:
+            values.update(zip(self._string_names, self._strings(groups)))
         window = None
         if layout.window:
             window = layout.window_format.pack(*map(int, self._window(groups), self._window_bases))
@@ -324,14 +327,26 @@ class LineParser(object):
 
     def parse_lines(self, lines):
         """The FlowEvents of a list of lines (lines that are not events left out)."""
-        events = map(self._event, _LINE.findall("\n".join(lines)))
-        return [event for event in events if event is not None]
+        events, known = [], self._known
+        for groups in _LINE.findall("\n".join(lines)):
+            try:
+                event = _parse(groups, known)
+            except _NOT_AN_EVENT:
+                continue
+            if event is not None:
+                events.append(event)
+        return events
 
     def _event(self, groups):
         try:
             return _parse(groups, self._known)
-        except (ValueError, IndexError, KeyError, struct.error, TypeError):
+        except _NOT_AN_EVENT:
             return None
+
+
+#: What a line that only looks like an event makes the parser raise (a value that is no
+#: number, a window that does not pack...): the line is no event.
+_NOT_AN_EVENT = (ValueError, IndexError, KeyError, struct.error, TypeError)
 
 
 def parse_line(line):
@@ -340,22 +355,22 @@ def parse_line(line):
 
 
 def _parse(groups, known):
-    comm, tid, tgid, cpu, flags, secs, fraction, event_name, symbol, returned_from, body = groups
+    comm, tid, tgid, cpu, context, secs, fraction, event_name, symbol, returned_from, body = groups
     if not symbol and (body.startswith("(") or event_name not in TRACEPOINTS):
         return None                      # a kprobe body this parser does not know, or no event
     tid = int(tid)
     # time_ns, cpu, pid, tid, comm, context: EVENT_FIELDS from the line's header
-    who = (int(secs + fraction) * _SCALE[len(fraction)] if fraction else int(secs), int(cpu),
+    who = (int(secs + fraction) * _SCALE[len(fraction)], int(cpu),
            int(tgid) if tgid and tgid[0] != "-" else tid, tid, None if comm == "<...>" else comm,
-           _CONTEXT.get(flags[2], "task") if flags else "task")
+           _CONTEXT.get(context, "task"))
     if symbol:
         return _kprobe(who, symbol, returned_from, *_values(event_name, body, known))
     return _tracepoint(who, event_name, body)
 
 
 #: Nanoseconds per unit of a timestamp's last digit, by the number of digits after its point
-#: (counter-like trace clocks print a plain number instead).
-_SCALE = dict((digits, 10 ** (9 - digits)) for digits in range(1, 10))
+#: (none: a counter-like trace clock's plain number, kept as it is).
+_SCALE = dict([(0, 1)] + [(digits, 10 ** (9 - digits)) for digits in range(1, 10)])
 
 
 #: family, proto, saddr, daddr, sport, dport, icmp_type, icmp_code, icmp_id, icmp_seq:
@@ -388,8 +403,8 @@ def _kprobe(who, symbol, returned_from, layout, values, window):
     elif values.get("sk") is not None:
         flow = _sock(values, func)
     # In EVENT_FIELDS order, made in one step (FlowEvent's docstring says why).
-    return _new_event(FlowEvent, (BACKEND, source) + who + (func, kind, ret, skb) + flow
-                      + (values.get("len"), dev, fields, None))
+    return _new_event(FlowEvent, (BACKEND, source, *who, func, kind, ret, skb, *flow,
+                                  values.get("len"), dev, fields, None))
 
 
 def _peeked(values):
