@@ -323,7 +323,7 @@ class LineParser(object):
     def parse(self, line):
         """The FlowEvent for one ftrace output line, or None for anything else. Never raises."""
         match = _LINE.match(line)
-        return None if match is None else self._event(match.groups())
+        return None if match is None else self._event(match.groups(""))   # "" as findall
 
     def parse_lines(self, lines):
         """The FlowEvents of a list of lines (lines that are not events left out)."""

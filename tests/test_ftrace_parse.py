@@ -37,6 +37,15 @@ def test_61_kprobe_line_decimal_value_five_flag_columns():
     assert (event.comm, event.pid, event.context) == ("ping", 87, "softirq")
 
 
+def test_a_counter_clock_time_is_kept_as_printed_alone_and_in_a_batch():
+    """A non-nanosecond trace_clock (counter, x86-tsc) prints a plain number instead of
+    `secs.usecs` (KERNEL_FACTS.md), here on the lab's real line."""
+    line = LAB61_LINE.replace(" 3.607227: ", " 3607227: ")
+    assert parse_line(line).time_ns == 3607227
+    assert LineParser().parse_lines([line, LAB61_LINE]) == [parse_line(line), parse_line(LAB61_LINE)]
+    assert parse_line(LAB61_LINE).time_ns == 3607227000
+
+
 def _trace_lines(name):
     return (DATA / name).read_text().splitlines()
 
