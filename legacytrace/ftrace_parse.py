@@ -175,8 +175,8 @@ class _Reader(object):
     form (`?`) or a name repeats.
     """
 
-    __slots__ = ("layout", "pattern", "_numbers", "_bases", "_number_names", "_strings",
-                 "_string_names", "_window", "_window_bases")
+    __slots__ = ("layout", "pattern", "_number_texts", "_bases", "_number_names",
+                 "_string_texts", "_string_names", "_window_texts", "_window_bases")
 
     def __init__(self, layout, forms):
         self.layout = layout
@@ -196,23 +196,24 @@ class _Reader(object):
         self.pattern = re.compile(" ".join(parts) + r"\Z")
         numbers = [(place, name) for place, name in layout.scalars if _FORMS[forms[place]][1]]
         strings = [(place, name) for place, name in layout.scalars if not _FORMS[forms[place]][1]]
-        self._numbers = _picker([taken[place] for place, _ in numbers])
+        self._number_texts = _picker([taken[place] for place, _ in numbers])
         self._bases = [_FORMS[forms[place]][1] for place, _ in numbers]
         self._number_names = [name for _, name in numbers]
-        self._strings = _picker([taken[place] for place, _ in strings])
+        self._string_texts = _picker([taken[place] for place, _ in strings])
         self._string_names = [name for _, name in strings]
-        self._window = _picker([taken[place] for place in layout.window])
+        self._window_texts = _picker([taken[place] for place in layout.window])
         self._window_bases = [_FORMS[forms[place]][1] for place in layout.window]
 
     def read(self, groups):
         """(layout, values, window) of the groups of a body `pattern` matched, as _numbers."""
         layout = self.layout
-        values = dict(zip(self._number_names, map(int, self._numbers(groups), self._bases)))
+        values = dict(zip(self._number_names, map(int, self._number_texts(groups), self._bases)))
         if self._string_names:
-            values.update(zip(self._string_names, self._strings(groups)))
+            values.update(zip(self._string_names, self._string_texts(groups)))
         window = None
         if layout.window:
-            window = layout.window_format.pack(*map(int, self._window(groups), self._window_bases))
+            words = map(int, self._window_texts(groups), self._window_bases)
+            window = layout.window_format.pack(*words)
         return layout, values, window
 
 
