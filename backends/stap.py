@@ -151,6 +151,10 @@ class StapBackend(Backend):
                                  "digits and _ (at most 40): SystemTap module names are C "
                                  "identifiers and `legacytrace cleanup` knows ours by lt_"
                                  .format(out))
+            folder = os.path.dirname(os.path.abspath(out))
+            if not os.path.isdir(folder):
+                raise UsageError("{}: there is no folder {}: create it, or write the module "
+                                 "elsewhere".format(out, folder))
         target = release or program.data.get("release") or "this kernel"
         module, command = self._module_path(program, release, runtime, name)
         name = os.path.basename(module)[:-3]
@@ -164,7 +168,11 @@ class StapBackend(Backend):
                     "{} -o lt_NAME.ko`, and run it here with `trace --stap-module lt_NAME.ko`"
                     .format(exc, cache_dir(), target, target))
         if out:
-            shutil.copyfile(module, out)
+            try:
+                shutil.copyfile(module, out)
+            except OSError as exc:
+                raise LegacytraceError("cannot write the module to {}: {} (it is built, in {})"
+                                       .format(out, exc.strerror or exc, module))
             return out
         return module
 

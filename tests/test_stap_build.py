@@ -15,7 +15,7 @@ import pytest
 
 from legacytrace import manifest
 from legacytrace.backends import stap
-from legacytrace.errors import UsageError
+from legacytrace.errors import LegacytraceError, UsageError
 from legacytrace.flowfilter import FlowFilter
 from legacytrace.host import HostFacts
 from legacytrace.model import Probe, TraceRequest
@@ -340,6 +340,18 @@ def test_compile_out_builds_under_the_file_name(fake_stap, tmp_path):
 def test_compile_out_name_must_be_a_module_name(fake_stap, tmp_path, name):
     with pytest.raises(UsageError):
         stap.StapBackend().compile(build(PROBES_61), out=str(tmp_path / name))
+
+
+def test_compile_out_in_a_missing_folder_is_refused_before_stap_runs(fake_stap, tmp_path):
+    with pytest.raises(UsageError, match="there is no folder"):
+        stap.StapBackend().compile(build(PROBES_61), out=str(tmp_path / "no" / "lt_icmp.ko"))
+    assert calls(fake_stap) == []
+
+
+def test_compile_out_that_cannot_be_written_says_where_the_module_is(fake_stap, tmp_path):
+    (tmp_path / "lt_icmp.ko").mkdir()             # a folder where the file should go
+    with pytest.raises(LegacytraceError, match="cannot write the module to .*lt_icmp.ko: .* in "):
+        stap.StapBackend().compile(build(PROBES_61), out=str(tmp_path / "lt_icmp.ko"))
 
 
 def test_compile_failure_names_the_error(tmp_path, monkeypatch):
