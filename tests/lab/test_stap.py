@@ -194,37 +194,6 @@ def test_flows_appear_with_tuple_pid_and_cmdline(lab_release, stap_runtime, modu
         tracer.session.lost
 
 
-def _on_cpu_0():
-    os.sched_setaffinity(0, {0})
-
-
-def test_each_task_and_each_exec_shows_its_own_cmdline(lab_release, stap_runtime, module_cache,
-                                                       loopback):
-    """The module keeps the command line a CPU read last, for its task (pid and mm, the
-    template's lt_cmdline_kept): two senders in turn on one CPU, then one that sends,
-    execs and sends again within the second the line is kept, each show their own."""
-    sender = [sys.executable, "-c", UDP_SEND, labkit.LOOPBACK, str(UDP_PORT)]
-    execs = ["bash", "-c", 'echo bash-sent > /dev/udp/{}/{} && exec "$@"'.format(
-        labkit.LOOPBACK, UDP_PORT), "bash"] + sender + ["python-sent"]
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as receiver:
-        receiver.bind((labkit.LOOPBACK, UDP_PORT))
-        with Tracer(program("udp", lab_release), stap_runtime) as tracer:
-            runs = [subprocess.run(argv, preexec_fn=_on_cpu_0, timeout=60)
-                    for argv in (sender + ["first"], sender + ["second"], execs)]
-    assert [run.returncode for run in runs] == [0, 0, 0]
-    sent = {}
-    for event in tracer.events:
-        if event.func == "ip_output":
-            sent.setdefault(event.pid, []).append(event.cmdline)
-    assert len(sent) == 3, sent
-    first, second, both = (sent[pid] for pid in sorted(sent))
-    assert len(first) == len(second) == 1 and len(both) == 2, sent
-    assert first[0].startswith(sys.executable) and first[0].endswith(" first"), sent
-    assert second[0].startswith(sys.executable) and second[0].endswith(" second"), sent
-    assert both[0].startswith("bash -c "), sent
-    assert both[1].startswith(sys.executable) and both[1].endswith(" python-sent"), sent
-
-
 def test_flow_filter_shows_only_its_flow(lab_release, stap_runtime, module_cache, lab_shared,
                                          loopback):
     with Tracer(program("udp", lab_release), stap_runtime,
