@@ -255,7 +255,9 @@ def test_cli_trace_with_stap_runs_the_cached_module_and_leaves_nothing(
             client = bash_sends_a_line("cli-connect", CLI_PORT)
         time.sleep(1.0)
         tracer.send_signal(sig)
-        out, err = tracer.communicate(timeout=60)
+        # The CLI's own bound: lines for FINISH_TIMEOUT, staprun's exit for STOP_TIMEOUT (a
+        # run waited 60 s here and timed out once, with the module gone 11 s later).
+        out, err = tracer.communicate(timeout=stap.FINISH_TIMEOUT + stap.STOP_TIMEOUT + 60)
     finally:
         if tracer.poll() is None:
             tracer.kill()
