@@ -8,7 +8,6 @@ and review the diff. Parser input is bpftrace output captured on a real kernel
 import os
 import subprocess
 import sys
-import time
 
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -370,14 +369,13 @@ def test_events_before_begin_are_kept_lost_events_counted_and_stop_escalates(tmp
     exe = stand_in(tmp_path, "trap '' INT TERM\necho 'Attaching 1 probes...'\n"
                              "printf '%s\\n' '{}'\necho 'LT1\tBEGIN\tx'\necho 'Lost 7 events'\n"
                              "printf '%s\\n' '{}'\nexec sleep 60\n".format(first, first))
-    start = time.monotonic()
     with session(exe, grace=0.5) as live:
         lines = live.lines()
         assert [next(lines), next(lines)] == [first, first]
         folder = live.folder
         assert os.path.basename(folder).startswith("legacytrace_lt{}_".format(os.getpid()))
     assert live.lost == {"bpftrace perf buffer full": 7}
-    assert live.proc.returncode == -9 and time.monotonic() - start < 5
+    assert live.proc.returncode == -9      # SIGKILL: it did not wait out the sleep
     assert not os.path.exists(folder)
     live.detach()  # idempotent
 
