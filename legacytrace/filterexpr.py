@@ -211,6 +211,8 @@ def _tokens(text):
             at += 1
         else:
             match = (_ESCAPED if char == "\\" else _WORD).match(text, at)
+            if match is None:                   # a backslash before nothing
+                _unsupported(char)
             tokens.append(_word_token(match.group()))
             at = match.end()
     return tokens
@@ -323,7 +325,7 @@ class _Parser(object):
         _fail("unexpected {}: {}".format(_quote(token.word), wanted))
 
     def depth(self, depth):
-        if depth > MAX_DEPTH:
+        if depth >= MAX_DEPTH:
             _fail("nested deeper than {} parentheses or nots".format(MAX_DEPTH))
         return depth + 1
 
@@ -641,6 +643,8 @@ def from_flow_filter(flow):
         return None
     implied = flow.saddr is not None or flow.daddr is not None
     family = None if implied else flow.family
+    if Proto(flow.family, flow.proto) in _PROTO_TEXT:      # -4 -p icmp: icmp
+        family = flow.family
     has_ports = flow.sport is not None or flow.dport is not None
     port_proto = flow.proto if flow.proto in PORT_PROTOS else None
     terms = []
