@@ -666,25 +666,24 @@ def from_flow_filter(flow):
 _FAMILY, _PROTO, _SADDR, _DADDR, _SPORT, _DPORT = (
     EVENT_FIELDS.index(name) for name in ("family", "proto", "saddr", "daddr", "sport", "dport"))
 
-#: Address text -> integer (None for no address or an unreadable one); flows repeat.
-_ADDRESSES = {None: None}
-_ADDRESSES_MAX = 65536
+class _Addresses(dict):
+    """Address text -> integer (None for no address or an unreadable one), looked up in C;
+    computed on a miss. Flows repeat, so the cache mostly hits; it starts over when full."""
+
+    MAX = 65536
+
+    def __missing__(self, text):
+        try:
+            value = int(ipaddress.ip_address(text))
+        except (ValueError, TypeError):
+            value = None
+        if len(self) >= self.MAX:
+            self.clear()
+        self[text] = value
+        return value
 
 
-def _address(text):
-    try:
-        return _ADDRESSES[text]
-    except KeyError:
-        pass
-    try:
-        value = int(ipaddress.ip_address(text))
-    except (ValueError, TypeError):
-        value = None
-    if len(_ADDRESSES) >= _ADDRESSES_MAX:
-        _ADDRESSES.clear()
-        _ADDRESSES[None] = None
-    _ADDRESSES[text] = value
-    return value
+_ADDRESSES = _Addresses()
 
 
 def evaluator(expr):
@@ -765,23 +764,23 @@ def _proto(expr):
     return test
 
 
-def _sides(direction, side):
-    """Combine a per-side test (event, field index) -> True/False/None by direction."""
+def _sides(direction, low, high):
+    """(source value, destination value) -> True/False/None: is the value of the side(s)
+    `direction` names within [low, high]; None for a value the event does not have."""
     if direction == SRC:
-        return lambda event: side(event, _SADDR)
+        return lambda src, dst: None if src is None else low <= src <= high
     if direction == DST:
-        return lambda event: side(event, _DADDR)
+        return lambda src, dst: None if dst is None else low <= dst <= high
     if direction == BOTH:
-        def both(event):
-            src, dst = side(event, _SADDR), side(event, _DADDR)
-            if src is False or dst is False:
+        def both(src, dst):
+            if (src is not None and not low <= src <= high) or \
+                    (dst is not None and not low <= dst <= high):
                 return False
             return None if src is None or dst is None else True
         return both
 
-    def either(event):
-        src, dst = side(event, _SADDR), side(event, _DADDR)
-        if src or dst:
+    def either(src, dst):
+        if (src is not None and low <= src <= high) or (dst is not None and low <= dst <= high):
             return True
         return None if src is None or dst is None else False
     return either
@@ -789,30 +788,22 @@ def _sides(direction, side):
 
 def _net(expr):
     net = expr.network
-    version, prefix, mask = net.version, int(net.network_address), int(net.netmask)
-
-    def side(event, field):
-        value = _address(event[field])
-        return None if value is None else value & mask == prefix
-    inner = _sides(expr.direction, side)
+    version, addresses = net.version, _ADDRESSES
+    sides = _sides(expr.direction, int(net.network_address), int(net.broadcast_address))
 
     def test(event):
         family = event[_FAMILY]
         if family is None:
             return None
-        return False if family != version else inner(event)
+        if family != version:
+            return False
+        return sides(addresses[event[_SADDR]], addresses[event[_DADDR]])
     return test
 
 
 def _port(expr):
-    low, high = expr.low, expr.high
     protos = PORT_PROTOS if expr.proto is None else (expr.proto,)
-    offset = _SPORT - _SADDR                   # sport follows saddr as dport follows daddr
-
-    def side(event, field):
-        port = event[field + offset]
-        return None if port is None else low <= port <= high
-    inner = _sides(expr.direction, side)
+    sides = _sides(expr.direction, expr.low, expr.high)
 
     def test(event):
         if event[_FAMILY] is None:
@@ -820,7 +811,9 @@ def _port(expr):
         proto = event[_PROTO]
         if proto is None:
             return None
-        return False if proto not in protos else inner(event)
+        if proto not in protos:
+            return False
+        return sides(event[_SPORT], event[_DPORT])
     return test
 
 
