@@ -453,6 +453,8 @@ DIFFERENCES = [
     (ipv6("::1", "::2", FRAGMENT, bytes([6, 0, 0, 1, 0, 0, 0, 1]) + _tcp_header()), "port 80",
      False, True),
     # A later IPv6 fragment: no ports in the event, tcpdump says no port matches.
+    (ipv6("::1", "::2", FRAGMENT, bytes([6, 0, 0, 0x11, 0, 0, 0, 1]) + _tcp_header()), "tcp",
+     True, True),
     (ipv6("::1", "::2", FRAGMENT, bytes([6, 0, 0, 0x11, 0, 0, 0, 1]) + _tcp_header()), "port 80",
      False, None),
     (ipv6("::1", "::2", FRAGMENT, bytes([6, 0, 0, 0x11, 0, 0, 0, 1]) + _tcp_header()),
