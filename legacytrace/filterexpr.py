@@ -667,14 +667,19 @@ _FAMILY, _PROTO, _SADDR, _DADDR, _SPORT, _DPORT = (
     EVENT_FIELDS.index(name) for name in ("family", "proto", "saddr", "daddr", "sport", "dport"))
 
 class _Addresses(dict):
-    """Address text -> integer (None for no address or an unreadable one), looked up in C;
-    computed on a miss. Flows repeat, so the cache mostly hits; it starts over when full."""
+    """Address text -> integer (None for no address, an unreadable one or one of the other
+    IP version), looked up in C; computed on a miss. Flows repeat, so the cache mostly
+    hits; it starts over when full."""
 
     MAX = 65536
 
+    def __init__(self, version):
+        dict.__init__(self)
+        self.address = ipaddress.IPv4Address if version == 4 else ipaddress.IPv6Address
+
     def __missing__(self, text):
         try:
-            value = int(ipaddress.ip_address(text))
+            value = int(self.address(text))
         except (ValueError, TypeError):
             value = None
         if len(self) >= self.MAX:
@@ -683,7 +688,7 @@ class _Addresses(dict):
         return value
 
 
-_ADDRESSES = _Addresses()
+_ADDRESSES = {4: _Addresses(4), 6: _Addresses(6)}
 
 
 def evaluator(expr):
@@ -788,7 +793,7 @@ def _sides(direction, low, high):
 
 def _net(expr):
     net = expr.network
-    version, addresses = net.version, _ADDRESSES
+    version, addresses = net.version, _ADDRESSES[net.version]
     sides = _sides(expr.direction, int(net.network_address), int(net.broadcast_address))
 
     def test(event):

@@ -275,6 +275,9 @@ def test_an_address_the_event_cannot_give_is_unknown():
     assert evaluate(parse("src host 10.0.0.1"), odd) is None
     assert evaluate(parse("host 10.0.0.2"), odd) is True
     assert evaluate(parse("host 10.0.0.3"), odd) is None
+    mixed = event(family=6, proto=6, saddr="::a00:1", daddr="10.0.0.1", sport=1, dport=2)
+    assert evaluate(parse("dst net ::/0"), mixed) is None      # not an IPv6 address
+    assert evaluate(parse("src host ::10.0.0.1"), mixed) is True
 
 
 # --- the flags as an expression -----------------------------------------------------------
@@ -300,17 +303,15 @@ def test_flags_as_an_expression(flags, expected):
 
 
 PROTOS = st.sampled_from([None, 1, 6, 17, 58, 132, 47])
-EVENTS = st.builds(
-    lambda family, proto, low, high, ports: event(
-        family=family, proto=None if family is None else proto,
-        saddr=None if family is None else str(ipaddress.ip_address(low if family == 4 else high)),
-        daddr=None if family is None else str(ipaddress.ip_address(high if family == 4 else low)),
-        sport=ports[0] if family and proto in (6, 17, 132) else None,
-        dport=ports[1] if family and proto in (6, 17, 132) else None),
-    st.sampled_from([None, 4, 6]), PROTOS,
-    st.sampled_from([0x0a000001, 0x0a000002, 0x7f000001]),
-    st.sampled_from([2 ** 128 - 1, 1, 0x20010db8 << 96]),
-    st.tuples(st.sampled_from([53, 80, 1000]), st.sampled_from([53, 80, 1000])))
+ADDRESS_PAIRS = {4: st.sampled_from(["10.0.0.1", "10.0.0.2", "127.0.0.1"]),
+                 6: st.sampled_from(["::1", "2001:db8::1", "fe80::1"])}
+EVENTS = st.sampled_from([None, 4, 6]).flatmap(lambda family: st.builds(
+    lambda proto, saddr, daddr, sport, dport: event(
+        family=family, proto=proto, saddr=saddr, daddr=daddr,
+        sport=sport if proto in (6, 17, 132) else None,
+        dport=dport if proto in (6, 17, 132) else None),
+    PROTOS, ADDRESS_PAIRS[family], ADDRESS_PAIRS[family], st.sampled_from([53, 80, 1000]),
+    st.sampled_from([53, 80, 1000])) if family else st.just(NO_TUPLE))
 FLAG_VALUES = st.fixed_dictionaries({
     "family": st.sampled_from([None, "4", "6"]),
     "proto": st.sampled_from([None, "tcp", "udp", "icmp", "icmp6", "47"]),
@@ -375,9 +376,9 @@ def test_any_text_is_an_expression_or_a_usage_error(text):
 ADDRESSES = st.one_of(
     st.integers(0, 2 ** 32 - 1).map(ipaddress.IPv4Address),
     st.integers(0, 2 ** 128 - 1).map(ipaddress.IPv6Address))
-NETS = st.builds(lambda address, cut: ipaddress.ip_network(
-    (int(address), address.max_prefixlen - cut), strict=False),
-    ADDRESSES, st.integers(0, 32))
+NETS = st.builds(lambda address, length: type(ipaddress.ip_network(address))(
+    (int(address), min(length, address.max_prefixlen)), strict=False),
+    ADDRESSES, st.integers(0, 128))
 PRIMITIVES = st.one_of(
     st.builds(Family, st.sampled_from([4, 6])),
     st.builds(Proto, st.sampled_from([None, 4, 6]), st.integers(0, 255)),
