@@ -53,8 +53,9 @@ SRC, DST, EITHER, BOTH = "src", "dst", "src or dst", "src and dst"
 #: IP protocols whose ports `port` and `portrange` compare (libpcap: TCP, UDP, SCTP).
 PORT_PROTOS = (6, 17, 132)
 
-#: Protocol names `proto` takes, as tcpdump resolves them (/etc/protocols of Debian and
-#: EL7 agree on these). A name that is also a keyword needs a backslash: `proto \\tcp`.
+#: Protocol names `proto` takes: a fixed table of IANA's numbers, which tcpdump finds in
+#: /etc/protocols (checked on Debian 12), so the meaning does not depend on the host. A
+#: name that is also a keyword needs a backslash: `proto \\tcp`.
 PROTO_BY_NAME = {
     "icmp": 1, "igmp": 2, "tcp": 6, "udp": 17, "ipv6": 41, "gre": 47, "esp": 50, "ah": 51,
     "ipv6-icmp": 58, "ospf": 89, "pim": 103, "vrrp": 112, "sctp": 132, "udplite": 136,
@@ -86,46 +87,20 @@ class _Node(object):
         return text(self)
 
 
-class And(_Node, collections.namedtuple("And", "terms")):
-    """All terms hold."""
-
-    __slots__ = ()
-
-
-class Or(_Node, collections.namedtuple("Or", "terms")):
-    """Some term holds."""
-
-    __slots__ = ()
+def _node(name, fields, doc):
+    return type(name, (_Node, collections.namedtuple(name, fields)),
+                {"__slots__": (), "__doc__": doc})
 
 
-class Not(_Node, collections.namedtuple("Not", "term")):
-    """The term does not hold."""
-
-    __slots__ = ()
-
-
-class Family(_Node, collections.namedtuple("Family", "version")):
-    """An IPv4 (4) or IPv6 (6) packet."""
-
-    __slots__ = ()
-
-
-class Proto(_Node, collections.namedtuple("Proto", "version number")):
-    """IP protocol `number` over IPv`version` (None: either)."""
-
-    __slots__ = ()
-
-
-class Net(_Node, collections.namedtuple("Net", "direction network")):
-    """The source and/or destination address lies in `network`."""
-
-    __slots__ = ()
-
-
-class Port(_Node, collections.namedtuple("Port", "direction low high proto")):
-    """A TCP, UDP or SCTP port (only `proto`'s when set) from `low` to `high`."""
-
-    __slots__ = ()
+And = _node("And", "terms", "All terms hold.")
+Or = _node("Or", "terms", "Some term holds.")
+Not = _node("Not", "term", "The term does not hold.")
+Family = _node("Family", "version", "An IPv4 (4) or IPv6 (6) packet.")
+Proto = _node("Proto", "version number", "IP protocol `number` over IPv`version` (None: either).")
+Net = _node("Net", "direction network",
+            "The source and/or destination address lies in `network`.")
+Port = _node("Port", "direction low high proto",
+             "A TCP, UDP or SCTP port (only `proto`'s when set) from `low` to `high`.")
 
 
 # --- words -------------------------------------------------------------------------------
@@ -707,34 +682,24 @@ def matches(expr, event):
     return evaluator(expr)(event) is True
 
 
-def _and(expr):
-    tests = [evaluator(term) for term in expr.terms]
+def _junction(decisive):
+    """The compiler of `and` (decisive False) or `or` (decisive True) in Kleene logic: the
+    first term that answers `decisive` decides; else an unknown term makes it unknown."""
+    def compile_terms(expr):
+        tests = [evaluator(term) for term in expr.terms]
+        otherwise = not decisive
 
-    def test(event):
-        result = True
-        for each in tests:
-            value = each(event)
-            if value is False:
-                return False
-            if value is None:
-                result = None
-        return result
-    return test
-
-
-def _or(expr):
-    tests = [evaluator(term) for term in expr.terms]
-
-    def test(event):
-        result = False
-        for each in tests:
-            value = each(event)
-            if value is True:
-                return True
-            if value is None:
-                result = None
-        return result
-    return test
+        def test(event):
+            result = otherwise
+            for each in tests:
+                value = each(event)
+                if value is decisive:
+                    return decisive
+                if value is None:
+                    result = None
+            return result
+        return test
+    return compile_terms
 
 
 def _not(expr):
@@ -822,5 +787,5 @@ def _port(expr):
     return test
 
 
-_COMPILERS = {And: _and, Or: _or, Not: _not, Family: _family, Proto: _proto, Net: _net,
-              Port: _port}
+_COMPILERS = {And: _junction(False), Or: _junction(True), Not: _not, Family: _family,
+              Proto: _proto, Net: _net, Port: _port}
