@@ -61,7 +61,8 @@ PROTO_BY_NAME = {
     "ipv6-icmp": 58, "ospf": 89, "pim": 103, "vrrp": 112, "sctp": 132, "udplite": 136,
 }
 
-#: Nesting of parentheses and `not` beyond which an expression is refused.
+#: Nesting beyond which an expression is refused: of parentheses and `not` while parsing,
+#: of the tree (where `and` and `or` alternate, each change nests) after it.
 MAX_DEPTH = 100
 
 SUPPORTED = ("supported: host, net, port, portrange, proto, src, dst, ip, ip6, tcp, udp, sctp, "
@@ -308,18 +309,22 @@ class _Parser(object):
         node, _ = self.expr(None, 0)
         if self.peek().kind != "end":
             self.unexpected(self.peek(), "expected and, or, or the end")
+        if _depth(node) > MAX_DEPTH:
+            _fail("nested deeper than {} levels (each change between and and or nests, as "
+                  "they group from the left)".format(MAX_DEPTH))
         return node
 
     def expr(self, qual, depth):
         node, qual = self.term(qual, depth)
+        chain = _Chain(node)
         while self.peek().kind in ("and", "or"):
             op = And if self.take().kind == "and" else Or
             if self.id_follows():
                 right = self.id(qual, depth)
             else:
                 right, qual = self.term(qual, depth)
-            node = _join(op, node, right)
-        return node, qual
+            chain.add(op, right)
+        return chain.node(), qual
 
     def id_follows(self):
         """Whether a bare value (not a new primitive) comes after any run of ( and not."""
@@ -386,10 +391,11 @@ class _Parser(object):
             node = self.pnum(qual, depth)
         else:
             node = self.id(qual, depth)
+        chain = _Chain(node)
         while self.peek().kind in ("and", "or"):
             op = And if self.take().kind == "and" else Or
-            node = _join(op, node, self.id(qual, depth))
-        return node
+            chain.add(op, self.id(qual, depth))
+        return chain.node()
 
     def pnum(self, qual, depth):
         self.expect("(")
@@ -424,12 +430,38 @@ class _Parser(object):
         return _net_value(qual, token, mask)
 
 
-def _join(op, left, right):
-    """op(left, right) with nested terms of the same class flattened (and, or associate)."""
-    terms = []
-    for term in (left, right):
-        terms.extend(term.terms if type(term) is op else (term,))
-    return op(tuple(terms))
+def _depth(expr):
+    """The tree's depth, counted without recursion (the tree is not known to be shallow)."""
+    deepest, todo = 0, [(expr, 1)]
+    while todo:
+        node, level = todo.pop()
+        deepest = max(deepest, level)
+        if type(node) in (And, Or):
+            todo.extend((term, level + 1) for term in node.terms)
+        elif type(node) is Not:
+            todo.append((node.term, level + 1))
+    return deepest
+
+
+class _Chain(object):
+    """A run of terms joined by and/or from the left, in linear time: `a and b and c` is one
+    And, and a term of the same class (`a and (b and c)`) is taken apart (and, or associate);
+    where the operator changes, what came before becomes the first term."""
+
+    def __init__(self, first):
+        self.op = None
+        self.terms = [first]
+
+    def add(self, op, term):
+        if op is not self.op:
+            self.terms = [self.node()]
+            self.op = op
+            if type(self.terms[0]) is op:
+                self.terms = list(self.terms[0].terms)
+        self.terms.extend(term.terms if type(term) is op else (term,))
+
+    def node(self):
+        return self.terms[0] if len(self.terms) == 1 else self.op(tuple(self.terms))
 
 
 def _proto_value(qual, token):
@@ -601,11 +633,15 @@ def address_text(net):
 
 def conjoin(*exprs):
     """`and` of the expressions that are not None (None when none is left)."""
-    node = None
+    chain = None
     for expr in exprs:
-        if expr is not None:
-            node = expr if node is None else _join(And, node, expr)
-    return node
+        if expr is None:
+            continue
+        if chain is None:
+            chain = _Chain(expr)
+        else:
+            chain.add(And, expr)
+    return None if chain is None else chain.node()
 
 
 def from_flow_filter(flow):

@@ -201,6 +201,9 @@ ERRORS = [
     ("port 80\u00b2", "'80\u00b2' is not supported"),
     ("host \x1b[31m", "'\\x1b[31m': byte and field expressions"),
     ("(" * 101 + "tcp" + ")" * 101, "nested deeper than 100"),
+    ("tcp and udp or " * 60 + "icmp", "nested deeper than 100 levels (each change between"),
+    ("(tcp or (udp and " * 30 + "tcp and udp or " * 30 + "icmp" + "))" * 30,
+     "nested deeper than 100 levels"),
     ("host 1." + "9" * 5000, "'1.99999999999999999999999999999999999..."),
 ]
 
@@ -217,7 +220,12 @@ def test_errors_name_the_word(text, message):
 def test_nesting_up_to_the_limit_parses():
     depth = filterexpr.MAX_DEPTH
     assert parse("(" * depth + "tcp" + ")" * depth) == TCP
-    assert parse("not " * depth + "tcp") is not None
+    deep = parse("not " * (depth - 1) + "tcp")
+    assert evaluate(deep, TCP4) is (depth % 2 == 1) and parse(str(deep)) == deep
+    alternating = parse("tcp and udp or " * ((depth - 1) // 2) + "icmp")
+    assert evaluate(alternating, PING4) is True and parse(str(alternating)) == alternating
+    wide = parse("port 1 or " * 20000 + "80")                 # linear, however wide
+    assert len(wide.terms) == 20001 and evaluate(wide, TCP4) is True
 
 
 # --- the evaluator -----------------------------------------------------------------------
@@ -351,7 +359,7 @@ WORDS = ["host", "net", "port", "portrange", "proto", "src", "dst", "ip", "ip6",
          "255.255.0.0", "8"]
 HOSTILE = ['"', "'", ";", "{", "}", "`", "$(id)", "\\", "\n", "\x00", "\u00b2", "\u0663",
            "\uff11", "\u2028", "*/", "%", "[", "]", "==", "<", "&", "|", "9" * 40, "(" * 30,
-           ")" * 30, "not " * 30, "-1", "1e3", "\t", "\r"]
+           ")" * 30, "not " * 30, "-1", "1e3", "\t", "\r", "tcp and udp or " * 40]
 EXPRESSION_TEXT = st.one_of(
     st.lists(st.sampled_from(WORDS + HOSTILE), max_size=12).map(" ".join),
     st.lists(st.sampled_from(WORDS + HOSTILE), max_size=12).map("".join),
