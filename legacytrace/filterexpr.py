@@ -30,10 +30,11 @@ Where the evaluator and tcpdump differ (the event knows less than the packet):
 - IPv6 extension headers: legacytrace's events carry the protocol after the extension
   header chain; libpcap compares the IPv6 header's own next-header byte, and for `proto`
   (also `tcp`, `udp`, `sctp`, `icmp6`) a next-header byte behind one fragment header, while
-  `port` and `portrange` only look at the IPv6 header's byte. So with a hop-by-hop, routing
-  or destination options header, or a fragment header before a port match, tcpdump says
-  False where the evaluator answers from the upper-layer protocol. Without extension headers
-  both agree exactly.
+  `port` and `portrange` only look at the IPv6 header's byte. So behind a hop-by-hop,
+  routing or destination options header (or a fragment header, for ports) tcpdump tests the
+  extension header's number where the evaluator tests the upper-layer protocol: `tcp` and
+  `port 80` are False for tcpdump and True for the evaluator, `ip6 proto 0` the other way
+  round. Without extension headers both agree exactly.
 - Fragments after the first (IPv4 and IPv6) carry no ports: the event has none, so a port
   primitive is None (unknown) where tcpdump says False, and `not port 80` keeps no such
   fragment where tcpdump keeps it.
