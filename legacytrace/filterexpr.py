@@ -678,6 +678,7 @@ def from_flow_filter(flow):
 _FAMILY, _PROTO, _SADDR, _DADDR, _SPORT, _DPORT = (
     EVENT_FIELDS.index(name) for name in ("family", "proto", "saddr", "daddr", "sport", "dport"))
 
+
 class _Addresses(dict):
     """Address text -> integer (None for no address, an unreadable one or one of the other
     IP version), looked up in C; computed on a miss. Flows repeat, so the cache mostly
