@@ -4,7 +4,7 @@ Features are detected on the running kernel wherever a file tells (tracefs
 `README`, `kprobe_events`, `/sys/kernel/btf/vmlinux`, the kernel config); the
 versions here are only first guesses and the source of constructed host facts
 for kernels we cannot run. Versions are upstream releases in which the feature
-appeared (see /work/shared/KERNEL_FACTS.md); distribution kernels may backport.
+appeared (docs/kernel-facts.md); distribution kernels may backport.
 
 kprobe_events syntax beyond the baseline that 3.10 already accepts
 (`p`/`r`/`-:`, `%REG`, `@ADDR`, `@SYM`, `$stackN`, `$retval`, `+OFF(...)`,

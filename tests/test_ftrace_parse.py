@@ -11,12 +11,12 @@ from legacytrace.model import FlowEvent
 
 DATA = Path(__file__).parent / "data" / "ftrace"
 
-# Quoted in KERNEL_FACTS.md, observed on 3.10.0-1160.el7 (kprobe `r` on ip_rcv, len=+104(%di):u32)
+# Observed on 3.10.0-1160.el7 before the lab had it (kprobe `r` on ip_rcv, len=+104(%di):u32)
 EL7_LINES = [
     "            ping-72    [000] d.s1     3.288210: r: (ip_rcv+0x0/0x3e0) len=0x54",
     "            ping-72    [000] dNs1     3.296373: r: (ip_rcv+0x0/0x3e0) len=0x54",
 ]
-# Quoted in KERNEL_FACTS.md / KERNEL_LAB.md, observed on the 6.1 lab kernel (len=...:u32, decimal)
+# Observed on the 6.1 lab kernel (len=...:u32, decimal)
 LAB61_LINE = ("ping-87 [000] ..s1. 3.607227: iprcv: (ip_rcv+0x0/0x1d0) "
               "skb=0xffff8dcf81335800 len=84")
 
@@ -40,7 +40,7 @@ def test_61_kprobe_line_decimal_value_five_flag_columns():
 
 def test_a_counter_clock_time_is_kept_as_printed_alone_and_in_a_batch():
     """A non-nanosecond trace_clock (counter, x86-tsc) prints a plain number instead of
-    `secs.usecs` (KERNEL_FACTS.md), here on the lab's real line."""
+    `secs.usecs` (docs/kernel-facts.md), here on the lab's real line."""
     line = LAB61_LINE.replace(" 3.607227: ", " 3607227: ")
     assert parse_line(line).time_ns == 3607227
     assert LineParser().parse_lines([line, LAB61_LINE]) == [parse_line(line), parse_line(LAB61_LINE)]

@@ -23,7 +23,7 @@ from legacytrace.model import Probe, TraceRequest
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden", "stap")
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
-#: 6.1 positions (KERNEL_FACTS.md): ip_output/ip_finish_output (net, sk, skb).
+#: 6.1 positions (docs/kernel-facts.md): ip_output/ip_finish_output (net, sk, skb).
 PROBES_61 = [
     Probe("ip_rcv", 1), Probe("ip_local_deliver", 1), Probe("tcp_v4_rcv", 1),
     Probe("ip_output", 3, 2), Probe("ip_finish_output", 3, 2), Probe("__dev_queue_xmit", 1),
