@@ -133,7 +133,7 @@ def test_stap_module_loads_and_reads_skb(stap_module, traffic, ground_truth):
     assert_one_hit_per_ping_packet(hits, ping, packets)
 
 
-@pytest.mark.unsupported("el7", reason="bpftrace needs 4.9 (BPF programs on kprobes, the helpers it calls)")
+@pytest.mark.unsupported("el7", reason=labkit.NO_BPFTRACE)
 def test_bpftrace_kprobe_fires_on_ping(traffic, ground_truth):
     """bpftrace attaches a kprobe and reads skb->len through the guest kernel's BTF."""
     # bpftrace 0.17 finds no BTF by object id before 5.11: the file is named (as the bpf backend does)
