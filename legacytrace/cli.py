@@ -14,6 +14,7 @@ import sys
 import click
 
 from legacytrace import __version__, host as hostmod, manifest as manifestmod, symbols
+from legacytrace import tracepoints
 from legacytrace.errors import BackendUnavailable, LegacytraceError, UsageError
 from legacytrace.flowfilter import FlowFilter
 from legacytrace.model import SKB_FREE_FUNCTIONS, Limits, TraceRequest
@@ -135,7 +136,7 @@ def _manifest_probes(spec, host, regex, functions=None, live=False):
     if regex:
         pattern = discover.compile_regex(regex)
         kept = tuple(f for f in manifest.functions
-                     if any(pattern.search(v.name) for v in f.variants))
+                     if any(pattern.search(name) for name in manifestmod.names(f)))
         if not kept:
             raise UsageError("--regex {!r} matches no function of {}".format(
                 regex, manifest.source))
@@ -217,7 +218,8 @@ def _output(opts, probes, stream, replay=False):
     if as_json:
         return render.JsonRenderer(stream, summary=True)
     if flows:
-        egress = SKB_FREE_FUNCTIONS.union(p.name for p in probes if p.egress)
+        egress = SKB_FREE_FUNCTIONS.union(tracepoints.FREEING, *(
+            tracepoints.names(p.name, p.tracepoint) for p in probes if p.egress))
         return render.FlowsRenderer(stream, color=use_color, egress=egress,
                                     cmdline=not replay, max_functions=length)
     return render.LiveRenderer(stream, color=use_color, cmdline=not replay)

@@ -1,0 +1,109 @@
+"""The static tracepoints: one name for every backend, and a tracepoint mode that follows
+the manifest (its functions, their `tracepoint:` keys, --regex)."""
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from legacytrace import backends, manifest, tracepoints
+from legacytrace.cli import cli
+from legacytrace.errors import LegacytraceError, UsageError
+from legacytrace.flowfilter import FlowFilter
+from legacytrace.ftrace_parse import LineParser
+from legacytrace.host import HostFacts
+from legacytrace.model import Probe, TraceRequest
+
+#: This development machine's kernel, without kprobes, as recorded.
+FC_618 = "hosts/fc-6.18.json"
+
+
+def no_kprobes_host(datadir):
+    return HostFacts.from_dict(json.loads((datadir / FC_618).read_text()))
+
+
+def lines(path):
+    return [line.rstrip("\n") for line in path.open() if not line.startswith("#")]
+
+
+def test_ftrace_and_bpf_name_a_tracepoints_events_alike(datadir):
+    """Real captures of both backends on this machine's 6.18 (tracepoint mode)."""
+    ftrace = LineParser().parse_lines(lines(datadir / "ftrace" / "tracepoints-6.18-lo.trace"))
+    bpf = [backends.get("bpf").parse(line) for line in lines(datadir / "bpf" / "loopback-6.18.txt")]
+    ftrace_names, bpf_names = {e.func for e in ftrace}, {e.func for e in bpf}
+    assert ftrace_names <= set(tracepoints.TABLE) and bpf_names <= set(tracepoints.TABLE)
+    assert {"net:net_dev_queue", "net:netif_receive_skb", "skb:kfree_skb",
+            "skb:consume_skb"} <= ftrace_names & bpf_names
+
+
+def test_every_event_name_belongs_to_one_system():
+    assert len(tracepoints.BY_EVENT) == len(tracepoints.TABLE)
+    assert all(tp.system in ("net", "skb") and tp.name == tp.system + ":" + tp.event
+               for tp in tracepoints.TABLE.values())
+
+
+MANIFEST = """\
+functions:
+  - name: my_xmit
+    skb_pos: 1
+    tracepoint: {}
+  - {{name: tcp_sendmsg, sk_pos: 1}}
+"""
+
+
+def test_a_manifest_entry_names_its_tracepoint():
+    loaded = manifest.parse(MANIFEST.format("'net:net_dev_start_xmit'"), "m.yaml")
+    assert loaded.functions[0].tracepoint == "net:net_dev_start_xmit"
+    assert manifest.names(loaded.functions[0]) == ["my_xmit", "net:net_dev_start_xmit"]
+    assert manifest.names(loaded.functions[1]) == ["tcp_sendmsg"]
+
+
+@pytest.mark.parametrize("name", [
+    "net:no_such_event", "net_dev_queue", "net:net_dev_queue; rm -rf /", "../../enable",
+    "net:net_dev_queue\n", "NET:NET_DEV_QUEUE", "[net, net_dev_queue]", "42"])
+def test_a_tracepoint_legacytrace_does_not_read_is_a_usage_error(name):
+    with pytest.raises(UsageError, match="is not one legacytrace reads packets from"):
+        manifest.parse(MANIFEST.format(json.dumps(name)), "m.yaml")
+
+
+def build(backend, host, probes, flow=None):
+    request = TraceRequest(probes, flow or FlowFilter(), host, run_id="lt1", manifest="m.yaml")
+    return backends.get(backend).build(request)
+
+
+def test_ftrace_tracepoint_mode_traces_the_manifests_functions(datadir):
+    host = no_kprobes_host(datadir)
+    program = build("ftrace", host, [Probe("my_xmit", 1, tracepoint="net:net_dev_start_xmit"),
+                                     Probe("sk_skb_reason_drop", 2, 1), Probe("tcp_sendmsg", sk_pos=1)])
+    assert program.data["events"] == [("net", "net_dev_start_xmit", None), ("skb", "kfree_skb", None)]
+    assert program.data["warnings"] == [
+        "tcp_sendmsg: skipped, no tracepoint fires in it and this kernel has no kprobes"]
+
+
+@pytest.mark.parametrize("backend", ["ftrace", "bpf"])
+def test_a_manifest_without_a_tracepoint_is_an_error_without_kprobes(datadir, backend):
+    with pytest.raises(LegacytraceError, match=r"m.yaml: the {} backend can trace none of its "
+                       r"functions \(tcp_sendmsg\) on kernel 6.18".format(backend)):
+        build(backend, no_kprobes_host(datadir), [Probe("tcp_sendmsg", sk_pos=1)])
+
+
+@pytest.mark.parametrize("args, expected", [
+    ([], ["net:netif_receive_skb", "net:net_dev_queue", "skb:kfree_skb"]),
+    (["-r", "net_dev_queue"], ["net:net_dev_queue"]),       # a tracepoint's name
+    (["-r", "reason_drop"], ["skb:kfree_skb"]),             # a function's name
+    (["drops"], ["skb:kfree_skb"]),
+])
+def test_generate_for_a_kernel_without_kprobes_follows_manifest_and_regex(datadir, args, expected):
+    result = CliRunner().invoke(cli, ["generate", "-b", "ftrace", "--host-facts",
+                                      str(datadir / FC_618)] + args)
+    assert result.exit_code == 0, result.output
+    traced = [line.split()[0] for line in result.output.splitlines()
+              if not line.startswith(("#", "legacytrace:"))]
+    assert traced == expected
+
+
+def test_generate_a_manifest_no_tracepoint_fires_in_is_one_line(datadir):
+    result = CliRunner().invoke(cli, ["generate", "-b", "ftrace", "--host-facts",
+                                      str(datadir / FC_618), "http1"])
+    assert result.exit_code == 1
+    assert result.output.strip().splitlines()[-1].startswith(
+        "Error: http1: the ftrace backend can trace none of its functions (tcp_sendmsg)")
