@@ -102,8 +102,10 @@ def manifest(tmp_path):
     ("functions:\n  - name: 'ip_rcv; rm -rf /'\n    skb_pos: 1\n", ["is not a kernel function name"]),
     ("functions:\n  - name: ip_rcv\n    skb_pos: 1\n    fields: {len: 'skb->len'}\n",
      ["field len has path 'skb->len'"]),
+    ("functions:\n  - name: ip_rcv\n    skb_pos: 1\n    tracepoint: 'net:x/../../enable'\n",
+     ["tracepoint 'net:x/../../enable' is not one legacytrace reads packets from"]),
 ], ids=["malformed-yaml", "wrong-type", "out-of-range", "not-a-list", "unknown-key",
-        "hostile-name", "bad-field-path"])
+        "hostile-name", "bad-field-path", "unknown-tracepoint"])
 def test_manifest_errors(manifest, text, words):
     check(run(["generate", "-b", "ftrace", manifest(text)]), 2, *words)
 

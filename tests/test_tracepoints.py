@@ -107,3 +107,38 @@ def test_generate_a_manifest_no_tracepoint_fires_in_is_one_line(datadir):
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1].startswith(
         "Error: http1: the ftrace backend can trace none of its functions (tcp_sendmsg)")
+
+
+# --- a flow filter needs a tuple, which ftrace's tracepoint events do not have -------------
+
+@pytest.fixture
+def no_kprobes_trace(datadir, monkeypatch):
+    """`legacytrace trace` on the recorded no-kprobes host, with or without bpftrace."""
+    def trace(*args, bpftrace=True):
+        host = no_kprobes_host(datadir)
+        if not bpftrace:
+            host = HostFacts(**dict(host.to_dict(), bpftrace=None, bpftrace_loads=None))
+        monkeypatch.setattr("legacytrace.cli._probe_mounted", lambda backend: host)
+        return CliRunner().invoke(cli, ["trace", "-T", "1"] + list(args))
+    return trace
+
+
+def test_ftrace_refuses_a_flow_filter_in_tracepoint_mode_before_tracing(no_kprobes_trace):
+    result = no_kprobes_trace("-b", "ftrace", "-p", "icmp")
+    assert result.exit_code == 1, result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("Error: backend ftrace cannot run this trace here: this kernel has no "
+                           "kprobes") and "(-p icmp)" in last and "no flow filter" in last
+    assert "tracing with" not in result.output
+
+
+def test_auto_does_not_fall_back_to_a_mode_that_cannot_answer(no_kprobes_trace):
+    """Without bpftrace, auto would pick ftrace: its tracepoint mode cannot filter flows, and
+    stap cannot run without kprobes, so nothing can answer the request."""
+    result = no_kprobes_trace("-p", "icmp", bpftrace=False)
+    assert result.exit_code == 1, result.output
+    assert "legacytrace: ftrace cannot run this trace here: this kernel has no kprobes" \
+        in result.output
+    last = result.output.strip().splitlines()[-1]
+    assert last.startswith("Error: no backend can run here: bpf: bpftrace not installed")
+    assert "ftrace: this kernel has no kprobes" in last and "tracing with" not in result.output

@@ -1,0 +1,79 @@
+"""The CLI live on a kernel without kprobes (this development machine's 6.18): ftrace's
+tracepoint mode and bpf's, as a user meets them.
+
+Each test runs the real `legacytrace` as root, with loopback pings as traffic; under
+LEGACYTRACE_REQUIRE_KERNEL=1 a missing feature fails instead of skipping.
+"""
+import json
+import os
+import shutil
+import subprocess
+
+import pytest
+
+from conftest import require
+from legacytrace.host import ensure_tracefs, probe_host
+from test_bad_input import check, run
+
+
+@pytest.fixture(scope="module")
+def host():
+    require(os.geteuid() == 0, "needs root")
+    ensure_tracefs()
+    facts = probe_host()
+    require(facts.tracefs and facts.tracepoints, "needs tracefs with net/skb tracepoints")
+    require(facts.kprobes is False, "needs a kernel without kprobes (tracepoint mode)")
+    subprocess.call(["ip", "link", "set", "lo", "up"])
+    return facts
+
+
+@pytest.fixture(scope="module")
+def bpftrace(host):
+    require(shutil.which("bpftrace") and host.btf, "needs bpftrace and BTF")
+
+
+@pytest.fixture
+def ping():
+    """Loopback pings for the length of a test."""
+    proc = subprocess.Popen(["ping", "-i", "0.2", "127.0.0.1"], stdout=subprocess.DEVNULL)
+    yield proc
+    proc.kill()
+    proc.wait()
+
+
+def events(result):
+    return [json.loads(line) for line in result.out.splitlines() if '"type"' not in line]
+
+
+def test_ftrace_refuses_a_flow_filter_before_tracing(host, ping):
+    result = run(["trace", "-b", "ftrace", "-p", "icmp", "-T", "3"])
+    check(result, 1, "backend ftrace cannot run this trace here", "no flow filter")
+    assert "tracing with" not in result.err
+
+
+def test_auto_picks_a_backend_that_answers_a_flow_filter(host, bpftrace, ping):
+    result = run(["trace", "-p", "icmp", "-T", "3", "--json"])
+    assert result.code == 0, result.err
+    found = events(result)
+    assert found and all(e["backend"] == "bpf" and e["proto"] == "icmp" for e in found)
+
+
+def test_ftrace_refuses_a_manifest_no_tracepoint_fires_in(host):
+    check(run(["trace", "-b", "ftrace", "http1", "-T", "3"]), 1,
+          "http1: the ftrace backend can trace none of its functions (tcp_sendmsg)")
+
+
+def test_ftrace_traces_what_the_regex_keeps(host, ping):
+    result = run(["trace", "-b", "ftrace", "-r", "net_dev_queue", "-T", "2", "--json"])
+    assert result.code == 0, result.err
+    found = events(result)
+    assert found and {e["func"] for e in found} == {"net:net_dev_queue"}
+
+
+def test_ftrace_and_bpf_name_the_same_tracepoints_alike(host, bpftrace, ping):
+    names = {}
+    for backend in ("ftrace", "bpf"):
+        result = run(["trace", "-b", backend, "-T", "3", "--json"])
+        assert result.code == 0, result.err
+        names[backend] = {e["func"] for e in events(result) if e["dev"] == "lo"}
+    assert {"net:net_dev_queue", "net:netif_receive_skb"} <= names["ftrace"] & names["bpf"]
