@@ -77,3 +77,11 @@ def test_ftrace_and_bpf_name_the_same_tracepoints_alike(host, bpftrace, ping):
         assert result.code == 0, result.err
         names[backend] = {e["func"] for e in events(result) if e["dev"] == "lo"}
     assert {"net:net_dev_queue", "net:netif_receive_skb"} <= names["ftrace"] & names["bpf"]
+
+
+def test_the_duration_starts_once_the_probes_are_attached(host, bpftrace, ping):
+    """bpftrace takes about a second to attach here: a shorter -T used to end the trace
+    before it started ("0 events", never "tracing with")."""
+    result = run(["trace", "-p", "icmp", "-T", "0.5", "--json"])
+    assert result.code == 0, result.err
+    assert "tracing with bpf" in result.err and "duration of 0.5 s reached" in result.err
