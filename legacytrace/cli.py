@@ -486,16 +486,49 @@ def parse(capture, backend, **opts):
     sink = _output(opts, [], sys.stdout, replay=True)
     stats = summary.Summary()
     every_flow = flow.is_empty()
+    parsed = others = 0                 # events, and lines that are none (comments aside)
+    sample = []
     for lines in _line_batches(capture):
         events = chosen.parse_lines(lines)
+        candidates = [line for line in lines if line.strip() and not _comment(line)]
+        parsed += len(events)
+        others += max(0, len(candidates) - len(events))
+        if not parsed and len(sample) < SNIFF_LINES:
+            sample.extend(candidates[:SNIFF_LINES])
         if not every_flow:
             kept = [ev for ev in events if flow.matches(ev)]
             stats.filtered += len(events) - len(kept)
             events = kept
         stats.add_all(events)
         sink.events(events)
+    if others and not parsed:
+        raise LegacytraceError("{}: none of its {} lines is an event of the {} backend{}".format(
+            capture.name, others, backend, _format_of(sample, backend)))
     sink.close(stats)
+    if others:
+        click.echo("legacytrace: warning: {} line(s) of {} are not events of the {} backend: "
+                   "skipped".format(others, capture.name, backend), err=True)
     click.echo("legacytrace: {}".format(stats.to_text()), err=True)
+
+
+#: How many lines of a capture that holds no event of its backend are tried with the others.
+SNIFF_LINES = 1000
+
+
+def _comment(line):
+    """A header line of a capture (ftrace's `# tracer: nop`, the sh script's, bpf data's)."""
+    return line == "#" or line.startswith("# ")
+
+
+def _format_of(lines, backend):
+    """`; it looks like ... --backend B` for the backend that parses some of `lines`, else
+    what the file is not."""
+    from legacytrace import backends
+    for other in backends.names():
+        if other != backend and backends.get(other).parse_lines(lines):
+            return ": it looks like a capture of the {0} backend (--backend {0})".format(other)
+    return (": it looks like no capture of legacytrace (trace_pipe text for ftrace, the "
+            "output of the generated program for stap and bpf)")
 
 
 def _line_batches(stream, size=1 << 16):

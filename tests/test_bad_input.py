@@ -144,6 +144,23 @@ def test_flow_filter_errors(args, words):
     check(run(["generate", "-b", "ftrace"] + args), 2, *words)
 
 
+# --- captures --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend, capture, words", [
+    ("stap", "ftrace/kprobe-6.1-all-traffic.trace",
+     ["none of its 131 lines is an event of the stap backend",
+      "it looks like a capture of the ftrace backend (--backend ftrace)"]),
+    ("bpf", "stap/lab-all-6.1.0-56-amd64.txt",
+     ["is an event of the bpf backend", "a capture of the stap backend (--backend stap)"]),
+    ("ftrace", "bpf/loopback-6.18.txt",
+     ["is an event of the ftrace backend", "a capture of the bpf backend (--backend bpf)"]),
+    ("ftrace", sys.executable, ["is an event of the ftrace backend",
+                                "it looks like no capture of legacytrace"]),
+], ids=["ftrace-as-stap", "stap-as-bpf", "bpf-as-ftrace", "no-capture"])
+def test_parse_of_a_file_without_an_event_of_the_backend(backend, capture, words):
+    check(run(["parse", "-b", backend, str(HERE / "data" / capture)]), 1, *words)
+
+
 # --- options ---------------------------------------------------------------------------
 
 def test_unknown_program_format():

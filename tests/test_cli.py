@@ -111,3 +111,23 @@ def test_a_backend_without_payload_peeking_says_so(datadir, monkeypatch):
     warning = [l for l in result.output.splitlines() if "does not read payloads" in l]
     assert warning == ["legacytrace: warning: the bpf backend does not read payloads (peek) "
                        "yet: the event comes without them: tcp_sendmsg"]
+
+
+# --- parse: lines that are not events are counted, and a file of none is an error -------
+
+def test_parse_counts_the_lines_that_are_not_events(datadir, tmp_path):
+    capture = tmp_path / "capture.txt"
+    capture.write_text((datadir / "ftrace" / "sh-capture-6.18.trace").read_text()
+                       + "not an event\nnor this\n\n")
+    result = run("parse", "-b", "ftrace", str(capture))
+    assert result.exit_code == 0, result.output
+    assert "warning: 2 line(s) of {} are not events of the ftrace backend: skipped".format(
+        capture) in result.output
+    assert "5 events" in result.output
+
+
+def test_parse_of_an_empty_capture_is_no_error(tmp_path):
+    capture = tmp_path / "idle.trace"
+    capture.write_text("# legacytrace ftrace capture: kernel 6.18.44-fc-v669, group x\n")
+    result = run("parse", "-b", "ftrace", str(capture))
+    assert result.exit_code == 0 and "0 events" in result.output and "warning" not in result.output
