@@ -155,18 +155,16 @@ class FtraceBackend(Backend):
 
     def leftovers(self, host):
         """Descriptions of what dead runs left in tracefs (nothing to do without tracefs)."""
-        root = host.tracefs or tracefs.find()
-        if root is None:
+        fs = _readable_tracefs(host)
+        if fs is None:
             return []
-        fs = tracefs.Tracefs(root)
         return [describe(item) for item in stale(fs.kprobe_events(), fs.instances(), pid_alive)]
 
     def cleanup(self, host):
         """Remove what dead runs left (their instances, then their kprobes); return what went."""
-        root = host.tracefs or tracefs.find()
-        if root is None:
+        fs = _readable_tracefs(host)
+        if fs is None:
             return []
-        fs = tracefs.Tracefs(root)
         removed = []
         for item in stale(fs.kprobe_events(), fs.instances(), pid_alive):
             try:
@@ -183,6 +181,19 @@ class FtraceBackend(Backend):
                 continue
             removed.append(describe(item))
         return removed
+
+
+def _readable_tracefs(host):
+    """The Tracefs to look for leftovers in, None without one; LegacytraceError when this user
+    cannot read it (tracefs is root's): finding nothing there would be a false all-clear."""
+    root = host.tracefs or tracefs.find()
+    if root is None:
+        return None
+    instances = os.path.join(root, "instances")
+    if not os.access(root, os.R_OK | os.X_OK) or (
+            os.path.isdir(instances) and not os.access(instances, os.R_OK | os.X_OK)):
+        raise LegacytraceError("cannot read {} to look for leftovers".format(root))
+    return tracefs.Tracefs(root)
 
 
 def pid_alive(pid):

@@ -635,7 +635,7 @@ def cleanup(backend):
     from legacytrace import backends
     facts = _probe_mounted(backend)
     names = backends.names() if backend == "auto" else [backend]
-    removed = []
+    removed, failed = [], []
     for name in names:
         try:
             instance = backends.get(name)
@@ -643,10 +643,20 @@ def cleanup(backend):
             if backend != "auto":
                 raise
             continue
-        if hasattr(instance, "cleanup"):
+        if not hasattr(instance, "cleanup"):
+            continue
+        try:
             removed.extend(instance.cleanup(facts))
-    click.echo("removed {} leftover(s){}".format(
-        len(removed), ": " + ", ".join(removed) if removed else ""))
+            failed.extend("{}: {} is still there".format(name, what)
+                          for what in instance.leftovers(facts))
+        except LegacytraceError as exc:
+            failed.append("{}: {}".format(name, exc))
+    if removed or not failed:
+        click.echo("removed {} leftover(s){}".format(
+            len(removed), ": " + ", ".join(removed) if removed else ""))
+    if failed:
+        raise LegacytraceError("{}: {}".format("; ".join(failed), "see the warnings above"
+                                               if facts.root else "run as root (sudo)"))
 
 
 def main():

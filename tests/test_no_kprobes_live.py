@@ -13,7 +13,7 @@ import pytest
 
 from conftest import require
 from legacytrace.host import ensure_tracefs, probe_host
-from test_bad_input import check, run
+from test_bad_input import LEGACYTRACE, check, leftovers_of, run
 
 
 @pytest.fixture(scope="module")
@@ -85,3 +85,43 @@ def test_the_duration_starts_once_the_probes_are_attached(host, bpftrace, ping):
     result = run(["trace", "-p", "icmp", "-T", "0.5", "--json"])
     assert result.code == 0, result.err
     assert "tracing with bpf" in result.err and "duration of 0.5 s reached" in result.err
+
+
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+def killed_run(backend):
+    """A trace killed with SIGKILL once it traces: what it attached stays. Returns its pid."""
+    proc = subprocess.Popen([LEGACYTRACE, "trace", "-b", backend], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, universal_newlines=True)
+    for line in proc.stderr:
+        if "tracing with" in line:
+            break
+    proc.kill()
+    proc.wait()
+    proc.stderr.close()
+    return proc.pid
+
+
+@pytest.mark.skipif(not shutil.which("setpriv"), reason="needs setpriv (util-linux)")
+@pytest.mark.parametrize("backend, words", [
+    ("ftrace", ["ftrace: cannot read /sys/kernel/tracing to look for leftovers"]),
+    ("bpf", ["bpf: /tmp/legacytrace_lt", "is still there"]),
+])
+def test_cleanup_that_cannot_look_or_remove_says_so(host, backend, words):
+    if backend == "bpf":
+        require(shutil.which("bpftrace") and host.btf, "needs bpftrace and BTF")
+    if run(["--version"], prefix=NOBODY).code != 0:
+        pytest.skip("this venv's interpreter is not readable by uid 65534 (e.g. under /root)")
+    pid = killed_run(backend)
+    try:
+        assert leftovers_of(pid), "the killed run left nothing to clean up"
+        result = run(["cleanup", "-b", backend], prefix=NOBODY)
+        assert result.code == 1 and "removed 0" not in result.out, (result.out, result.err)
+        assert result.last.startswith("Error: ") and result.last.endswith("run as root (sudo)")
+        assert all(word in result.last for word in words), result.last
+        assert leftovers_of(pid)
+    finally:
+        cleaned = run(["cleanup", "-b", backend])
+    assert cleaned.code == 0 and "legacytrace_lt{}".format(pid) in cleaned.out, cleaned.err
+    assert leftovers_of(pid) == []
