@@ -57,6 +57,8 @@ def _flow(opts):
 
 #: Set to 1 to see the traceback of an internal error instead of its one-line report.
 DEBUG_ENV = "LEGACYTRACE_DEBUG"
+#: How a command that ended because its reader left says so.
+PIPE_CLOSED = "the output pipe closed"
 
 
 def handle_errors(func):
@@ -64,8 +66,9 @@ def handle_errors(func):
 
     Any other exception is a bug: by the time it gets here the trace session has detached
     (Session.__exit__), so it becomes one line asking for a report, exit 1; with
-    LEGACYTRACE_DEBUG=1 the traceback shows instead. click's own exits pass through, and so
-    does a closed output pipe (EPIPE), which click's main() ends quietly.
+    LEGACYTRACE_DEBUG=1 the traceback shows instead. click's own exits pass through. A
+    closed output pipe (`legacytrace ... | head`) ends every command alike: one line that
+    says so, exit 0 (`trace` and `parse` add their summary).
     """
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -78,7 +81,11 @@ def handle_errors(func):
         except (click.exceptions.ClickException, click.exceptions.Abort, click.exceptions.Exit):
             raise
         except Exception as exc:
-            if getattr(exc, "errno", None) == errno.EPIPE or os.environ.get(DEBUG_ENV) == "1":
+            if getattr(exc, "errno", None) == errno.EPIPE:
+                _discard(sys.stdout)
+                click.echo("legacytrace: {}".format(PIPE_CLOSED), err=True)
+                return None
+            if os.environ.get(DEBUG_ENV) == "1":
                 raise
             raise click.ClickException(
                 "internal error: {}: {} (a bug in legacytrace: please report it with the command "
@@ -296,7 +303,7 @@ def trace(manifest, backend, count, duration, rate_limit, regex, stap_module, **
     except BrokenPipeError:
         # `legacytrace trace | head -1`: the probes are already detached on the way out.
         _discard(stream)
-        ended = "the output pipe closed"
+        ended = PIPE_CLOSED
     click.echo("legacytrace: {}. {}".format(ended, stats.to_text()), err=True)
 
 
@@ -485,6 +492,18 @@ def parse(capture, backend, **opts):
     chosen = _load_backend(backend)
     sink = _output(opts, [], sys.stdout, replay=True)
     stats = summary.Summary()
+    ended = ""
+    try:
+        _replay(capture, chosen, backend, flow, sink, stats)
+    except BrokenPipeError:
+        _discard(sys.stdout)
+        ended = PIPE_CLOSED + ". "
+    click.echo("legacytrace: {}{}".format(ended, stats.to_text()), err=True)
+
+
+def _replay(capture, chosen, backend, flow, sink, stats):
+    """Parse `capture` into `sink`, with a warning counting the lines that are not events;
+    LegacytraceError when no line is one (naming the format the file has)."""
     every_flow = flow.is_empty()
     parsed = others = 0                 # events, and lines that are none (comments aside)
     sample = []
@@ -508,7 +527,6 @@ def parse(capture, backend, **opts):
     if others:
         click.echo("legacytrace: warning: {} line(s) of {} are not events of the {} backend: "
                    "skipped".format(others, capture.name, backend), err=True)
-    click.echo("legacytrace: {}".format(stats.to_text()), err=True)
 
 
 #: How many lines of a capture that holds no event of its backend are tried with the others.
@@ -521,8 +539,8 @@ def _comment(line):
 
 
 def _format_of(lines, backend):
-    """`; it looks like ... --backend B` for the backend that parses some of `lines`, else
-    what the file is not."""
+    """`: it looks like ... (--backend B)` for the backend that parses some of `lines`, else
+    that it looks like no capture."""
     from legacytrace import backends
     for other in backends.names():
         if other != backend and backends.get(other).parse_lines(lines):
@@ -660,6 +678,5 @@ def cleanup(backend):
 
 
 def main():
-    """Console-script entry. click itself exits quietly when the output pipe closes
-    (`legacytrace trace | head`), after the trace loop has detached on the way out."""
+    """Console-script entry (handle_errors ends a command whose output pipe closed)."""
     cli.main(prog_name="legacytrace")

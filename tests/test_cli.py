@@ -1,10 +1,16 @@
 """The command line: usage errors are one line with exit 2, and the pure commands work."""
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from legacytrace import symbols
 from legacytrace.cli import cli
+
+LEGACYTRACE = str(Path(sys.executable).parent / "legacytrace")
 
 
 def run(*args):
@@ -131,3 +137,33 @@ def test_parse_of_an_empty_capture_is_no_error(tmp_path):
     capture.write_text("# legacytrace ftrace capture: kernel 6.18.44-fc-v669, group x\n")
     result = run("parse", "-b", "ftrace", str(capture))
     assert result.exit_code == 0 and "0 events" in result.output and "warning" not in result.output
+
+
+# --- a closed output pipe (`legacytrace ... | head`) ends every command alike ---------------
+
+def closed_after_one_line(args):
+    """Run `legacytrace ARGS`, read one line of its output and close the pipe, as `| head -1`;
+    returns (exit code, stderr)."""
+    proc = subprocess.Popen([LEGACYTRACE] + args, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, universal_newlines=True)
+    assert proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read()
+    proc.stderr.close()
+    return proc.wait(), err
+
+
+@pytest.mark.parametrize("options", [[], ["--json"], ["--flows"]])
+def test_parse_into_a_closed_pipe_ends_with_a_line_and_exit_0(datadir, tmp_path, options):
+    capture = tmp_path / "big.trace"
+    capture.write_text((datadir / "ftrace" / "kprobe-6.1-all-traffic.trace").read_text() * 400)
+    code, err = closed_after_one_line(["parse", "-b", "ftrace", str(capture)] + options)
+    assert code == 0, err
+    assert err.startswith("legacytrace: the output pipe closed. ") and "Traceback" not in err
+
+
+def test_list_functions_into_a_closed_pipe_ends_with_a_line_and_exit_0():
+    if not symbols.KernelFunctions("/sys/kernel/tracing").known:
+        pytest.skip("no readable available_filter_functions or /proc/kallsyms")
+    code, err = closed_after_one_line(["list-functions"])
+    assert (code, err) == (0, "legacytrace: the output pipe closed\n")
