@@ -179,18 +179,29 @@ def _btf_skb_position(host):
     return skb_position
 
 
-def _backend(name, facts, without=None):
+def _backend(name, facts, without=None, verbose=False):
     """The backend to use: `name`, or the auto pick; fail with the reason if it can't run.
-    `without`: {name: why} of backends that cannot run this trace (Backend.ready)."""
+    `without`: {name: why} of backends that cannot run this trace (Backend.ready). The
+    pick is one short line; the reasons for it with `verbose`."""
     from legacytrace import select
     from legacytrace import backends
+    from legacytrace.backends import checks
     check = select.backend_checks()
     for other, why in (without or {}).items():
         check[other] = select.unavailable(why)
     chosen, reason, _ = select.choose(facts, None if name == "auto" else name, check)
-    if name == "auto":
+    if name == "auto" and verbose:
         click.echo("legacytrace: using {}: {}".format(chosen, reason), err=True)
+    elif name == "auto":
+        mode = checks.dynamic_mode(facts) if chosen in ("ftrace", "bpf") else None
+        click.echo("legacytrace: using {}{} (-v or `legacytrace doctor` says why)".format(
+            chosen, " in {} mode".format(mode) if mode else ""), err=True)
     return backends.get(chosen)
+
+
+verbose_option = click.option(
+    "-v", "--verbose", is_flag=True,
+    help="Say why the backend was picked, and name every function a warning is about.")
 
 
 def output_options(command):
@@ -248,8 +259,9 @@ def _output(opts, probes, stream, replay=False):
               help="Probe only the manifest functions whose names match.")
 @click.option("--stap-module", type=click.Path(exists=True, dir_okay=False), metavar="FILE.ko",
               help="Run a module made by `legacytrace build` (needs only staprun here).")
+@verbose_option
 @handle_errors
-def trace(manifest, backend, count, duration, rate_limit, regex, stap_module, **opts):
+def trace(manifest, backend, count, duration, rate_limit, regex, stap_module, verbose, **opts):
     """Trace packets through the functions of MANIFEST (default: the bundled `generic`).
 
     MANIFEST is a YAML file in ipftrace's format, or a bundled name
@@ -274,12 +286,12 @@ def trace(manifest, backend, count, duration, rate_limit, regex, stap_module, **
         chosen = _load_backend("stap")
         program, probes = chosen.module_program(stap_module), []
     else:
-        chosen = _backend(backend, facts)
+        chosen = _backend(backend, facts, verbose=verbose)
         functions = symbols.KernelFunctions(facts.tracefs)
         manifest_obj, probes = _manifest_probes(manifest, facts, regex, functions, live=True)
         request = TraceRequest(probes, flow, facts, limits=limits,
                                run_id="lt{}".format(os.getpid()), manifest=manifest_obj.source)
-        program = _build(chosen, request)
+        program = _build(chosen, request, verbose)
         why_not = chosen.ready(program, facts)
         if why_not and backend != "auto":
             raise BackendUnavailable("backend {} cannot run this trace here: {}".format(
@@ -287,8 +299,8 @@ def trace(manifest, backend, count, duration, rate_limit, regex, stap_module, **
         if why_not:
             click.echo("legacytrace: {} cannot run this trace here: {}".format(
                 chosen.name, why_not), err=True)
-            chosen = _backend("auto", facts, without={chosen.name: why_not})
-            program = _build(chosen, request)
+            chosen = _backend("auto", facts, without={chosen.name: why_not}, verbose=verbose)
+            program = _build(chosen, request, verbose)
     stream = _line_buffered(sys.stdout)
     sink = _output(opts, probes, stream)
     _warn_leftovers(chosen, facts)
@@ -330,8 +342,13 @@ def _discard(stream):
     os.close(devnull)
 
 
-def _build(backend, request):
-    """Build the program, and say which probes the backend had to leave out."""
+#: A warning names at most this many functions unless -v asks for all.
+NAMED_MAX = 3
+
+
+def _build(backend, request, verbose=False):
+    """Build the program, and say which probes the backend had to leave out: one line per
+    reason, naming the functions when they are few or `verbose` asks."""
     program = backend.build(request)
     warnings = list(program.data.get("warnings", ()))
     if "peek" not in getattr(backend, "features", ()):
@@ -339,7 +356,9 @@ def _build(backend, request):
                         "without them".format(p.name, backend.name)
                         for p in request.probes if p.peek)
     for reason, names in _grouped(warnings):
-        click.echo("legacytrace: warning: {}: {}".format(reason, ", ".join(names)), err=True)
+        named = ", ".join(names) if verbose or len(names) <= NAMED_MAX else \
+            "{} of the {} functions (-v names them)".format(len(names), len(request.probes))
+        click.echo("legacytrace: warning: {}: {}".format(reason, named), err=True)
     return program
 
 
@@ -385,8 +404,9 @@ def _warn_leftovers(backend, facts):
               help="Only the manifest functions whose names match.")
 @click.option("--host-facts", type=click.File("r"), metavar="FILE",
               help="Build for another host: `legacytrace doctor --json` saved there.")
+@verbose_option
 @handle_errors
-def generate(manifest, backend, fmt, regex, host_facts, **opts):
+def generate(manifest, backend, fmt, regex, host_facts, verbose, **opts):
     """Print the program a trace would run, to review, save or take to another host.
 
     \b
@@ -402,12 +422,13 @@ def generate(manifest, backend, fmt, regex, host_facts, **opts):
         functions = symbols.KernelFunctions(facts.tracefs)
     else:
         facts, functions = _recorded_host(host_facts), None
-    chosen = _backend(backend, facts) if backend == "auto" else _load_backend(backend)
+    chosen = (_backend(backend, facts, verbose=verbose) if backend == "auto"
+              else _load_backend(backend))
     manifest_obj, probes = _manifest_probes(manifest, facts, regex, functions,
                                              live=host_facts is None)
     request = TraceRequest(probes, flow, facts, run_id="lt{}".format(os.getpid()),
                            manifest=manifest_obj.source)
-    program = _build(chosen, request)
+    program = _build(chosen, request, verbose)
     formats = getattr(chosen, "formats", ("text",))
     if fmt not in formats:
         raise UsageError("backend {} has no format {!r}: choose one of {}".format(

@@ -68,6 +68,7 @@ def test_ftrace_traces_what_the_regex_keeps(host, ping):
     assert result.code == 0, result.err
     found = events(result)
     assert found and {e["func"] for e in found} == {"net:net_dev_queue"}
+    assert "legacytrace: tracing with ftrace (all flows); Ctrl-C to stop" in result.err
 
 
 def test_ftrace_and_bpf_name_the_same_tracepoints_alike(host, bpftrace, ping):
@@ -125,3 +126,10 @@ def test_cleanup_that_cannot_look_or_remove_says_so(host, backend, words):
         cleaned = run(["cleanup", "-b", backend])
     assert cleaned.code == 0 and "legacytrace_lt{}".format(pid) in cleaned.out, cleaned.err
     assert leftovers_of(pid) == []
+
+
+def test_a_bpf_run_says_little_before_it_traces(host, bpftrace, ping):
+    result = run(["trace", "-p", "icmp", "-c", "1"])
+    assert result.code == 0, result.err
+    preamble = result.err.split("legacytrace: tracing with bpf (-p icmp)")[0].splitlines()
+    assert len(preamble) <= 2 and all(len(line) < 140 for line in preamble), preamble

@@ -142,3 +142,26 @@ def test_auto_does_not_fall_back_to_a_mode_that_cannot_answer(no_kprobes_trace):
     last = result.output.strip().splitlines()[-1]
     assert last.startswith("Error: no backend can run here: bpf: bpftrace not installed")
     assert "ftrace: this kernel has no kprobes" in last and "tracing with" not in result.output
+
+
+# --- the preamble: the pick and the skipped functions in one short line each, more with -v --
+
+def test_auto_says_its_pick_and_the_skipped_functions_briefly(datadir):
+    args = ["generate", "--host-facts", str(datadir / FC_618)]
+    brief = CliRunner().invoke(cli, args).output.splitlines()
+    assert brief[0] == ("legacytrace: using bpf in tracepoint mode (-v or `legacytrace doctor` "
+                        "says why)")
+    assert brief[1].startswith("legacytrace: warning: skipped, no tracepoint fires in it and "
+                               "this kernel has no kprobes: ")
+    assert brief[1].endswith(" of the 22 functions (-v names them)")
+    verbose = CliRunner().invoke(cli, args + ["-v"]).output.splitlines()
+    assert verbose[0].startswith("legacytrace: using bpf: kernel with BTF: bpf first")
+    assert "ip_local_deliver, ip_local_deliver_finish, tcp_v4_rcv" in verbose[1]
+
+
+def test_a_warning_about_a_few_functions_names_them(datadir):
+    result = CliRunner().invoke(cli, ["generate", "-b", "bpf", "--host-facts",
+                                      str(datadir / FC_618), "-r", "^(tcp_v4_rcv|__dev_)"])
+    assert result.output.splitlines()[0] == ("legacytrace: warning: skipped, no tracepoint "
+                                             "fires in it and this kernel has no kprobes: "
+                                             "tcp_v4_rcv")
