@@ -612,6 +612,8 @@ def list_functions(regex, skb):
 
     Reads available_filter_functions when readable, /proc/kallsyms otherwise.
     With --skb, the kernel's BTF gives each function's sk_buff (and sock) position.
+    On a kernel without kprobes, only the functions a static tracepoint fires in
+    (traced at that tracepoint).
 
     \b
     Examples:
@@ -620,12 +622,17 @@ def list_functions(regex, skb):
     """
     from legacytrace import discover
     pattern = discover.compile_regex(regex)
-    functions = _kernel_functions(hostmod.probe_host(try_bpftrace=False))
+    facts = hostmod.probe_host(try_bpftrace=False)
+    names = set(n for n in _kernel_functions(facts).names() if symbols.is_entry(n))
+    if facts.kprobes is False:
+        names = set(n for n in names if tracepoints.of(n))
+        click.echo("legacytrace: this kernel has no kprobes: only the functions a static "
+                   "tracepoint fires in can be traced, at that tracepoint", err=True)
     if not skb:
-        for name in sorted(n for n in functions.names() if pattern.search(n)):
+        for name in sorted(n for n in names if pattern.search(n)):
             click.echo(name)
         return
-    for found in discover.skb_functions(discover.load_btf(), pattern.pattern, functions):
+    for found in discover.skb_functions(discover.load_btf(), pattern.pattern, names):
         click.echo("{:<40} skb_pos={} sk_pos={}  {}".format(
             found.name, found.skb_pos, found.sk_pos or "-", found.prototype))
 

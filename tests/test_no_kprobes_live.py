@@ -12,6 +12,7 @@ import subprocess
 import pytest
 
 from conftest import require
+from legacytrace import tracepoints
 from legacytrace.host import ensure_tracefs, probe_host
 from test_bad_input import LEGACYTRACE, check, leftovers_of, run
 
@@ -133,3 +134,11 @@ def test_a_bpf_run_says_little_before_it_traces(host, bpftrace, ping):
     assert result.code == 0, result.err
     preamble = result.err.split("legacytrace: tracing with bpf (-p icmp)")[0].splitlines()
     assert len(preamble) <= 2 and all(len(line) < 140 for line in preamble), preamble
+
+
+def test_list_functions_lists_only_what_tracepoint_mode_traces(host):
+    result = run(["list-functions"])
+    assert result.code == 0, result.err
+    names = result.out.split()
+    assert "__dev_queue_xmit" in names and all(tracepoints.of(name) for name in names)
+    assert "this kernel has no kprobes" in result.err

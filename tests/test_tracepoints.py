@@ -1,11 +1,12 @@
 """The static tracepoints: one name for every backend, and a tracepoint mode that follows
 the manifest (its functions, their `tracepoint:` keys, --regex)."""
 import json
+import types
 
 import pytest
 from click.testing import CliRunner
 
-from legacytrace import backends, manifest, tracepoints
+from legacytrace import backends, manifest, symbols, tracepoints
 from legacytrace.cli import cli
 from legacytrace.errors import LegacytraceError, UsageError
 from legacytrace.flowfilter import FlowFilter
@@ -165,3 +166,17 @@ def test_a_warning_about_a_few_functions_names_them(datadir):
     assert result.output.splitlines()[0] == ("legacytrace: warning: skipped, no tracepoint "
                                              "fires in it and this kernel has no kprobes: "
                                              "tcp_v4_rcv")
+
+
+def test_list_functions_without_kprobes_lists_what_tracepoint_mode_traces(datadir, monkeypatch):
+    with open(str(datadir / "hosts" / "kallsyms-6.18-excerpt.txt")) as handle:
+        names = symbols.parse_kallsyms(l for l in handle if not l.startswith("#"))
+    monkeypatch.setattr("legacytrace.cli.hostmod.probe_host",
+                        lambda try_bpftrace: no_kprobes_host(datadir))
+    monkeypatch.setattr("legacytrace.cli._kernel_functions",
+                        lambda facts: types.SimpleNamespace(names=lambda: names))
+    result = CliRunner().invoke(cli, ["list-functions"])
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        "legacytrace: this kernel has no kprobes: only the functions a static tracepoint fires "
+        "in can be traced, at that tracepoint", "__dev_queue_xmit"]
