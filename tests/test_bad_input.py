@@ -263,10 +263,29 @@ def test_bpftrace_missing(path_without):
 @pytest.mark.skipif(os.path.exists("/lib/modules/{}/build".format(os.uname().release)),
                     reason="this host has the headers of its running kernel")
 def test_kernel_headers_not_matching_the_running_kernel():
-    """This machine has headers of other kernels (the lab's 6.1), not of the one it runs."""
+    """Headers of other kernels (the lab's 6.1), not of the one that runs."""
+    if not stap_kernel():
+        pytest.skip("this kernel cannot run stap at all (no kprobes or no modules)")
     result = run(["trace", "-b", "stap", "-T", "1"])
     check(result, 1, "backend stap cannot run here",
           "no kernel headers for " + os.uname().release, "install")
+
+
+@needs_root
+def test_a_kernel_without_modules_or_kprobes_is_named_without_packages_to_install():
+    """This development machine's 6.18: no package helps, so none is suggested."""
+    if stap_kernel():
+        pytest.skip("this kernel has kprobes and loads modules")
+    result = run(["trace", "-b", "stap", "-T", "1"])
+    check(result, 1, "backend stap cannot run here: kernel built without CONFIG_")
+    assert "install" not in result.last and "headers" not in result.last
+
+
+def stap_kernel():
+    """Whether the running kernel has what stap needs of a kernel: kprobes and modules."""
+    from legacytrace.host import probe_host
+    facts = probe_host(try_bpftrace=False)
+    return facts.kprobes is not False and facts.modules is not False
 
 
 # --- a bug: one line, not a traceback --------------------------------------------------
