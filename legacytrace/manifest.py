@@ -155,6 +155,9 @@ def parse(text, source="<manifest>"):
     """Parse and validate manifest YAML; raise UsageError naming file, entry and problem."""
     try:
         data = yaml.safe_load(text)
+    except yaml.reader.ReaderError as exc:       # bytes that are no text (a binary file)
+        raise UsageError("{}: not a YAML text file ({} at byte {})".format(
+            source, exc.reason, exc.position))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = " line {}".format(mark.line + 1) if mark is not None else ""

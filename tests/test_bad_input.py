@@ -110,6 +110,11 @@ def test_manifest_errors(manifest, text, words):
     check(run(["generate", "-b", "ftrace", manifest(text)]), 2, *words)
 
 
+def test_a_binary_file_as_manifest():
+    check(run(["generate", "-b", "ftrace", sys.executable]), 2,
+          sys.executable + ": not a YAML text file (", " at byte ")
+
+
 def test_every_manifest_function_missing(manifest):
     path = manifest("""\
         functions:
