@@ -41,7 +41,7 @@ import time
 
 import jinja2
 
-from legacytrace import btf, flowfilter, host as hostmod, payload, tracepoints
+from legacytrace import btf, flowfilter, host as hostmod, payload, tracepoints, trust
 from legacytrace.backends import checks
 from legacytrace.backends.base import Availability, Backend, Program, Session
 from legacytrace.errors import BackendUnavailable, LegacytraceError, UsageError
@@ -697,7 +697,7 @@ class BpftraceSession(Session):
             out.write(self.program.text)
         try:
             self.proc = subprocess.Popen(
-                [self.bpftrace, "-B", "line", script], stdin=subprocess.DEVNULL,
+                [trust.program(self.bpftrace), "-B", "line", script], stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
                 preexec_fn=_die_with_parent,
                 env=dict(os.environ, **self.program.data.get("env", {})))

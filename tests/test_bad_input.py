@@ -293,6 +293,19 @@ def stap_kernel():
     return facts.kprobes is not False and facts.modules is not False
 
 
+@pytest.mark.skipif(not shutil.which("stap"), reason="needs stap (the cache key holds its version)")
+def test_a_stap_module_cache_others_can_write(tmp_path):
+    """As under `sudo -E` with a user's XDG_CACHE_HOME: root must not load what is there."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    result = run(["build", "-r", "3.10.0-1160.el7.x86_64", "-o", str(tmp_path / "lt_x.ko"), "-p",
+                  "icmp"], env={"XDG_CACHE_HOME": str(shared), "LEGACYTRACE_STAP_CACHE": ""})
+    check(result, 1, "refusing the stap module cache {}/legacytrace/stap: {} is writable by "
+          "group and others (mode 0777)".format(shared, shared))
+    assert not (shared / "legacytrace").exists()
+
+
 # --- a bug: one line, not a traceback --------------------------------------------------
 
 FAILING_PARSE = '''
