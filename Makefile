@@ -1,4 +1,5 @@
-# The test command is `make test`: unit tests on Python 3.11 and 3.6, vermin, then the kernel lab.
+# The test command is `make test`: unit tests on Python 3.11 and 3.6, vermin, then the kernel lab
+# on every lab kernel (6.1, 5.10, EL7's 3.10).
 SHELL := /bin/bash
 PYTHON ?= python3
 PY36 ?= $(shell pyenv root 2>/dev/null || echo $(HOME)/.pyenv)/versions/3.6.15/bin/python3
@@ -40,12 +41,16 @@ vermin: venv
 unit: unit311 unit36 vermin
 
 # lab-setup first: it installs the tools (bpftrace, pahole, stap) that live unit tests use too.
+test: LAB_KERNEL = all
 test: lab-setup unit lab
 
-# --- kernel lab (tests/lab/README.md): boots Debian's kernel under QEMU, runs tests/lab in it ---
-# make lab LAB_ARGS='-k kprobe'    pytest arguments for both phases (host and guest)
+# --- kernel lab (tests/lab/README.md): boots real kernels under QEMU, runs tests/lab in them ---
+# make lab                                   the 6.1 lab kernel
+# make lab LAB_KERNEL=el7 LAB_ARGS='-k ftrace'   one kernel (6.1, 5.10, el7) and pytest arguments
+# make lab LAB_KERNEL=all                    every lab kernel, one boot each (as `make test` does)
+LAB_KERNEL ?= 6.1
 LAB_ARGS ?=
-LABCTL = $(VENV)/bin/python tests/lab/labctl.py
+LABCTL = $(VENV)/bin/python tests/lab/labctl.py --kernel $(LAB_KERNEL)
 
 .PHONY: lab lab-setup lab-capture lab-shell
 

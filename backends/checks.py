@@ -144,8 +144,10 @@ def bpf(host):
     if not host.bpftrace:
         missing.append("bpftrace not installed ({})".format(install_hint(host, "bpftrace")))
     if host.kernel.version < features.BPFTRACE_KERNEL_MIN:
-        missing.append("kernel {} is older than bpftrace's minimum {}.{}".format(
-            host.release, *features.BPFTRACE_KERNEL_MIN))
+        missing.append("kernel {} is older than bpftrace's minimum {}.{}{}".format(
+            host.release, features.BPFTRACE_KERNEL_MIN[0], features.BPFTRACE_KERNEL_MIN[1],
+            " (EL7's backported eBPF runs bpftrace's kprobes, but the bpf backend is not proven "
+            "there: use stap or ftrace)" if host.kernel.el == 7 else ""))
     if not host.root:
         missing.append("loading BPF programs needs root (run with sudo)")
     if not host.btf and not host.kernel_build:

@@ -41,10 +41,11 @@ import time
 
 import jinja2
 
-from legacytrace import payload, trust
+from legacytrace import features, payload, trust
 from legacytrace.backends import checks
 from legacytrace.backends.base import Backend, Program, Session
 from legacytrace.errors import LegacytraceError, UsageError
+from legacytrace.kernel import KernelRelease
 from legacytrace.manifest import (ARG_TYPES, FIELD_NAME_RE, FIELD_PATH_RE, MAX_ARG_POS,
                                   PEEK_MAX, check_symbol)
 from legacytrace.model import CONTEXTS, FlowEvent
@@ -52,6 +53,7 @@ from legacytrace.model import CONTEXTS, FlowEvent
 PROTOCOL = "LT1"
 _TAG = PROTOCOL + "\t"
 _EVENT_TAG = _TAG + "E\t"
+_CAUGHT_TAG = _TAG + "C\t"
 TEMPLATE = "flows.stp.j2"
 CACHE_ENV = "LEGACYTRACE_STAP_CACHE"
 RUNTIME_ENV = "LEGACYTRACE_STAP_RUNTIME"
@@ -276,6 +278,8 @@ class StapSession(Session):
         self._eof = threading.Event()
         self._stopped = False
         self._finish_by = None
+        #: faults the probes caught (the C line), see real_skipped()
+        self.caught = 0
 
     def attach(self):
         module = self.program.data.get("module") or self.backend.compile(
@@ -347,6 +351,10 @@ class StapSession(Session):
             self._stderr_thread.join(5)
             for line in self.stderr:
                 _count_exit_report(line, self.lost)
+            skipped = real_skipped(self.lost.pop("stap skipped probes", 0), self.caught,
+                                   KernelRelease.parse(os.uname().release).version)
+            if skipped:
+                self.lost["stap skipped probes"] = skipped
         except Exception as exc:
             _warn("reading staprun's report: {}".format(exc))
 
@@ -390,6 +398,8 @@ class StapSession(Session):
             if salvage(line)[1]:
                 self.lost["stap damaged lines"] += 1
             _count_lost(line, self.lost)
+            if line.startswith(_CAUGHT_TAG) and line[len(_CAUGHT_TAG):].isdigit():
+                self.caught += int(line[len(_CAUGHT_TAG):])
         with self._backlog_lock:
             kept = self._backlog + len(lines) <= self._backlog_max
             if kept:
@@ -526,6 +536,15 @@ def _count_lost(line, lost):
         parts = line.split("\t")
         if len(parts) == 4 and parts[3].isdigit():
             lost["stap " + parts[2]] += int(parts[3])
+
+
+def real_skipped(skipped, caught, version):
+    """The probe hits stap skipped, from its exit report's count `skipped`, without the `caught`
+    faults its probes caught where kernel `version` counts those as missed hits too
+    (features.KPROBE_FAULTS_COUNTED_MISSED_BEFORE): each caught fault is one such count."""
+    if version < features.KPROBE_FAULTS_COUNTED_MISSED_BEFORE:
+        return max(0, skipped - caught)
+    return skipped
 
 
 def _count_exit_report(line, lost):

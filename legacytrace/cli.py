@@ -155,6 +155,8 @@ def _manifest_probes(spec, host, regex, functions=None, live=False):
         click.echo("legacytrace: warning: {} of {} functions do not exist on kernel {} and "
                    "are skipped: {}".format(len(result.missing), len(manifest.functions),
                                             host.release, ", ".join(result.missing)), err=True)
+    for text in result.unread:
+        click.echo("legacytrace: warning: {}; events come without it".format(text), err=True)
     if not result.probes:
         raise UsageError("{}: none of its functions exists on kernel {}".format(
             manifest.source, host.release))

@@ -4,7 +4,7 @@ Features are detected on the running kernel wherever a file tells (tracefs
 `README`, `kprobe_events`, `/sys/kernel/btf/vmlinux`, the kernel config); the
 versions here are only first guesses and the source of constructed host facts
 for kernels we cannot run. Versions are upstream releases in which the feature
-appeared (see /work/shared/KERNEL_FACTS.md); distribution kernels may backport.
+appeared (docs/kernel-facts.md); distribution kernels may backport.
 
 kprobe_events syntax beyond the baseline that 3.10 already accepts
 (`p`/`r`/`-:`, `%REG`, `@ADDR`, `@SYM`, `$stackN`, `$retval`, `+OFF(...)`,
@@ -50,6 +50,11 @@ TRACEFS_SINCE = (4, 1)
 #: the oldest kernel bpftrace supports at all (its INSTALL.md: 4.9; kprobes 4.1,
 #: tracepoints 4.7, and the helpers it needs came by 4.9).
 BPFTRACE_KERNEL_MIN = (4, 9)
+#: Before this version a page fault inside a kprobe's handler (a read that the handler's own
+#: exception fixup catches) also counts as a missed hit of that kprobe (kprobe_fault_handler
+#: increments nmissed for KPROBE_HIT_ACTIVE); seen on EL7's 3.10 in the lab. 5.14 removed that
+#: path (kprobe::fault_handler was dropped).
+KPROBE_FAULTS_COUNTED_MISSED_BEFORE = (5, 14)
 #: /sys/kernel/btf/vmlinux (CONFIG_DEBUG_INFO_BTF); some distribution kernels
 #: from 4.18 ship it backported (RHEL 8).
 BTF_SINCE = (5, 2)

@@ -8,7 +8,7 @@ Only the baseline syntax that 3.10 already accepts is used (`%REG`, nested `+OFF
 `u8..u64`, `string`, `$retval`); the `x8..x64` hex types replace `u*` where the kernel
 has them (4.9+), so that every number prints in hex on every kernel (legacytrace.ftrace_parse).
 
-Where the 5-tuple comes from (KERNEL_FACTS.md: the header offsets are __u16 offsets from
+Where the 5-tuple comes from (docs/kernel-facts.md, "Struct layouts": the header offsets are __u16 offsets from
 `head`, and a kprobe fetch cannot add two fetched values): each sk_buff probe fetches
 `head`, `data` and `network_header`, and a window of u64 words of packet bytes at fixed
 offsets from `skb->data` (`dp8` is data+8, `dm40` data-40). User space finds the IP
@@ -153,7 +153,7 @@ class Fetch(object):
 
     `layout` is a legacytrace.offsets.Layout; `hex_types` says whether the kernel has the
     x8..x64 types (4.9+): with them every value prints as `0x..`, without them `u*`
-    print hex anyway (KERNEL_FACTS.md), so the parser reads hex either way.
+    print hex anyway (docs/kernel-facts.md), so the parser reads hex either way.
     `types()` returns the kernel's types for field paths and peek (legacytrace.btf.BTF or
     LayoutTypes; asked on first need: BTF takes a moment to index); `syntax` is the optional
     kprobe_events syntax the kernel has (legacytrace.features.KPROBE_SYNTAX names).
@@ -268,7 +268,7 @@ def field_fetch(fetch, path, skb_reg, sk_reg):
     root, _, rest = path.partition(")." if path.startswith("skb_shinfo(") else ".")
     if root == "skb_shinfo(skb":
         # skb_shinfo(skb) is skb->head + skb->end (64-bit builds keep `end` as an offset):
-        # a kprobe fetch cannot add two fetched values (KERNEL_FACTS.md).
+        # a kprobe fetch cannot add two fetched values.
         raise LegacytraceError("kprobe_events cannot compute skb_shinfo(skb), which is "
                                "skb->head + skb->end (it adds no two fetched values)")
     if root == "skb" and skb_reg:

@@ -1,6 +1,6 @@
 """Pure parsing of ftrace output lines (trace_pipe, trace) into FlowEvents.
 
-One parser reads every kernel's format (KERNEL_FACTS.md, "trace_pipe line format"):
+One parser reads every kernel's format (docs/kernel-facts.md, "kprobe_events"):
 
     3.10/EL7: `            ping-72    [000] d.s1     3.288210: r: (ip_rcv+0x0/0x3e0) len=0x54`
     6.x:      `            ping-87    [000] ..s1.    3.607227: iprcv: (ip_rcv+0x0/0x1d0) skb=0xffff...`

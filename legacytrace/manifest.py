@@ -345,8 +345,10 @@ def _no_unknown(entry, allowed, where):
             where, ", ".join(repr(k) for k in unknown), ", ".join(sorted(allowed))))
 
 
-class Resolution(collections.namedtuple("Resolution", "probes missing")):
-    """Probes that will be attached, and entries with no variant on this kernel."""
+class Resolution(collections.namedtuple("Resolution", "probes missing unread")):
+    """Probes that will be attached, entries with no variant on this kernel, and what the
+    picked variants cannot give that the entry's other variants read on other kernels
+    (`unread`: "FUNCTION: no ARG" texts, e.g. kfree_skb before 5.17 has no drop reason)."""
 
     __slots__ = ()
 
@@ -359,12 +361,16 @@ def resolve(manifest, kernel, exists=None, skb_position=None):
     position of the `struct sk_buff *` parameter from BTF, or None when unknown;
     a manifest that disagrees is an error naming the right position.
     """
-    probes, missing = [], []
+    probes, missing, unread = [], [], []
     for function in manifest.functions:
         variant = _pick(function, kernel, exists)
         if variant is None:
             missing.append(function.label)
             continue
+        for arg in sorted(set().union(*(v.args for v in function.variants)) - set(variant.args)):
+            unread.append("{}: no {} on this kernel (the manifest reads it from {} on others)"
+                          .format(variant.name, arg, ", ".join(
+                              v.name for v in function.variants if arg in v.args)))
         if any(probe.name == variant.name for probe in probes):
             raise UsageError("{}: {} is listed twice for kernel {}".format(
                 manifest.source, variant.name, kernel))
@@ -379,7 +385,7 @@ def resolve(manifest, kernel, exists=None, skb_position=None):
                             function.description, function.fields, args=variant.args,
                             peek=function.peek, caller=function.caller,
                             tracepoint=function.tracepoint))
-    return Resolution(probes, missing)
+    return Resolution(probes, missing, unread)
 
 
 def _pick(function, kernel, exists):

@@ -1,6 +1,6 @@
 """The one model every backend speaks: what a trace asks for and what an event says.
 
-The data flow is request -> program -> raw lines -> events -> output (DESIGN.md).
+The data flow is request -> program -> raw lines -> events -> output (README.md, "Layout").
 This module holds the two ends that every backend shares: `TraceRequest` (what to
 trace) and `FlowEvent` (what was seen). Nothing here knows which mechanism ran.
 """

@@ -2,8 +2,8 @@
 
 A probe sees the pid and comm of the task it ran in. That task owns the packet
 only when the probe ran in task context: in softirq, hardirq or NMI context the
-kernel borrowed whatever task happened to be on the CPU (KERNEL_FACTS.md,
-"trace_pipe line format"), so such events never get a command line.
+kernel borrowed whatever task happened to be on the CPU (docs/kernel-facts.md,
+"kprobe_events"), so such events never get a command line.
 
 Looking a pid up costs about 40 us (psutil reads /proc/PID/stat to learn the
 start time) and events arrive by the hundred thousand, so a pid's identity is

@@ -2,7 +2,7 @@
 make and remove buffer instances, enable events, set filters, read trace_pipe and the
 per-CPU statistics.
 
-Rules (KERNEL_FACTS.md) that hold for every write here:
+Rules (docs/kernel-facts.md, "kprobe_events") that hold for every write here:
 - `kprobe_events` is only ever opened for append: opening it with truncation deletes
   every probe on the system (EL7). A probe is removed with one `-:GROUP/EVENT` line,
   after it has been disabled (removing an enabled probe fails with EBUSY).

@@ -191,7 +191,7 @@ def test_live_tiny_matches_pahole(tiny):
 
 def test_live_prototypes(vmlinux):
     # ip_rcv(skb, dev, pt, orig_dev) on every kernel; ip_output(net, sk, skb) from 4.4
-    # (KERNEL_FACTS.md, "Function names and argument positions that changed").
+    # (docs/kernel-facts.md, "Functions and argument positions").
     assert vmlinux.skb_position("ip_rcv") == 1
     assert vmlinux.func_params("ip_rcv")[0] == ("skb", "struct sk_buff *")
     assert (vmlinux.skb_position("ip_output"), vmlinux.sock_position("ip_output")) == (3, 2)

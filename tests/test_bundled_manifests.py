@@ -183,3 +183,16 @@ def test_live_btf_agrees(name):
     check_against_prototypes(result.probes, data.func_params)
     if kernel.version >= (6, 11, 0):
         assert rows(result.probes) == EXPECTED[HERE][name]
+
+
+@pytest.mark.parametrize("release, unread", [
+    (EL7, ["kfree_skb: no reason on this kernel (the manifest reads it from sk_skb_reason_drop, "
+           "kfree_skb_reason on others)"]),
+    ("5.10.0-46-amd64", ["kfree_skb: no reason on this kernel (the manifest reads it from "
+                         "sk_skb_reason_drop, kfree_skb_reason on others)"]),
+    (LAB, []), (HERE, [])])
+def test_what_a_kernel_cannot_give_is_said(release, unread):
+    """drops before 5.17: kfree_skb has no reason argument; the CLI says so once."""
+    resolution = manifest.resolve(manifest.load("drops"), KernelRelease.parse(release))
+    assert resolution.unread == unread
+    assert manifest.resolve(manifest.load("generic"), KernelRelease.parse(release)).unread == []

@@ -22,7 +22,7 @@ GOLDEN = Path(__file__).parent / "golden" / "ftrace"
 DATA = Path(__file__).parent / "data" / "ftrace"
 EL7 = "3.10.0-1160.el7.x86_64"
 
-# The generic manifest's functions as resolved for EL7 (KERNEL_FACTS.md positions).
+# The generic manifest's functions as resolved for EL7 (docs/kernel-facts.md positions).
 EL7_PROBES = [Probe("ip_rcv", 1), Probe("ip_local_deliver", 1), Probe("tcp_v4_rcv", 1),
               Probe("ip_output", 2, 1), Probe("dev_queue_xmit", 1), Probe("kfree_skb", 1, egress=True),
               Probe("tcp_sendmsg", sk_pos=1), Probe("ip_rcv", kind="return")]

@@ -1,4 +1,5 @@
 """The ftrace line parser on output captured from real kernels (tests/data/ftrace/README.md)."""
+import collections
 import re
 import struct
 from pathlib import Path
@@ -10,12 +11,12 @@ from legacytrace.model import FlowEvent
 
 DATA = Path(__file__).parent / "data" / "ftrace"
 
-# Quoted in KERNEL_FACTS.md, observed on 3.10.0-1160.el7 (kprobe `r` on ip_rcv, len=+104(%di):u32)
+# Observed on 3.10.0-1160.el7 before the lab had it (kprobe `r` on ip_rcv, len=+104(%di):u32)
 EL7_LINES = [
     "            ping-72    [000] d.s1     3.288210: r: (ip_rcv+0x0/0x3e0) len=0x54",
     "            ping-72    [000] dNs1     3.296373: r: (ip_rcv+0x0/0x3e0) len=0x54",
 ]
-# Quoted in KERNEL_FACTS.md / KERNEL_LAB.md, observed on the 6.1 lab kernel (len=...:u32, decimal)
+# Observed on the 6.1 lab kernel (len=...:u32, decimal)
 LAB61_LINE = ("ping-87 [000] ..s1. 3.607227: iprcv: (ip_rcv+0x0/0x1d0) "
               "skb=0xffff8dcf81335800 len=84")
 
@@ -39,7 +40,7 @@ def test_61_kprobe_line_decimal_value_five_flag_columns():
 
 def test_a_counter_clock_time_is_kept_as_printed_alone_and_in_a_batch():
     """A non-nanosecond trace_clock (counter, x86-tsc) prints a plain number instead of
-    `secs.usecs` (KERNEL_FACTS.md), here on the lab's real line."""
+    `secs.usecs` (docs/kernel-facts.md), here on the lab's real line."""
     line = LAB61_LINE.replace(" 3.607227: ", " 3607227: ")
     assert parse_line(line).time_ns == 3607227
     assert LineParser().parse_lines([line, LAB61_LINE]) == [parse_line(line), parse_line(LAB61_LINE)]
@@ -167,15 +168,22 @@ def test_decode_ip_refuses_what_is_not_an_ip_header():
     assert decode_ip(packet[14:], -2) is None
 
 
-def test_61_kprobe_capture_of_the_sh_script_gives_the_ping_tuples():
-    """Real 6.1 lines of our own probes: x-types hex, window words, dev string and (fault)."""
-    lines = _trace_lines("kprobe-6.1-sh-capture.trace")
+#: kernel -> (ping's pid in its sh capture, the device queue function its capture probed)
+LAB_CAPTURES = {"6.1": (131, "__dev_queue_xmit"), "el7": (153, "dev_queue_xmit")}
+
+
+@pytest.mark.parametrize("kernel", sorted(LAB_CAPTURES))
+def test_kprobe_capture_of_the_sh_script_gives_the_ping_tuples(kernel):
+    """Real lines of our own probes (6.1: x-types hex; EL7: u-types printing hex, four flag
+    characters): window words, dev string and (fault)."""
+    pid = LAB_CAPTURES[kernel][0]
+    lines = _trace_lines("kprobe-{}-sh-capture.trace".format(kernel))
     events = [parse_line(l) for l in lines[1:]]
     assert len(events) == 8 and all(events)
     for event in events:
         assert (event.family, event.proto, event.saddr, event.daddr) == (4, 1, "127.0.0.1", "127.0.0.1")
-        assert (event.length, event.icmp_code, event.icmp_id) == (84, 0, 131)   # ping's id is its pid
-        assert (event.comm, event.pid, event.source) == ("ping", 131, "kprobe")
+        assert (event.length, event.icmp_code, event.icmp_id) == (84, 0, pid)   # ping's id is its pid
+        assert (event.comm, event.pid, event.source) == ("ping", pid, "kprobe")
         assert event.dev == ("lo" if event.func == "ip_rcv" else None)         # dev=(fault) at ip_output
     requests = [e for e in events if e.icmp_type == 8]
     replies = [e for e in events if e.icmp_type == 0]
@@ -187,23 +195,24 @@ def test_61_kprobe_capture_of_the_sh_script_gives_the_ping_tuples():
     assert [e.skb for e in events if e.func == "ip_output"] == [e.skb for e in events if e.func == "ip_rcv"]
 
 
-def test_61_all_traffic_capture_agrees_with_tcpdump_and_the_senders():
+@pytest.mark.parametrize("kernel", sorted(LAB_CAPTURES))
+def test_all_traffic_capture_agrees_with_tcpdump_and_the_senders(kernel):
     """Real lab lines of every probe: the tuple at ip_rcv and at the transmit functions is
     tcpdump's for every packet, and the echo requests leave ip_output from ping's pid."""
     import json
-    lines = [l for l in _trace_lines("kprobe-6.1-all-traffic.trace") if l]
+    name = "kprobe-{}-all-traffic".format(kernel)
+    lines = [l for l in _trace_lines(name + ".trace") if l]
     events = [parse_line(l) for l in lines]
     assert all(events)
     truth = set()
-    for line in (DATA / "kprobe-6.1-all-traffic.tcpdump.txt").read_text().splitlines():
+    for line in (DATA / (name + ".tcpdump.txt")).read_text().splitlines():
         src, sport, dst, dport, rest = _TCPDUMP.match(line).groups()
         proto = 1 if rest.startswith("ICMP") else 17 if rest.startswith("UDP") else 6
         truth.add((src, dst, proto, int(sport) if sport else None, int(dport) if dport else None))
-    for func in ("ip_rcv", "ip_local_deliver", "ip_output", "ip_finish_output", "__dev_queue_xmit"):
+    for func in ("ip_rcv", "ip_local_deliver", "ip_output", "ip_finish_output", LAB_CAPTURES[kernel][1]):
         seen = set((e.saddr, e.daddr, e.proto, e.sport, e.dport) for e in events if e.func == func)
         assert seen == truth, func
-    workloads = dict((w["name"], w) for w in json.loads(
-        (DATA / "kprobe-6.1-all-traffic.workloads.json").read_text()))
+    workloads = dict((w["name"], w) for w in json.loads((DATA / (name + ".workloads.json")).read_text()))
     echo = [e for e in events if e.func == "ip_output" and e.icmp_type == 8]
     assert [e.pid for e in echo] == [workloads["ping"]["pid"]] * 2
     closed = [e for e in events if e.func == "ip_output" and e.dport == workloads["udp-closed"]["dport"]]
@@ -211,8 +220,27 @@ def test_61_all_traffic_capture_agrees_with_tcpdump_and_the_senders():
     connect = [e for e in events if e.func == "tcp_connect"]
     assert [(e.pid, e.dport, e.proto, e.daddr) for e in connect] == \
         [(workloads["http"]["pid"], workloads["http"]["dport"], 6, "127.0.0.1")]
-    # kfree_skb_reason(NULL) is common: all zero, no tuple
-    assert all(e.family is None for e in events if e.func == "kfree_skb_reason" and e.skb == 0)
+    sends = [e for e in events if e.func == "tcp_sendmsg"]
+    assert {(e.pid, e.proto) for e in sends if e.dport == workloads["http"]["dport"]} == \
+        {(workloads["http"]["pid"], 6)}
+
+
+def test_61_kfree_skb_reason_of_null_has_no_tuple():
+    events = [parse_line(l) for l in _trace_lines("kprobe-6.1-all-traffic.trace") if l]
+    nulls = [e for e in events if e.func == "kfree_skb_reason" and e.skb == 0]
+    assert nulls and all(e.family is None for e in nulls)
+
+
+def test_el7_frees_the_clones_a_packet_socket_took_with_kfree_skb():
+    """3.10 frees the clones tcpdump's packet socket takes of a loopback packet (one as it is
+    sent, one as it is received) with kfree_skb, where later kernels consume_skb them: at least
+    two kfree_skb events with the packet's tuple for every packet received."""
+    events = [parse_line(l) for l in _trace_lines("kprobe-el7-all-traffic.trace") if l]
+    tuple_of = lambda e: (e.saddr, e.daddr, e.proto, e.sport, e.dport)     # noqa: E731
+    received = collections.Counter(tuple_of(e) for e in events if e.func == "ip_rcv")
+    freed = collections.Counter(tuple_of(e) for e in events if e.func == "kfree_skb" and e.family)
+    assert received and set(freed) == set(received)
+    assert all(freed[flow] >= 2 * count for flow, count in received.items()), (freed, received)
 
 
 def test_61_record_tgid_column():

@@ -95,7 +95,7 @@ def test_other_releases_are_not_el7(release):
 
 
 def test_el7_table_holds_the_measured_offsets():
-    """The values of KERNEL_FACTS.md, "Struct offsets on EL7 x86_64" (3.10.0-1160)."""
+    """The values of docs/kernel-facts.md, "Struct layouts" (3.10.0-1160)."""
     layout = offsets.from_table(EL7)
     skb = dict((m, f.offset) for m, f in layout.structs["sk_buff"].items())
     assert skb == {"sk": 24, "dev": 32, "cb": 40, "len": 104, "data_len": 108, "protocol": 126,
@@ -108,17 +108,18 @@ def test_el7_table_holds_the_measured_offsets():
     assert layout.field("sk_buff", "head") == Field(224, 8)
     common = dict((m, f.offset) for m, f in layout.structs["sock_common"].items() if f)
     assert common == {"skc_daddr": 0, "skc_rcv_saddr": 4, "skc_dport": 12, "skc_num": 14,
-                      "skc_family": 16, "skc_state": 18}
+                      "skc_family": 16, "skc_state": 18, "skc_v6_daddr": 56,
+                      "skc_v6_rcv_saddr": 72}
     assert layout.field("net_device", "name") == Field(0, 16)
 
 
-def test_el7_table_has_no_ipv6_addresses():
+def test_el7_table_has_the_ipv6_addresses_and_nothing_it_was_not_given():
     layout = offsets.from_table(EL7)
-    assert not layout.has("sock_common", "skc_v6_daddr")
-    assert not layout.has("sock_common", "skc_v6_rcv_saddr")
+    assert layout.field("sock_common", "skc_v6_daddr") == Field(56, 16)
+    assert layout.field("sock_common", "skc_v6_rcv_saddr") == Field(72, 16)
     with pytest.raises(offsets.LayoutError) as err:
-        layout.field("sock_common", "skc_v6_daddr")
-    assert str(err.value) == ("kernel 3.10.0-1160.el7.x86_64 has no sock_common.skc_v6_daddr "
+        layout.field("sock_common", "skc_bound_dev_if")
+    assert str(err.value) == ("kernel 3.10.0-1160.el7.x86_64 has no sock_common.skc_bound_dev_if "
                               "in its struct layout (from table el7-x86_64)")
 
 

@@ -186,7 +186,7 @@ def test_any_filter_text_gives_a_filter_or_a_usage_error(args, events):
 
 def captured_lines():
     """Lines captured from real kernels (tests/data/*/, see each folder's README), and the
-    kprobe lines KERNEL_FACTS.md quotes from the 6.1 lab guest and an EL7 3.10 guest."""
+    kprobe lines seen in the 6.1 lab guest and an EL7 3.10 guest."""
     lines = [
         "            ping-72    [000] d.s1     3.288210: r: (ip_rcv+0x0/0x3e0) len=0x54",
         "ping-87 [000] ..s1. 3.607227: iprcv: (ip_rcv+0x0/0x1d0) skb=0xffff8dcf81335800 len=84",

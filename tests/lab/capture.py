@@ -24,7 +24,7 @@ INSTANCE = "ltcap"
 GROUP = "ltcap"
 REPRODUCE = "python3 tests/lab/labctl.py capture {name}  (all captures: make lab-capture)"
 
-# x86_64 argument registers in order; the sk_buff's position per function on 6.1 (KERNEL_FACTS.md).
+# x86_64 argument registers in order; the sk_buff's position per function on 6.1 (docs/kernel-facts.md).
 ARG_REGS = ("%di", "%si", "%dx", "%cx", "%r8", "%r9")
 SKB_PROBES = (
     # (function, sk_buff argument number, also read the IP header at skb->data)

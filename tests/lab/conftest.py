@@ -3,7 +3,8 @@
 Two phases, one selection: tests marked `host` run on the host before the boot and build
 artifacts into LEGACYTRACE_LAB_SHARED; every other test here runs inside the lab guest.
 Outside `make lab` all of them skip; with LEGACYTRACE_LAB_STRICT=1 a skip is a failure,
-so CI cannot pass by not running the lab.
+so CI cannot pass by not running the lab. The one skip strict mode keeps is a test marked
+`unsupported(KERNEL, reason=...)` on that lab kernel: it names what the kernel lacks.
 """
 import hashlib
 import os
@@ -11,7 +12,7 @@ import shutil
 import subprocess
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator, Sequence, Union
+from typing import Callable, Iterator, Optional, Sequence, Union
 
 import pytest
 
@@ -27,15 +28,32 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "host: lab host phase: runs on the host before the boot and leaves artifacts "
         "(stap modules) in LEGACYTRACE_LAB_SHARED for the guest tests")
+    config.addinivalue_line(
+        "markers", "unsupported(*kernels, reason): the lab kernels (labkernels.KERNELS names) this "
+        "test cannot run on, and why; it is reported skipped there, with the reason, even in strict mode")
+
+
+def unsupported_here(item: pytest.Item) -> Optional[str]:
+    """The reason `item` is marked unsupported on this lab kernel, or None."""
+    for mark in item.iter_markers("unsupported"):
+        if labkit.lab_kernel() in mark.args:
+            reason = mark.kwargs.get("reason")
+            if not reason:
+                raise pytest.UsageError("{}: unsupported() needs reason=".format(item.nodeid))
+            return "unsupported on the {} lab kernel: {}".format(labkit.lab_kernel(), reason)
+    return None
 
 
 def pytest_runtest_setup(item: pytest.Item) -> None:
-    """Each test runs only in its own phase."""
+    """Each test runs only in its own phase, and only on the kernels it supports."""
     if item.get_closest_marker("host"):
         if not IN_HOST_PHASE:
             pytest.skip("lab host-phase test: " + HOW_TO_RUN)
     elif not IN_GUEST:
         pytest.skip("needs the lab guest kernel: " + HOW_TO_RUN)
+    reason = unsupported_here(item)
+    if reason:
+        pytest.skip(reason)
 
 
 def strict_failure(report: Union[pytest.TestReport, pytest.CollectReport]) -> None:
@@ -50,7 +68,7 @@ def strict_failure(report: Union[pytest.TestReport, pytest.CollectReport]) -> No
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator[None]:
     """Strict: a test that skipped (in any phase of setup, call, teardown) fails instead."""
     report = yield
-    if STRICT and report.skipped and not hasattr(report, "wasxfail"):
+    if STRICT and report.skipped and not hasattr(report, "wasxfail") and not unsupported_here(item):
         strict_failure(report)
     return report
 
@@ -197,5 +215,11 @@ def trace_session() -> Iterator[labkit.TraceSession]:
 
 @pytest.fixture(scope="session")
 def skb_offsets() -> dict:
-    """sk_buff member offsets of the guest kernel, from its BTF."""
-    return labkit.btf_offsets("sk_buff", ["len", "protocol", "network_header", "head", "data"])
+    """sk_buff member offsets of the guest kernel: from its BTF (pahole), or on a kernel without
+    BTF from the table of known builds, which test_ftrace.py holds to the kernel's headers."""
+    members = ["len", "protocol", "network_header", "head", "data"]
+    if os.path.exists(labkit.BTF):
+        return labkit.btf_offsets("sk_buff", members)
+    from legacytrace import offsets
+    layout = offsets.from_table(labkit.kernel_release())
+    return {name: layout.field("sk_buff", name).offset for name in members}

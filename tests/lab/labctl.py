@@ -1,19 +1,25 @@
 #!/usr/bin/env python3
-"""Host-side driver of the kernel lab: boots Debian's kernel under QEMU and runs tests/lab in it.
+"""Host-side driver of the kernel lab: boots a real kernel under QEMU and runs tests/lab in it.
 
-    labctl.py setup                 install and cache everything, boot only if the System.map is new
-    labctl.py run [PYTEST ARGS]     setup, host phase (pytest -m host), one boot for the guest phase
-    labctl.py capture [NAMES]       setup, one boot running capture.py (writes tests/data/)
-    labctl.py bench [--cpus N] [--icount] [-- ARGS]
-                                    setup, bench/lab.py host, one boot running bench/lab.py guest ARGS
-    labctl.py shell                 an interactive shell in the lab guest, for debugging
+    labctl.py [--kernel K] setup                 install and cache everything, boot only for a new System.map
+    labctl.py [--kernel K] run [PYTEST ARGS]     setup, host phase (pytest -m host), one boot for the guest phase
+    labctl.py [--kernel K] capture [NAMES]       setup, one boot running capture.py (writes tests/data/)
+    labctl.py [--kernel K] bench [--cpus N] [--icount] [-- ARGS]
+                                                 setup, bench/lab.py host, one boot running bench/lab.py guest ARGS
+    labctl.py [--kernel K] shell                 an interactive shell in the lab guest, for debugging
+    labctl.py [--kernel K] exec COMMAND          one shell command in the guest, its output printed
 
-How it works, what it downloads and how long it takes: tests/lab/README.md.
-Needs root on the host (apt-get, /boot/System.map-RELEASE) and Python 3.6+.
+K is a lab kernel (labkernels.KERNELS: 6.1, 5.10, el7; default $LAB_KERNEL or 6.1); `run` also
+takes a comma-separated list or `all`, one boot per kernel. How it works, what it downloads and
+how long it takes: tests/lab/README.md. Needs root on the host (apt-get, /boot/System.map-RELEASE,
+/lib/modules/RELEASE/build).
 """
 import argparse
+import base64
 import contextlib
 import fcntl
+import gzip
+import hashlib
 import os
 import re
 import shlex
@@ -27,74 +33,56 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence
 
-CHECKOUT = Path(__file__).resolve().parents[2]
+import labkernels
+from labkernels import LabError, Prepared, ensure_packages, log, run, write_atomic
+
+CHECKOUT = labkernels.CHECKOUT
 LAB_DIR = CHECKOUT / "tests" / "lab"
 RESULTS_COPY = CHECKOUT / "lab-results"
-VNG_VERSION = "1.42"
+GUEST_INIT = LAB_DIR / "guest-init"
 PACKAGES = (
-    "qemu-system-x86", "kmod", "busybox-static",     # virtme-ng: QEMU, depmod, its initramfs
+    "qemu-system-x86", "busybox-static", "cpio",      # the guest: QEMU, its initramfs
     "systemtap", "systemtap-runtime", "gcc", "make",  # stap modules, built on the host
     "bpftrace", "dwarves",                           # bpftrace; pahole reads the guest's BTF
     "iproute2", "iputils-ping", "tcpdump", "curl",   # traffic and ground truth in the guest
 )
-# 9p instead of virtiofs: Debian's virtiofsd does not take virtme-ng's options (8 s lost per boot).
-BOOT_OPTIONS = ("--force-9p", "--disable-kvm", "--memory", "2G", "--cpus", "2",
-                "--append", "nokaslr", "--verbose")
+MEMORY_MB = 2048
 #: One host thread for every vCPU: with QEMU's default of a thread per vCPU (MTTCG), a guest
 #: hung twice in ~25 full runs while bpftrace placed kprobes (a soft lockup of bpftrace in
-#: handle_softirqs, the other CPU in asm_exc_int3, then an RCU stall: console-stalled.log of
-#: run 20261122-034917), the int3 patching of live code that MTTCG runs across threads.
-TCG_OPTIONS = "-accel tcg,thread=single"
-APT_MAX_AGE = 24 * 3600
+#: handle_softirqs, the other CPU in asm_exc_int3, then an RCU stall), the int3 patching of
+#: live code that MTTCG runs across threads.
+TCG_OPTIONS = ("-accel", "tcg,thread=single")
+#: icount: every guest clock advances 1 ns per instruction, sleep=off jumps over idle time, so
+#: guest timings repeat whatever the host's load (bench --icount).
+ICOUNT_OPTIONS = ("-icount", "shift=0,sleep=off")
 KEEP_RUNS = 5
 #: A guest whose followed output has not grown for this long is stalled (see TCG_OPTIONS;
-#: a hung test looks the same); the boot is killed and,
-#: for the guest phase, retried once. The slowest lab test takes ~200 s under TCG.
+#: a hung test looks the same); the boot is killed and, for the guest phase, retried once.
 STALL_SECONDS = int(os.environ.get("LEGACYTRACE_LAB_STALL", "600"))
 PRUNE_AGE = 3 * 3600
 STAP_RUNTIME = Path("/usr/share/systemtap/runtime")
 
 
-class StallError(Exception):
+class StallError(LabError):
     """The guest stopped making progress; `console` is its console log."""
-
-    def __init__(self, message: str, console: Path):
-        super().__init__(message)
-        self.console = console
-
-
-class LabError(Exception):
-    """Why the lab cannot run; `console` names a guest console log worth showing."""
-
-    def __init__(self, message: str, console: Optional[Path] = None):
-        super().__init__(message)
-        self.console = console
 
 
 @dataclass
 class Lab:
-    """Everything a run needs, all of it under the cache."""
+    """Everything a run on one kernel needs, all of it under the cache."""
 
     cache: Path
-    release: str
-    vmlinuz: Path
-    vng: Path
+    kernel: Prepared
+    initrd: Path
     runtime: Path
 
+    @property
+    def name(self) -> str:
+        return self.kernel.name
 
-def log(message: str) -> None:
-    """Progress on stderr, so the guest's pytest output stays readable on stdout."""
-    print("lab: " + message, file=sys.stderr, flush=True)
-
-
-def run(argv: Sequence[str], **kwargs) -> str:
-    """Run a host command; on failure raise with the command and the end of its output."""
-    proc = subprocess.run([str(a) for a in argv], stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, universal_newlines=True, **kwargs)
-    if proc.returncode != 0:
-        raise LabError("`{}` failed ({}): {}".format(
-            " ".join(map(str, argv)), proc.returncode, proc.stdout.strip()[-800:]))
-    return proc.stdout
+    @property
+    def release(self) -> str:
+        return self.kernel.release
 
 
 def cache_dir() -> Path:
@@ -103,84 +91,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("LEGACYTRACE_LAB_CACHE", str(default))).resolve()
 
 
-# --- Debian packages ------------------------------------------------------------
-
-def missing_packages(names: Sequence[str]) -> List[str]:
-    """Packages dpkg does not list as installed."""
-    proc = subprocess.run(["dpkg-query", "-W", "-f", "${Package} ${db:Status-Abbrev}\n"] + list(names),
-                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, universal_newlines=True)
-    installed = {f[0] for f in map(str.split, proc.stdout.splitlines()) if f[1:2] == ["ii"]}
-    return [n for n in names if n not in installed]
-
-
-def apt_get(*args: str, cwd: Optional[str] = None) -> str:
-    """Non-interactive apt-get that waits for a concurrent apt instead of failing."""
-    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    return run(["apt-get", "-q", "-y", "-o", "DPkg::Lock::Timeout=600"] + list(args), env=env, cwd=cwd)
-
-
-def apt_update_if_stale(cache: Path, force: bool = False) -> None:
-    """apt-get update at most once a day, so a new Debian kernel is noticed without slowing every run."""
-    stamp = cache / "apt-updated"
-    if not force and stamp.exists() and time.time() - stamp.stat().st_mtime < APT_MAX_AGE:
-        return
-    log("apt-get update")
-    apt_get("update")
-    stamp.touch()
-
-
-def ensure_packages(cache: Path, names: Sequence[str]) -> None:
-    """Install what is missing; quick when everything is there."""
-    missing = missing_packages(names)
-    if not missing:
-        return
-    apt_update_if_stale(cache, force=True)
-    log("installing " + " ".join(missing))
-    apt_get("install", "--no-install-recommends", *missing)
-
-
-def resolve_release(cache: Path) -> str:
-    """Debian's current kernel release, from the linux-image-amd64 metapackage."""
-    apt_update_if_stale(cache)
-    out = run(["apt-cache", "depends", "linux-image-amd64"])
-    m = re.search(r"Depends: linux-image-(\d+\.\d+\.\d+-\d+-amd64)$", out, re.M)
-    if not m:
-        raise LabError("cannot resolve Debian's kernel from `apt-cache depends linux-image-amd64`: "
-                       "run `apt-get update` and retry")
-    return m.group(1)
-
-
 # --- cached pieces ---------------------------------------------------------------
-
-def ensure_vng(cache: Path) -> Path:
-    """virtme-ng from PyPI in a venv of its own, pinned so every run boots the same way."""
-    venv = cache / "tools" / ("virtme-ng-" + VNG_VERSION)
-    vng = venv / "bin" / "vng"
-    if not vng.exists():
-        log("installing virtme-ng {} into {}".format(VNG_VERSION, venv))
-        shutil.rmtree(str(venv), ignore_errors=True)
-        run([sys.executable, "-m", "venv", venv])
-        run([venv / "bin" / "python", "-m", "pip", "install", "-q", "virtme-ng==" + VNG_VERSION])
-    return vng
-
-
-def ensure_kernel(cache: Path, release: str) -> Path:
-    """The kernel package unpacked into the cache, never into /boot (vng would skip its initramfs)."""
-    kdir = cache / "kernels" / release
-    vmlinuz = kdir / "boot" / ("vmlinuz-" + release)
-    if vmlinuz.exists():
-        return vmlinuz
-    log("downloading linux-image-" + release)
-    kdir.parent.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(dir=str(kdir.parent)) as tmp:
-        os.chmod(tmp, 0o755)  # apt-get download drops privileges to _apt when it can
-        apt_get("download", "linux-image-" + release, cwd=tmp)
-        deb = next(Path(tmp).glob("*.deb"))
-        run(["dpkg-deb", "-x", deb, Path(tmp) / "root"])
-        shutil.rmtree(str(kdir), ignore_errors=True)
-        os.rename(str(Path(tmp) / "root"), str(kdir))
-    return vmlinuz
-
 
 def kernel_has_task_work_cancel_func(release: str) -> bool:
     """6.1.1xx backported task_work_cancel_func; systemtap 4.8's runtime predates it."""
@@ -225,13 +136,49 @@ def ensure_runtime(cache: Path, release: str) -> Path:
     return dest
 
 
+def ensure_initrd(cache: Path, kernel: Prepared) -> Path:
+    """The guest's initramfs: busybox, tests/lab/guest-init and the modules the kernel needs for
+    its 9p root, cached by what goes into it."""
+    busybox = Path("/bin/busybox")
+    parts = [GUEST_INIT.read_bytes(), busybox.read_bytes()] + [m.read_bytes() for m in kernel.modules]
+    key = hashlib.sha256(b"\0".join(parts)).hexdigest()[:16]
+    initrd = cache / "initrd" / "{}-{}.cpio.gz".format(kernel.release, key)
+    if initrd.exists():
+        return initrd
+    log("making the guest initramfs " + initrd.name)
+    initrd.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=str(initrd.parent)) as tmp:
+        root = Path(tmp) / "root"
+        for sub in ("bin", "proc", "sys", "dev", "host", "modules"):
+            (root / sub).mkdir(parents=True)
+        shutil.copy(str(busybox), str(root / "bin" / "busybox"))
+        shutil.copy(str(GUEST_INIT), str(root / "init"))
+        (root / "init").chmod(0o755)
+        names = []
+        for module in kernel.modules:
+            name = module.name.split(".ko")[0]
+            shutil.copy(str(module), str(root / "modules" / (name + ".ko")))
+            names.append(name)
+        if names:
+            (root / "modules" / "order").write_text("\n".join(names) + "\n")
+        files = subprocess.run(["find", "."], cwd=str(root), stdout=subprocess.PIPE, check=True).stdout
+        archive = subprocess.run(["cpio", "-o", "-H", "newc", "--quiet"], cwd=str(root), input=files,
+                                 stdout=subprocess.PIPE, check=True).stdout
+        Path(tmp, "initrd").write_bytes(gzip.compress(archive))
+        os.replace(str(Path(tmp, "initrd")), str(initrd))
+    return initrd
+
+
 def ensure_system_map(lab: Lab) -> None:
-    """Debian's /boot/System.map is a placeholder: save the nokaslr kallsyms once, install it for stap."""
+    """stap -r RELEASE reads /boot/System.map-RELEASE. A Debian kernel ships a placeholder: boot it
+    once with nokaslr (every lab boot uses it) and keep /proc/kallsyms as the real one."""
     real = lab.cache / "kernels" / lab.release / "System.map"
-    if not real.exists():
+    if lab.kernel.system_map is not None:
+        real = lab.kernel.system_map
+    elif not real.exists():
         log("first boot of {}: saving /proc/kallsyms as its System.map".format(lab.release))
         run_dir = new_run_dir(lab.cache, "system-map")
-        dump = run_dir / "kallsyms"
+        dump = run_dir / "results" / "kallsyms"
         rc = boot(lab, run_dir, ["awk 'NF == 3' /proc/kallsyms > {}".format(shlex.quote(str(dump)))],
                   timeout=600)
         lines = dump.read_text().splitlines() if dump.exists() else []
@@ -243,29 +190,20 @@ def ensure_system_map(lab: Lab) -> None:
     target = Path("/boot/System.map-" + lab.release)
     if not target.exists() or target.read_bytes() != real.read_bytes():
         log("installing the real System.map as " + str(target))
-        target.parent.mkdir(exist_ok=True)
         write_atomic(target, real.read_text())
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Readers (a concurrent stap) never see half a file."""
-    tmp = path.with_name(path.name + ".tmp{}".format(os.getpid()))
-    tmp.write_text(text)
-    os.replace(str(tmp), str(path))
-
-
-def setup(cache: Path) -> Lab:
-    """Everything the lab needs, idempotent; a lock keeps concurrent runs from racing."""
+def setup(cache: Path, name: str) -> Lab:
+    """Everything the lab needs for kernel `name`, idempotent; a lock keeps concurrent runs from racing."""
     if os.geteuid() != 0:
         raise LabError("the lab needs root on the host (apt-get, /boot/System.map): run it as root")
+    kind = labkernels.kernel(name)
     cache.mkdir(parents=True, exist_ok=True)
     with open(str(cache / "setup.lock"), "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        ensure_packages(cache, PACKAGES)
-        release = resolve_release(cache)
-        ensure_packages(cache, ["linux-headers-" + release])
-        lab = Lab(cache, release, ensure_kernel(cache, release), ensure_vng(cache),
-                  ensure_runtime(cache, release))
+        ensure_packages(cache, PACKAGES + tuple(kind.packages()))
+        kernel = kind.prepare(cache)
+        lab = Lab(cache, kernel, ensure_initrd(cache, kernel), ensure_runtime(cache, kernel.release))
         ensure_system_map(lab)
     return lab
 
@@ -286,29 +224,31 @@ def new_run_dir(cache: Path, kind: str) -> Path:
     return run_dir
 
 
-def boot_options(cpus: int = 2, icount: bool = False) -> List[str]:
-    """BOOT_OPTIONS and TCG_OPTIONS, with another CPU count and, for instruction-counted
-    timing, QEMU's icount: shift=0 makes every guest clock advance 1 ns per instruction,
-    sleep=off jumps over idle time, so guest timings repeat whatever the host's load."""
-    options = list(BOOT_OPTIONS)
-    options[options.index("--cpus") + 1] = str(cpus)
-    qemu = TCG_OPTIONS + (" -icount shift=0,sleep=off" if icount else "")
-    options.append("--qemu-opts=" + qemu)
-    return options
+def _b64(text: str) -> str:
+    return base64.b64encode(text.encode()).decode()
 
 
-def vng_argv(lab: Lab, rw: Sequence[Path] = (), ro: Sequence[Path] = (),
-             options: Optional[Sequence[str]] = None) -> List[str]:
-    """The vng command line; the cache is always shared writable (results come back through it)."""
-    argv = [str(lab.vng), "--run", str(lab.vmlinuz)] + list(options or boot_options())
-    argv += ["--rwdir=" + str(p) for p in [lab.cache] + list(rw)]
-    argv += ["--rodir=" + str(p) for p in ro]
-    return argv
-
-
-def vng_env(lab: Lab) -> Dict[str, str]:
-    """vng runs its helpers (virtme-run) from PATH."""
-    return dict(os.environ, PATH="{}:{}".format(lab.vng.parent, os.environ.get("PATH", "")))
+def qemu_argv(lab: Lab, script: Path, rw: Sequence[Path] = (), ro: Sequence[Path] = (),
+              cpus: int = 2, icount: bool = False) -> List[str]:
+    """QEMU booting the lab kernel with tests/lab/guest-init, which runs `script` as root with the
+    host's root filesystem read-only, the cache and `rw` paths writable, `ro` read-only, and the
+    kernel's own modules (if it has any) at /lib/modules/RELEASE."""
+    shares = [(p, "rw", p) for p in [lab.cache] + list(rw)] + [(p, "ro", p) for p in ro]
+    if lab.kernel.modules_dir is not None:
+        shares.append((lab.kernel.modules_dir, "ro", Path("/lib/modules", lab.release)))
+    argv = ["qemu-system-x86_64"] + list(TCG_OPTIONS) + (list(ICOUNT_OPTIONS) if icount else []) + [
+        "-m", str(MEMORY_MB), "-smp", str(cpus), "-nographic", "-no-reboot",
+        "-kernel", str(lab.kernel.image), "-initrd", str(lab.initrd),
+        "-virtfs", "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap"]
+    lines = []
+    for index, (path, mode, where) in enumerate(shares):
+        tag = "share{}".format(index)
+        argv += ["-virtfs", "local,path={},mount_tag={},security_model=none,multidevs=remap{}".format(
+            path, tag, ",readonly=on" if mode == "ro" else "")]
+        lines.append("{} {} {}".format(tag, mode, where))
+    append = "console=ttyS0 panic=-1 nokaslr lab.shares={} lab.script={}".format(
+        _b64("\n".join(lines)), _b64(str(script)))
+    return argv + ["-append", append]
 
 
 def stream_new(path: Optional[Path], pos: int) -> int:
@@ -336,31 +276,30 @@ def boot_lock(cache: Path) -> Iterator[None]:
 
 
 def kill_group(proc: subprocess.Popen) -> None:
-    """QEMU and vng's helpers share the boot's process group."""
+    """QEMU runs in the boot's own process group."""
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
 
 
 def boot(lab: Lab, run_dir: Path, commands: Sequence[str], rw: Sequence[Path] = (),
          ro: Sequence[Path] = (), timeout: int = 2400, follow: Optional[Path] = None,
-         options: Optional[Sequence[str]] = None) -> int:
+         cpus: int = 2, icount: bool = False) -> int:
     """Boot once, run the shell commands as root, return their exit code (read from the shared dir).
 
     follow: a file the commands write in the shared cache, printed as it grows.
-    options: vng's machine options (boot_options()).
     """
     rc_file = run_dir / "results" / "guest-rc"
     script = run_dir / "guest.sh"
     body = "\n".join(commands)
     script.write_text("#!/bin/sh\n{}\necho $? > {}\n".format(body, shlex.quote(str(rc_file))))
     console = run_dir / "console.log"
-    argv = vng_argv(lab, rw, ro, options) + ["--exec", "sh " + shlex.quote(str(script))]
+    argv = qemu_argv(lab, script, rw, ro, cpus, icount)
     with boot_lock(lab.cache), open(str(console), "w") as out:
         started = time.monotonic()
         out.write("$ {}\n".format(" ".join(map(shlex.quote, argv))))
         out.flush()
         proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                env=vng_env(lab), start_new_session=True, cwd=str(CHECKOUT))
+                                start_new_session=True, cwd=str(CHECKOUT))
         pos, progressed = 0, started
         while proc.poll() is None:
             now = time.monotonic()
@@ -380,7 +319,7 @@ def boot(lab: Lab, run_dir: Path, commands: Sequence[str], rw: Sequence[Path] = 
     log("guest ran for {:.0f} s".format(time.monotonic() - started))
     if not rc_file.exists():
         raise LabError("the guest wrote no exit code: it did not boot, panicked or could not start "
-                       "the command (vng exit {})".format(proc.returncode), console)
+                       "the command (QEMU exit {})".format(proc.returncode), console)
     return int(rc_file.read_text().strip())
 
 
@@ -390,6 +329,7 @@ def lab_env(lab: Lab, run_dir: Path, phase: str) -> Dict[str, str]:
     """What tests learn about the lab, in both phases (see tests/lab/README.md)."""
     env = {
         "LEGACYTRACE_LAB_PHASE": phase,
+        "LEGACYTRACE_LAB_KERNEL": lab.name,
         "LEGACYTRACE_LAB_RELEASE": lab.release,
         "LEGACYTRACE_LAB_CACHE": str(lab.cache),
         "LEGACYTRACE_LAB_STAP_RUNTIME": str(lab.runtime),
@@ -397,13 +337,10 @@ def lab_env(lab: Lab, run_dir: Path, phase: str) -> Dict[str, str]:
         "LEGACYTRACE_LAB_STRICT": os.environ.get("LEGACYTRACE_LAB_STRICT", "1"),
         "PYTHONDONTWRITEBYTECODE": "1",
         "PYTHONUNBUFFERED": "1",  # progress reaches the host as it happens (the stall watchdog)
-        "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",  # importing plugins (hypothesis) costs a minute under TCG
+        "PYTEST_DISABLE_PLUGIN_AUTOLOAD": "1",  # importing plugins (hypothesis) costs time under TCG
     }
     if phase == "guest":
         env["LEGACYTRACE_LAB"] = "1"
-        # The guest's /tmp overlays the host's, whose files appear in it while tests run
-        # (a host test's bpf script folder looked like a leftover); /var/tmp is the guest's.
-        env["TMPDIR"] = "/var/tmp"
     return env
 
 
@@ -419,26 +356,31 @@ def pytest_argv(venv: Path, run_dir: Path, phase: str, args: Sequence[str]) -> L
 
 def host_phase(lab: Lab, run_dir: Path, venv: Path, args: Sequence[str]) -> int:
     """Build artifacts (stap modules) on the host, where compiling is fast."""
-    log("host phase: pytest -m host")
-    env = dict(os.environ, **lab_env(lab, run_dir, "host"))
+    log("host phase ({}): pytest -m host".format(lab.name))
+    env = lab.kernel.build_env(dict(os.environ, **lab_env(lab, run_dir, "host")))
     rc = subprocess.run(pytest_argv(venv, run_dir, "host", args), cwd=str(CHECKOUT), env=env).returncode
     return 0 if rc == 5 else rc  # 5: no host test selected
+
+
+def guest_commands(lab: Lab, run_dir: Path, exports: Dict[str, str], argv: Sequence[str],
+                   output: Path) -> List[str]:
+    """Shell lines for the guest: in the checkout, with `exports`, argv's output to `output`."""
+    return [
+        "cd {} || exit 97".format(shlex.quote(str(CHECKOUT))),
+        "export " + " ".join("{}={}".format(k, shlex.quote(v)) for k, v in exports.items()),
+        "{} > {} 2>&1".format(" ".join(map(shlex.quote, argv)), shlex.quote(str(output))),
+        "rc=$?",
+        "dmesg > {}".format(shlex.quote(str(run_dir / "results" / "dmesg.txt"))),
+        "(exit $rc)",
+    ]
 
 
 def guest_phase(lab: Lab, run_dir: Path, venv: Path, args: Sequence[str], timeout: int) -> int:
     """One boot runs every selected guest test; output and JUnit XML come back through the cache."""
     log("guest phase: booting {} (TCG)".format(lab.release))
-    exports = " ".join("{}={}".format(k, shlex.quote(v)) for k, v in lab_env(lab, run_dir, "guest").items())
     output = run_dir / "results" / "guest-pytest.log"
-    commands = [
-        "cd {} || exit 97".format(shlex.quote(str(CHECKOUT))),
-        "export " + exports,
-        "{} > {} 2>&1".format(" ".join(map(shlex.quote, pytest_argv(venv, run_dir, "guest", args))),
-                              shlex.quote(str(output))),
-        "rc=$?",
-        "dmesg > {}".format(shlex.quote(str(run_dir / "results" / "dmesg.txt"))),
-        "(exit $rc)",
-    ]
+    commands = guest_commands(lab, run_dir, lab_env(lab, run_dir, "guest"),
+                              pytest_argv(venv, run_dir, "guest", args), output)
     try:
         return boot(lab, run_dir, commands, ro=[CHECKOUT], timeout=timeout, follow=output)
     except StallError as e:
@@ -452,13 +394,15 @@ def guest_phase(lab: Lab, run_dir: Path, venv: Path, args: Sequence[str], timeou
         raise LabError("{}, twice".format(e), e.console)
 
 
-def keep_results(run_dir: Path) -> None:
-    """Copy results next to the checkout (lab-results/, ignored by git) for CI logs and humans."""
-    shutil.rmtree(str(RESULTS_COPY), ignore_errors=True)
-    shutil.copytree(str(run_dir / "results"), str(RESULTS_COPY))
+def keep_results(lab: Lab, run_dir: Path) -> Path:
+    """Copy results next to the checkout (lab-results/KERNEL/, ignored by git) for CI logs and humans."""
+    dest = RESULTS_COPY / lab.name
+    shutil.rmtree(str(dest), ignore_errors=True)
+    shutil.copytree(str(run_dir / "results"), str(dest))
     console = run_dir / "console.log"
     if console.exists():
-        shutil.copy(str(console), str(RESULTS_COPY / "console.log"))
+        shutil.copy(str(console), str(dest / "console.log"))
+    return dest
 
 
 def check_venv(venv: Path) -> None:
@@ -469,29 +413,63 @@ def check_venv(venv: Path) -> None:
 
 # --- commands ---------------------------------------------------------------------------
 
+def kernel_names(text: str) -> List[str]:
+    """`all`, one name or a comma-separated list, each a labkernels.KERNELS name."""
+    names = list(labkernels.KERNELS) if text == "all" else [n for n in text.split(",") if n]
+    for name in names:
+        labkernels.kernel(name)  # LabError for an unknown name
+    return names
+
+
+def one_kernel(args: argparse.Namespace) -> str:
+    names = kernel_names(args.kernel)
+    if len(names) != 1:
+        raise LabError("{} takes one lab kernel, not {!r}".format(args.command, args.kernel))
+    return names[0]
+
+
 def cmd_setup(args: argparse.Namespace) -> int:
     """Prepare without running tests."""
-    lab = setup(cache_dir())
-    log("ready: {} in {}".format(lab.release, lab.cache))
+    for name in kernel_names(args.kernel):
+        lab = setup(cache_dir(), name)
+        log("ready: {} ({}) in {}".format(lab.name, lab.release, lab.cache))
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    """The whole lab: setup, host phase, guest phase; non-zero if anything failed or skipped."""
-    venv = Path(args.venv).resolve()
-    check_venv(venv)
-    lab = setup(cache_dir())
-    run_dir = new_run_dir(lab.cache, "run")
+def run_kernel(name: str, venv: Path, args: argparse.Namespace) -> int:
+    """Setup, host phase and guest phase on one kernel; the exit status of both phases."""
+    started = time.monotonic()
+    lab = setup(cache_dir(), name)
+    run_dir = new_run_dir(lab.cache, "run-" + name)
     host_rc = host_phase(lab, run_dir, venv, args.pytest_args)
     guest_rc = guest_phase(lab, run_dir, venv, args.pytest_args, args.timeout)
-    keep_results(run_dir)
+    dest = keep_results(lab, run_dir)
     if guest_rc == 5:
         log("the guest phase selected no test")
-    if host_rc or guest_rc:
-        log("FAILED: host phase exit {}, guest phase exit {}; results in {} and {}".format(
-            host_rc, guest_rc, RESULTS_COPY, run_dir))
+    outcome = "passed" if not (host_rc or guest_rc) else \
+        "FAILED: host phase exit {}, guest phase exit {}".format(host_rc, guest_rc)
+    log("{} ({}) {} in {:.0f} s: results in {} and {}".format(
+        name, lab.release, outcome, time.monotonic() - started, dest, run_dir))
+    return 1 if host_rc or guest_rc else 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """The whole lab on each kernel asked for; non-zero if anything failed or skipped on any."""
+    venv = Path(args.venv).resolve()
+    check_venv(venv)
+    failed = []
+    for name in kernel_names(args.kernel):
+        try:
+            if run_kernel(name, venv, args):
+                failed.append(name)
+        except LabError as e:   # the next kernel's results are still worth having
+            log("ERROR on {}: {}".format(name, e))
+            if e.console:
+                show_console_tail(e.console)
+            failed.append(name)
+    if failed:
+        log("FAILED on: " + ", ".join(failed))
         return 1
-    log("passed: results in {}".format(RESULTS_COPY))
     return 0
 
 
@@ -499,12 +477,11 @@ def cmd_capture(args: argparse.Namespace) -> int:
     """Record raw backend output in the guest into tests/data/ (the checkout is shared writable)."""
     venv = Path(args.venv).resolve()
     check_venv(venv)
-    lab = setup(cache_dir())
+    lab = setup(cache_dir(), one_kernel(args))
     run_dir = new_run_dir(lab.cache, "capture")
     output = run_dir / "results" / "capture.log"
     capture = [str(venv / "bin" / "python"), str(LAB_DIR / "capture.py")] + args.names
-    commands = ["cd {} || exit 97".format(shlex.quote(str(CHECKOUT))),
-                "{} > {} 2>&1".format(" ".join(map(shlex.quote, capture)), shlex.quote(str(output)))]
+    commands = guest_commands(lab, run_dir, lab_env(lab, run_dir, "guest"), capture, output)
     return boot(lab, run_dir, commands, rw=[CHECKOUT], timeout=args.timeout, follow=output)
 
 
@@ -512,48 +489,63 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """bench/lab.py: its host step (stap modules) here, then one boot running its guest step."""
     venv = Path(args.venv).resolve()
     check_venv(venv)
-    lab = setup(cache_dir())
+    lab = setup(cache_dir(), one_kernel(args))
     run_dir = new_run_dir(lab.cache, "bench")
     results = run_dir / "results"
     bench = [str(venv / "bin" / "python"), str(CHECKOUT / "bench" / "lab.py")]
     shared = str(run_dir / "shared")
     log("bench host step: bench/lab.py host")
-    host_env = dict(os.environ, **lab_env(lab, run_dir, "host"))
+    host_env = lab.kernel.build_env(dict(os.environ, **lab_env(lab, run_dir, "host")))
     host_rc = subprocess.run(bench + ["host", shared, "--json", str(results / "bench-host.json")],
                              cwd=str(CHECKOUT), env=host_env).returncode
     if host_rc:
         raise LabError("bench/lab.py host failed (exit {})".format(host_rc))
-    options = boot_options(args.cpus, args.icount)
     exports = dict(lab_env(lab, run_dir, "guest"),
                    LEGACYTRACE_LAB_ACCEL="tcg, -icount shift=0,sleep=off" if args.icount else "tcg")
     output = results / "bench.log"
     guest = bench + ["guest", shared, "--json", str(results / "bench.json")] + args.bench_args
-    commands = [
-        "cd {} || exit 97".format(shlex.quote(str(CHECKOUT))),
-        "export " + " ".join("{}={}".format(k, shlex.quote(v)) for k, v in exports.items()),
-        "{} > {} 2>&1".format(" ".join(map(shlex.quote, guest)), shlex.quote(str(output))),
-    ]
-    log("bench guest step: booting {} ({})".format(lab.release, " ".join(options)))
+    log("bench guest step: booting {} ({} CPUs{})".format(lab.release, args.cpus,
+                                                          ", icount" if args.icount else ""))
     try:
-        rc = boot(lab, run_dir, commands, ro=[CHECKOUT], timeout=args.timeout, follow=output,
-                  options=options)
+        rc = boot(lab, run_dir, guest_commands(lab, run_dir, exports, guest, output), ro=[CHECKOUT],
+                  timeout=args.timeout, follow=output, cpus=args.cpus, icount=args.icount)
     finally:
-        keep_results(run_dir)
+        dest = keep_results(lab, run_dir)
     log("bench {}: figures in {}".format("done" if rc == 0 else "FAILED (exit {})".format(rc),
-                                          RESULTS_COPY / "bench.log"))
+                                          dest / "bench.log"))
     return 1 if rc else 0
 
 
+def cmd_exec(args: argparse.Namespace) -> int:
+    """One shell command in the guest, with the lab's environment and the checkout writable; its
+    output is printed as it comes (for debugging and one-off recordings)."""
+    lab = setup(cache_dir(), one_kernel(args))
+    run_dir = new_run_dir(lab.cache, "exec")
+    output = run_dir / "results" / "exec.log"
+    commands = guest_commands(lab, run_dir, lab_env(lab, run_dir, "guest"),
+                              ["sh", "-c", args.shell_command], output)
+    try:
+        return boot(lab, run_dir, commands, rw=[CHECKOUT], timeout=args.timeout, follow=output)
+    finally:
+        keep_results(lab, run_dir)
+
+
 def cmd_shell(args: argparse.Namespace) -> int:
-    """An interactive root shell in the lab guest with the checkout and the cache shared."""
-    lab = setup(cache_dir())
-    return subprocess.run(vng_argv(lab, rw=[CHECKOUT]), env=vng_env(lab), cwd=str(CHECKOUT)).returncode
+    """An interactive root shell in the lab guest with the checkout writable."""
+    lab = setup(cache_dir(), one_kernel(args))
+    run_dir = new_run_dir(lab.cache, "shell")
+    script = run_dir / "guest.sh"
+    script.write_text("#!/bin/sh\ncd {}\nexec /bin/bash -i\n".format(shlex.quote(str(CHECKOUT))))
+    return subprocess.run(qemu_argv(lab, script, rw=[CHECKOUT]), cwd=str(CHECKOUT)).returncode
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--venv", default=os.environ.get("LEGACYTRACE_LAB_VENV", str(CHECKOUT / ".venv")),
                         help="the project's venv, whose pytest and python run the tests")
+    parser.add_argument("--kernel", default=os.environ.get("LAB_KERNEL") or labkernels.DEFAULT,
+                        help="lab kernel: {} (run and setup: also a comma-separated list, or all)"
+                        .format(", ".join(labkernels.KERNELS)))
     parser.add_argument("--timeout", type=int, default=int(os.environ.get("LEGACYTRACE_LAB_TIMEOUT", "3000")),
                         help="hard limit in seconds for one guest boot")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -565,11 +557,14 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
     p_cap.set_defaults(func=cmd_capture)
     p_bench = sub.add_parser("bench", usage="labctl.py bench [--cpus N] [--icount] [-- BENCH ARGS]"
                              "  (bench/lab.py guest's options)")
-    p_bench.add_argument("--cpus", type=int, default=2, help="guest CPUs (vng --cpus)")
+    p_bench.add_argument("--cpus", type=int, default=2, help="guest CPUs")
     p_bench.add_argument("--icount", action="store_true",
                          help="QEMU -icount shift=0,sleep=off: guest clocks count instructions")
     p_bench.set_defaults(func=cmd_bench)
     sub.add_parser("shell").set_defaults(func=cmd_shell)
+    p_exec = sub.add_parser("exec")
+    p_exec.add_argument("shell_command", metavar="COMMAND", help="a shell command to run in the guest")
+    p_exec.set_defaults(func=cmd_exec)
     if "bench" in argv:
         cut = list(argv).index("--") if "--" in argv else len(argv)
         args = parser.parse_args(argv[:cut])

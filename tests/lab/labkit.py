@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Dict, Iterable, List, Optional, Set
 
 LOOPBACK = "127.0.0.1"
+BTF = "/sys/kernel/btf/vmlinux"
 UDP_PAYLOAD = "legacytrace-lab"
 HTTP_PATH = "/legacytrace-lab.txt"
 
@@ -440,14 +441,55 @@ def btf_offsets(struct: str, members: Iterable[str],
 
 
 def kernel_symbols() -> Set[str]:
-    """Names in /proc/kallsyms outside modules: a static function the compiler inlined is absent."""
-    with open("/proc/kallsyms") as f:
+    """Names of the lab kernel outside modules (a static function the compiler inlined is absent):
+    /proc/kallsyms in the guest, the kernel's System.map on the host (the host phase builds for it)."""
+    path = "/proc/kallsyms" if os.environ.get("LEGACYTRACE_LAB_PHASE") != "host" else \
+        "/boot/System.map-" + kernel_release()
+    with open(path) as f:
         return {fields[2] for fields in map(str.split, f) if len(fields) == 3}
 
 
 def kernel_release() -> str:
-    """The running kernel's release (uname -r)."""
+    """The lab kernel's release: uname -r in the guest, the one the host phase builds for."""
+    if os.environ.get("LEGACYTRACE_LAB_PHASE") == "host":
+        return os.environ["LEGACYTRACE_LAB_RELEASE"]
     return os.uname().release
+
+
+#: Why the bpf backend has no lab test on EL7's 3.10 (tests/lab/test_host.py checks that doctor
+#: says so): EL7's backported eBPF runs a bpftrace kprobe there, the backend is not proven.
+NO_BPFTRACE = "the bpf backend needs 4.9, bpftrace's minimum; not proven on EL7's backported eBPF"
+
+
+def lab_kernel() -> str:
+    """The lab kernel's name (tests/lab/labkernels.py: 6.1, 5.10, el7)."""
+    return os.environ.get("LEGACYTRACE_LAB_KERNEL", "6.1")
+
+
+def manifest_probes(name: str, *functions: str) -> list:
+    """Probes of bundled manifest `name` on the running kernel, with the argument positions the
+    manifest gives for it (legacytrace.manifest.resolve, symbols from kallsyms).
+
+    Without `functions`: every entry, as `legacytrace trace` resolves it. With them: for each
+    name, the manifest's variant of that name that fits this kernel (also where the entry
+    prefers another function), in the order given; LabError when one does not resolve."""
+    from legacytrace import manifest
+    from legacytrace.kernel import KernelRelease
+    loaded = manifest.load(name)
+    kernel = KernelRelease.parse(kernel_release())
+    exists = kernel_symbols().__contains__
+    if not functions:
+        return manifest.resolve(loaded, kernel, exists=exists).probes
+    probes = []
+    for function in functions:
+        entries = tuple(entry._replace(variants=tuple(v for v in entry.variants if v.name == function))
+                        for entry in loaded.functions)
+        found = manifest.resolve(loaded._replace(functions=tuple(e for e in entries if e.variants)),
+                                 kernel, exists=exists).probes
+        if not found:
+            raise LabError("manifest {} has no variant of {} for {}".format(name, function, kernel))
+        probes.append(found[0])
+    return probes
 
 
 class CliTrace:

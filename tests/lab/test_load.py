@@ -1,4 +1,4 @@
-"""Limits and load on the lab's real 6.1 kernel, through the `legacytrace` CLI.
+"""Limits and load on each lab kernel, through the `legacytrace` CLI.
 
 --count stops after N events, --duration after T seconds, --rate-limit shows at most N events
 a second and counts the rest; a bounded loopback UDP flood overruns the ftrace ring buffer,
@@ -13,7 +13,7 @@ import time
 
 import pytest
 
-from test_lifecycle import Run, ours, ping, settled, udp  # noqa: F401 (fixtures below)
+from test_lifecycle import BPF, Run, ours, ping, settled, udp  # noqa: F401 (fixtures below)
 from test_lifecycle import foreign  # noqa: F401
 
 FLOOD = 200000
@@ -74,7 +74,7 @@ def test_rate_limit_shows_n_per_second_and_counts_the_rest(foreign, tmp_path):
     assert ours(foreign) == []
 
 
-@pytest.mark.parametrize("backend", ["ftrace", "bpf"])
+@pytest.mark.parametrize("backend", ["ftrace", BPF])
 def test_flood_is_counted_and_a_stop_during_it_leaves_nothing(backend, foreign, tmp_path):
     run = Run(backend, tmp_path)
     run.wait_for_events(ping)

@@ -25,12 +25,18 @@ from legacytrace.flowfilter import FlowFilter
 from legacytrace.host import HostFacts
 from legacytrace.model import Probe, TraceRequest
 
-#: 6.1 argument positions (KERNEL_FACTS.md).
-PROBES = [
-    Probe("ip_rcv", 1), Probe("ip_local_deliver", 1), Probe("tcp_v4_rcv", 1), Probe("udp_rcv", 1),
-    Probe("ip_output", 3, 2, fields={"mark": "skb.mark", "mtu": "skb.dev.mtu"}),
-    Probe("ip_finish_output", 3, 2), Probe("__dev_queue_xmit", 1),
-]
+#: Custom fields read at ip_output's entry.
+FIELDS = {"mark": "skb.mark", "mtu": "skb.dev.mtu"}
+
+
+def lab_probes():
+    """The functions traced here, argument positions from the generic manifest for the lab kernel
+    (the same in the host phase, which compiles, and in the guest, which runs from the cache)."""
+    probes = labkit.manifest_probes("generic", "ip_rcv", "ip_local_deliver", "tcp_v4_rcv",
+                                    "udp_rcv", "ip_output", "ip_finish_output")
+    probes += [p for p in labkit.manifest_probes("generic") if "dev_queue_xmit" in p.name]
+    return [Probe(p.name, p.skb_pos, p.sk_pos, fields=FIELDS if p.name == "ip_output" else None)
+            for p in probes]
 #: Fixed ports, so that a filter can be compiled on the host before the guest exists.
 UDP_PORT = 47001
 TCP_PORT = 47002
@@ -46,7 +52,7 @@ TCP_CLIENT = ("import socket,sys;c=socket.create_connection((sys.argv[1],int(sys
 
 
 def program(name, release):
-    request = TraceRequest(PROBES, FlowFilter.parse(**FILTERS[name]), HostFacts(release=release),
+    request = TraceRequest(lab_probes(), FlowFilter.parse(**FILTERS[name]), HostFacts(release=release),
                            run_id="lt{}".format(os.getpid()))
     return stap.StapBackend().build(request)
 

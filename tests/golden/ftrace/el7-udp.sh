@@ -46,7 +46,7 @@ echo p:"$G"'/dev_queue_xmit dev_queue_xmit skb=%di:u64 len=+104(%di):u32 eth=+12
 ADDED="$ADDED dev_queue_xmit"
 echo p:"$G"'/kfree_skb kfree_skb skb=%di:u64 len=+104(%di):u32 eth=+126(%di):u16 head=+224(%di):u64 data=+232(%di):u64 nh=+194(%di):u16 dev=+0(+32(%di)):string dm40=-40(+232(%di)):u64 dm32=-32(+232(%di)):u64 dm24=-24(+232(%di)):u64 dm16=-16(+232(%di)):u64 dm8=-8(+232(%di)):u64 dp0=+0(+232(%di)):u64 dp8=+8(+232(%di)):u64 dp16=+16(+232(%di)):u64 dp24=+24(+232(%di)):u64 dp32=+32(+232(%di)):u64 dp40=+40(+232(%di)):u64 dp48=+48(+232(%di)):u64 dp56=+56(+232(%di)):u64' >> "$T/kprobe_events" || exit 1
 ADDED="$ADDED kfree_skb"
-echo p:"$G"'/tcp_sendmsg tcp_sendmsg sk=%di:u64 skc_family=+16(%di):u16 skc_saddr=+4(%di):u32 skc_daddr=+0(%di):u32 skc_sport=+14(%di):u16 skc_dport=+12(%di):u16' >> "$T/kprobe_events" || exit 1
+echo p:"$G"'/tcp_sendmsg tcp_sendmsg sk=%di:u64 skc_family=+16(%di):u16 skc_saddr=+4(%di):u32 skc_daddr=+0(%di):u32 skc_sport=+14(%di):u16 skc_dport=+12(%di):u16 skc_saddr6a=+72(%di):u64 skc_saddr6b=+80(%di):u64 skc_daddr6a=+56(%di):u64 skc_daddr6b=+64(%di):u64' >> "$T/kprobe_events" || exit 1
 ADDED="$ADDED tcp_sendmsg"
 echo r:"$G"'/ip_rcv_ret ip_rcv ret=$retval:u64' >> "$T/kprobe_events" || exit 1
 ADDED="$ADDED ip_rcv_ret"
