@@ -546,5 +546,6 @@ def _tracepoint(who, name, body):
                 fields["family"] = family
         else:
             fields[key] = value
-    return _new_event(FlowEvent, (BACKEND, "tracepoint") + who + (tracepoint.name, "entry", None, skb)
+    return _new_event(FlowEvent, (BACKEND, "tracepoint") + who
+                      + (tracepoint.name, "entry", None, skb)
                       + _NO_FLOW + (length, dev, fields, None))

@@ -12,7 +12,8 @@ import re
 #: clones (legacytrace.manifest.SYMBOL_RE) but not of a cold part (`ip_rcv_finish_core.cold`,
 #: the code GCC moved out of the function), nor a `__pfx_` symbol (the padding before a
 #: function, 6.2+), nor an assembler label (`.E_copy`). kallsyms lists all of them.
-_ENTRY_RE = re.compile(r"^(?!__pfx_)[A-Za-z_][A-Za-z0-9_]*(\.(isra|constprop|part|llvm)\.[0-9]+)*\Z")
+_ENTRY_RE = re.compile(
+    r"^(?!__pfx_)[A-Za-z_][A-Za-z0-9_]*(\.(isra|constprop|part|llvm)\.[0-9]+)*\Z")
 
 
 def is_entry(name):

@@ -84,9 +84,9 @@ def run(backend, program, flow, limits, sink, stats, enrich=None, attached=None)
     events, user-space filtering, rate-limited events and the session's lost
     events. `enrich(ev)`, when given, returns the event as it is shown (events are
     tuples: what user space adds makes a new one). `attached()` is called once the
-    probes are in place, and the duration starts then. On a stop (a signal, the duration) a session that can
-    `finish()` stops producing and what it already produced still comes out. Returns
-    the reason the trace ended, in words.
+    probes are in place, and the duration starts then. On a stop (a signal, the
+    duration) a session that can `finish()` stops producing and what it already
+    produced still comes out. Returns the reason the trace ended, in words.
     """
     rate = RateLimit(limits.rate) if limits.rate else None
     parse = backend.parse

@@ -28,7 +28,7 @@ def problem(path, own_below=None):
     resolved) are checked: a symlink is only as safe as the folder that holds it.
     """
     path = os.path.abspath(path)
-    own = os.path.abspath(own_below) if own_below else None
+    own = [os.path.abspath(own_below), os.path.realpath(own_below)] if own_below else []
     for candidate, follow in _chain(path):
         try:
             st = os.stat(candidate) if follow else os.lstat(candidate)
@@ -36,7 +36,7 @@ def problem(path, own_below=None):
             return "cannot check {}: {}".format(candidate, exc.strerror)
         if stat.S_ISLNK(st.st_mode):
             continue
-        mine = own is not None and (candidate == own or candidate.startswith(own + "/"))
+        mine = any(candidate == top or candidate.startswith(top + "/") for top in own)
         if st.st_uid != os.geteuid() and (mine or st.st_uid != 0):
             return "{} is owned by uid {}".format(candidate, st.st_uid)
         sticky = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX and not mine

@@ -74,8 +74,10 @@ def build(backend, host, probes, flow=None):
 def test_ftrace_tracepoint_mode_traces_the_manifests_functions(datadir):
     host = no_kprobes_host(datadir)
     program = build("ftrace", host, [Probe("my_xmit", 1, tracepoint="net:net_dev_start_xmit"),
-                                     Probe("sk_skb_reason_drop", 2, 1), Probe("tcp_sendmsg", sk_pos=1)])
-    assert program.data["events"] == [("net", "net_dev_start_xmit", None), ("skb", "kfree_skb", None)]
+                                     Probe("sk_skb_reason_drop", 2, 1),
+                                     Probe("tcp_sendmsg", sk_pos=1)])
+    assert program.data["events"] == [("net", "net_dev_start_xmit", None),
+                                      ("skb", "kfree_skb", None)]
     assert program.data["warnings"] == [
         "tcp_sendmsg: skipped, no tracepoint fires in it and this kernel has no kprobes"]
 
