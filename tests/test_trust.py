@@ -114,6 +114,16 @@ def test_a_cache_others_can_write_is_refused(cache):
     assert not cache.exists(), "nothing is made in a folder others can write"
 
 
+def test_a_cache_reached_through_a_symlink_is_ours_where_it_is(cache):
+    shared = cache.parent / "shared"
+    shared.mkdir()
+    os.chmod(str(shared), 0o1777)                          # as /tmp: others may add folders
+    cache.symlink_to(shared)
+    with pytest.raises(trust.Untrusted, match=r"{} is writable by group and others \(mode 1777\)"
+                       .format(shared)):
+        stap.cache_dir()
+
+
 def test_a_cached_module_others_can_write_is_refused_and_not_counted(cache):
     backend, program, module = cached(cache)
     assert backend.compile(program) == module and stap.cached_modules(LAB) == [module]
