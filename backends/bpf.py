@@ -512,11 +512,17 @@ def tracepoint_plans(probes, host, types=None):
     return plans, warnings
 
 
-def bpftrace_env(plans):
+def bpftrace_env(plans, btf=None):
     """Environment bpftrace needs for `plans`: a longer BPFTRACE_STRLEN for a peek past
-    its default (buf() reads at most that many bytes)."""
+    its default (buf() reads at most that many bytes); and BPFTRACE_BTF naming the kernel's
+    BTF file `btf`: bpftrace 0.17 looks the kernel's BTF up by its object id, which kernels
+    before 5.11 do not give it (commit 5329722057d4; on the 5.10 lab kernel it said `btf: no`
+    and knew no struct sk_buff), while the file is there from 5.2."""
+    env = {"BPFTRACE_BTF": btf} if btf else {}
     longest = max([plan.peek.bytes for plan in plans if plan.peek] + [STRLEN_DEFAULT])
-    return {} if longest == STRLEN_DEFAULT else {"BPFTRACE_STRLEN": str(longest)}
+    if longest != STRLEN_DEFAULT:
+        env["BPFTRACE_STRLEN"] = str(longest)
+    return env
 
 
 def _comment(text):
@@ -959,7 +965,7 @@ class BpfBackend(Backend):
         return Program(self.name, text, {
             "mode": mode, "run_id": run_id, "protocol": TAG, "clock": "monotonic",
             "functions": [plan.func for plan in plans], "warnings": warnings,
-            "env": bpftrace_env(plans)})
+            "env": bpftrace_env(plans, host.btf)})
 
     def run(self, program):
         return BpftraceSession(program, self.bpftrace, self.start_timeout, self.grace)

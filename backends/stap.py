@@ -299,7 +299,7 @@ class StapSession(Session):
             if line == PROTOCOL + "\tB":
                 return
         if self._eof.is_set():
-            self.proc.wait()
+            _wait(self.proc)
             self._stderr_thread.join(5)
         raise LegacytraceError("staprun could not start {}: {}".format(
             module, _errors(self.stderr) or "exit status {}".format(self.proc.poll())))
@@ -312,7 +312,8 @@ class StapSession(Session):
             yield line
         if not self._eof.is_set():
             return                   # finish() ran out of time: detach counts the rest
-        proc.wait()
+        if not _wait(proc):
+            return                   # staprun is still unloading: detach says what is left
         if proc.returncode and not self._stopped:
             self._stderr_thread.join(5)
             raise LegacytraceError("staprun ended with status {}: {}".format(
@@ -337,7 +338,12 @@ class StapSession(Session):
         try:
             if proc.poll() is None:
                 proc.send_signal(signal.SIGTERM)
-            proc.wait(STOP_TIMEOUT)
+            if not _wait(proc):
+                _kill(proc)
+                left = [name for name in _loaded_modules() if name.endswith("_{}".format(proc.pid))]
+                _warn("staprun did not end within {:g} s of SIGTERM and was killed{}".format(
+                    STOP_TIMEOUT, "; its module {} is still loaded: `legacytrace cleanup` removes "
+                    "it".format(", ".join(left)) if left else ""))
         except Exception as exc:  # a stop must go on whatever failed
             _warn("stopping staprun: {}".format(exc))
             _kill(proc)
@@ -856,6 +862,16 @@ def _die_with_parent():
 def _decoded(stream):
     for raw in iter(stream.readline, b""):
         yield raw.decode("utf-8", "replace").rstrip("\n")
+
+
+def _wait(proc):
+    """Wait for staprun to end, at most STOP_TIMEOUT seconds (it unloads the module first,
+    which has taken more than a minute in the lab); False when it has not ended."""
+    try:
+        proc.wait(STOP_TIMEOUT)
+    except subprocess.TimeoutExpired:
+        return False
+    return True
 
 
 def _kill(proc):

@@ -126,11 +126,18 @@ def test_a_kernel_without_iter_ubuf_reads_only_iovecs():
 
 def test_a_long_peek_raises_bpftraces_string_length():
     probe = bundled(LAB_61, "http1")[0]
-    assert build(LAB_61, [probe]).data["env"] == {}
+    assert build(LAB_61, [probe]).data["env"] == {"BPFTRACE_BTF": LAB_61["btf"]}
     probe.peek = {"arg": "msg", "bytes": 128}
     program = build(LAB_61, [probe])
-    assert program.data["env"] == {"BPFTRACE_STRLEN": "128"}
+    assert program.data["env"] == {"BPFTRACE_STRLEN": "128", "BPFTRACE_BTF": LAB_61["btf"]}
     assert "if ($lt_plen > 128) { $lt_plen = 128; }" in program.text
+
+
+def test_bpftrace_is_told_where_the_kernels_btf_is():
+    """bpftrace 0.17 finds no BTF by object id before 5.11 (the 5.10 lab kernel): the file."""
+    assert bpf.bpftrace_env([], "/sys/kernel/btf/vmlinux") == {
+        "BPFTRACE_BTF": "/sys/kernel/btf/vmlinux"}
+    assert bpf.bpftrace_env([], None) == {}
 
 
 def test_the_backend_says_it_peeks():

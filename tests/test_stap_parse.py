@@ -1,6 +1,8 @@
 """The stap backend's parser on lines captured from the 6.1 lab kernel (tests/data/stap/)."""
 import collections
 import random
+import subprocess
+import threading
 
 import pytest
 
@@ -208,3 +210,20 @@ def test_el7_socket_probes_have_the_protocol_and_ports(datadir):
     assert [(e.comm, e.proto, e.dport, e.fields["request"]) for e in sends] == [
         ("curl", 6, 47080, "GET /legacytrace-lab.txt HTTP/1.1"),
         ("python3", 6, 47080, "GET /from-python HTTP/1.1")]
+
+
+def test_a_staprun_that_does_not_end_is_killed_and_the_stop_goes_on(monkeypatch, capsys):
+    """A stop waits STOP_TIMEOUT for staprun (unloading can hang), then kills it and says so:
+    the trace ends instead of waiting for ever."""
+    monkeypatch.setattr(stap, "STOP_TIMEOUT", 0.5)
+    session = stap.StapSession(stap.StapBackend(), None)
+    session.proc = subprocess.Popen(["sh", "-c", "trap '' TERM; sleep 600"])
+    proc = session.proc
+    for name in ("_stdout_thread", "_stderr_thread"):
+        setattr(session, name, threading.Thread(target=lambda: None))
+        getattr(session, name).start()
+    session._eof.set()
+    assert list(session.lines()) == []          # EOF, staprun still running: no hang
+    session.detach()
+    assert proc.returncode == -9
+    assert "staprun did not end within 0.5 s of SIGTERM and was killed" in capsys.readouterr().err
