@@ -10,8 +10,9 @@ Two modes, chosen from the target's HostFacts:
 - kprobe: `kprobe:FUNC` with `argN` (kernels with kprobes, e.g. the 6.1 lab);
 - tracepoint: kernels with BPF and BTF but no kprobes (CONFIG_KPROBES unset,
   as on this project's development machine) get the static tracepoint that
-  fires inside a manifest function (net:net_dev_queue in __dev_queue_xmit, ...),
-  with its `skbaddr` cast to `struct sk_buff *`; a function without one is skipped.
+  fires inside a manifest function (net:net_dev_queue in __dev_queue_xmit, ...;
+  legacytrace.tracepoints), with its `skbaddr` cast to `struct sk_buff *`; its events
+  are named after the tracepoint. A function without one is skipped.
 
 The session starts bpftrace in its own session (a Ctrl-C on the terminal reaches
 only legacytrace, which stops bpftrace itself: SIGINT, then SIGTERM, then SIGKILL),
@@ -40,7 +41,7 @@ import time
 
 import jinja2
 
-from legacytrace import btf, flowfilter, host as hostmod, payload
+from legacytrace import btf, flowfilter, host as hostmod, payload, tracepoints, trust
 from legacytrace.backends import checks
 from legacytrace.backends.base import Availability, Backend, Program, Session
 from legacytrace.errors import BackendUnavailable, LegacytraceError, UsageError
@@ -92,42 +93,10 @@ class Extra(collections.namedtuple("Extra", "name expr conversion since")):
 
 # The tracepoint's `location` is the caller of kfree_skb/consume_skb: named "caller" as
 # a kprobe's `caller: true` is (the shared field contract).
-_CALLER = Extra("caller", "ksym(args->location)", "%s", None)
-_REASON = Extra("reason", "args->reason", "%d", (5, 17))
-
-
-class Tracepoint(collections.namedtuple("Tracepoint", "event extras")):
-    """A static tracepoint that fires inside a kernel function, with its sk_buff as `skbaddr`."""
-
-    __slots__ = ()
-
-
-#: Kernel function -> the tracepoint that fires once per call inside it, with the
-#: same sk_buff. Only functions that hold the tracepoint themselves (or call it on
-#: every path) are listed: ip_rcv has none, and is skipped in tracepoint mode.
-TRACEPOINTS = {
-    # net/core/dev.c: trace_netif_receive_skb() in __netif_receive_skb_core().
-    "__netif_receive_skb_core": Tracepoint("net:netif_receive_skb", ()),
-    "__netif_receive_skb": Tracepoint("net:netif_receive_skb", ()),
-    "__netif_receive_skb_one_core": Tracepoint("net:netif_receive_skb", ()),
-    # trace_netif_receive_skb_entry() / trace_netif_rx_entry() at the entry of the API (4.3+).
-    "netif_receive_skb": Tracepoint("net:netif_receive_skb_entry", ()),
-    "netif_rx": Tracepoint("net:netif_rx_entry", ()),
-    "netif_rx_internal": Tracepoint("net:netif_rx", ()),
-    "napi_gro_receive": Tracepoint("net:napi_gro_receive_entry", ()),
-    # trace_net_dev_queue() in __dev_queue_xmit(); dev_queue_xmit is its inline wrapper (5.19+).
-    "__dev_queue_xmit": Tracepoint("net:net_dev_queue", ()),
-    "dev_queue_xmit": Tracepoint("net:net_dev_queue", ()),
-    # trace_net_dev_start_xmit() in xmit_one(), before the driver's ndo_start_xmit.
-    "xmit_one": Tracepoint("net:net_dev_start_xmit", ()),
-    # net/core/skbuff.c: the kfree_skb tracepoint (reason from 5.17, in kfree_skb_reason;
-    # sk_skb_reason_drop from 6.12), consume_skb's own.
-    "kfree_skb": Tracepoint("skb:kfree_skb", (_CALLER, _REASON)),
-    "kfree_skb_reason": Tracepoint("skb:kfree_skb", (_CALLER, _REASON)),
-    "sk_skb_reason_drop": Tracepoint("skb:kfree_skb", (_CALLER, _REASON)),
-    "consume_skb": Tracepoint("skb:consume_skb", (_CALLER,)),
-    "skb_copy_datagram_iter": Tracepoint("skb:skb_copy_datagram_iovec", ()),
-    "skb_copy_datagram_iovec": Tracepoint("skb:skb_copy_datagram_iovec", ()),
+#: What each value a tracepoint adds (legacytrace.tracepoints: `fields`) is in bpftrace.
+TRACEPOINT_EXTRAS = {
+    "caller": Extra("caller", "ksym(args->location)", "%s", None),
+    "reason": Extra("reason", "args->reason", "%d", (5, 17)),
 }
 
 
@@ -518,38 +487,27 @@ _SHINFO = "((struct skb_shared_info *)($skb->head + $skb->end))"
 
 def tracepoint_plans(probes, host, types=None):
     """The tracepoint of each probe's function; returns (plans, warnings) naming the skipped."""
-    plans, warnings = [], []
-    used = {}
-    present = set(host.tracepoints or ())
-    version = host.kernel.version
     for probe in probes:
-        name = check_symbol(probe.name)
-        tracepoint = TRACEPOINTS.get(name)
-        if tracepoint is None:
-            warnings.append("{}: skipped, no tracepoint fires in it and this kernel has no "
-                            "kprobes".format(name))
-            continue
-        if present and tracepoint.event not in present:
-            warnings.append("{}: skipped, this kernel lacks tracepoint {}".format(
-                name, tracepoint.event))
-            continue
-        if tracepoint.event in used:
-            warnings.append("{}: skipped, tracepoint {} already traces {}".format(
-                name, tracepoint.event, used[tracepoint.event]))
-            continue
-        used[tracepoint.event] = name
+        check_symbol(probe.name)
+    chosen, warnings = tracepoints.select(probes, host)
+    plans = []
+    version = host.kernel.version
+    for probe, tracepoint in chosen:
+        name = probe.name
         if probe.peek:
             warnings.append("{}: events without the payload (peek): a tracepoint has no "
                             "struct msghdr * and this kernel has no kprobes; the stap or "
                             "ftrace backend can peek on a kernel with kprobes".format(name))
-        extras = [extra for extra in tracepoint.extras
-                  if extra.since is None or version >= extra.since]
+        extras = [TRACEPOINT_EXTRAS[field] for field in tracepoint.fields]
+        extras = [extra for extra in extras if extra.since is None or version >= extra.since]
         roots = {"skb": "$skb", "sk": "$skb->sk", "skb_shinfo(skb)": _SHINFO}
         extras += field_extras(probe, roots, types, warnings)
         extras_format, extras_args = _extras(extras)
         plans.append(ProbePlan(
-            func=name, description=_comment(probe.description), source="tracepoint",
-            attach="tracepoint:" + tracepoint.event, skb="args->skbaddr", sk=None, peek=None,
+            func=tracepoint.name, source="tracepoint",
+            description=_comment("in {}{}".format(name, probe.description and ": "
+                                                  + probe.description)),
+            attach="tracepoint:" + tracepoint.name, skb="args->skbaddr", sk=None, peek=None,
             extras_format=extras_format, extras_args=extras_args))
     return plans, warnings
 
@@ -745,7 +703,7 @@ class BpftraceSession(Session):
             out.write(self.program.text)
         try:
             self.proc = subprocess.Popen(
-                [self.bpftrace, "-B", "line", script], stdin=subprocess.DEVNULL,
+                [trust.program(self.bpftrace), "-B", "line", script], stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
                 preexec_fn=_die_with_parent,
                 env=dict(os.environ, **self.program.data.get("env", {})))
@@ -982,7 +940,7 @@ class BpfBackend(Backend):
             return Availability.no("the kernel has no BTF (/sys/kernel/btf/vmlinux): the bpf "
                                    "program reads struct sk_buff through BTF")
         if checks.dynamic_mode(host) == checks.TRACEPOINT and not (
-                set(tp.event for tp in TRACEPOINTS.values()) & set(host.tracepoints)):
+                set(tracepoints.TABLE) & set(host.tracepoints)):
             return Availability.no("no kprobes, and none of the net/skb tracepoints the "
                                    "tracepoint mode uses")
         return verdict
@@ -996,6 +954,8 @@ class BpfBackend(Backend):
             plans, warnings = kprobe_plans(request.probes, types)
         else:
             plans, warnings = tracepoint_plans(request.probes, host, types)
+            if not plans:
+                raise tracepoints.untraceable(self.name, request)
         if not plans:
             raise LegacytraceError("the bpf backend can trace none of the {} functions on kernel "
                                    "{} ({}): use another manifest or backend".format(

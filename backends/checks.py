@@ -91,14 +91,17 @@ def stap(host, cached=0):
     missing = []
     if not host.stap:
         missing.append("stap not installed ({})".format(install_hint(host, "systemtap")))
+    kernel = []             # what no package or module built elsewhere can change
     if host.kprobes is False:
-        missing.append("kernel built without CONFIG_KPROBES")
+        kernel.append("kernel built without CONFIG_KPROBES")
     if host.modules is False:
-        missing.append("kernel cannot load modules (built without CONFIG_MODULES)")
+        kernel.append("kernel cannot load modules (built without CONFIG_MODULES)")
+    if host.lockdown in ("integrity", "confidentiality"):
+        kernel.append("kernel lockdown ({}) refuses unsigned modules".format(host.lockdown))
+    if kernel:
+        return Availability.no("; ".join(missing + kernel))
     if not host.root:
         missing.append("loading a module needs root (run with sudo)")
-    if host.lockdown in ("integrity", "confidentiality"):
-        missing.append("kernel lockdown ({}) refuses unsigned modules".format(host.lockdown))
     compiler = []
     if not host.kernel_build:
         compiler.append("no kernel headers for {} ({})".format(

@@ -6,8 +6,9 @@ Two modes, chosen by what the kernel has:
   legacytrace.offsets (BTF, a table of known builds, pahole), event filters where the
   IP header's place is fixed (legacytrace.ftrace_kprobe);
 - tracepoint mode (no kprobes, e.g. this development machine's 6.18): the static
-  net/skb tracepoints, events with packet identity, length, device and drop reason but
-  no tuple (source "tracepoint").
+  tracepoint that fires in each manifest function (legacytrace.tracepoints), events with
+  packet identity, length, device and drop reason but no tuple (source "tracepoint"),
+  so no flow filter can match them: `ready()` refuses a trace that has one.
 Either way the events go to an own buffer instance named like the group, read from its
 trace_pipe; parse() needs no Program (legacytrace.ftrace_parse), so the capture of the
 standalone sh script (`export(program, "sh")`) parses the same way.
@@ -18,16 +19,14 @@ import os
 import re
 import time
 
-from legacytrace import btf, flowfilter, ftrace_kprobe, ftrace_parse, offsets, tracefs
+from legacytrace import btf, flowfilter, ftrace_kprobe, ftrace_parse, offsets, tracefs, tracepoints
 from legacytrace import host as hostmod
 from legacytrace.backends.base import Availability, Backend, Program, Session
 from legacytrace.errors import LegacytraceError, UsageError
+from legacytrace.manifest import check_symbol
 
 log = logging.getLogger(__name__)
 
-#: The static tracepoints of tracepoint mode, system:event (3.10 has them all).
-TRACEPOINTS = ("net:netif_receive_skb", "net:netif_rx", "net:net_dev_queue",
-               "net:net_dev_xmit", "skb:kfree_skb", "skb:consume_skb")
 #: Per-CPU buffer of the own instance, in KiB.
 BUFFER_KB = 4096
 #: How long lines may still come after finish() stopped the instance recording.
@@ -89,16 +88,11 @@ class FtraceBackend(Backend):
             except LegacytraceError as err:
                 return Availability.no(str(err))
             return Availability.yes("kprobe_events, struct offsets from " + layout.describe())
-        if not self._tracepoints(host):
-            return Availability.no("no kprobe_events and none of the tracepoints " + ", ".join(TRACEPOINTS))
+        if not set(tracepoints.TABLE).intersection(host.tracepoints or ()):
+            return Availability.no("no kprobe_events and none of the tracepoints "
+                                   + ", ".join(tracepoints.TABLE))
         return Availability.yes("no kprobe_events (kernel built without CONFIG_KPROBE_EVENTS): "
                                 "tracepoint mode, events without a tuple")
-
-    @staticmethod
-    def _tracepoints(host):
-        if not host.tracepoints:
-            return []
-        return [name for name in TRACEPOINTS if name in host.tracepoints]
 
     # -- build (pure) ------------------------------------------------------------------------
 
@@ -118,9 +112,26 @@ class FtraceBackend(Backend):
                         events=[(group, d.event, d.filter) for d in definitions],
                         warnings=warnings)
         else:
-            data.update(mode="tracepoint", layout=None, events=[
-                tuple(name.split(":")) + (None,) for name in self._tracepoints(host) or TRACEPOINTS])
+            for probe in request.probes:
+                check_symbol(probe.name, "probe")
+            chosen, warnings = tracepoints.select(request.probes, host)
+            if not chosen:
+                raise tracepoints.untraceable(self.name, request)
+            data.update(mode="tracepoint", layout=None, warnings=warnings,
+                        events=[(tp.system, tp.event, None) for _, tp in chosen],
+                        functions=[(probe.name, tp.name) for probe, tp in chosen],
+                        flow=None if request.flow is None or request.flow.is_empty()
+                        else request.flow.describe())
         return Program(self.name, _text(data, request), data)
+
+    def ready(self, program, host):
+        """Tracepoint mode cannot answer a flow filter: its events carry no tuple."""
+        if program.data.get("mode") == "tracepoint" and program.data.get("flow"):
+            return ("this kernel has no kprobes, and the tracepoints of ftrace's tracepoint mode "
+                    "carry no addresses or ports, so no event could match the flow filter ({}): "
+                    "use another backend (bpf reads them at the same tracepoints) or no flow "
+                    "filter".format(program.data["flow"]))
+        return None
 
     # -- run ---------------------------------------------------------------------------------
 
@@ -144,18 +155,16 @@ class FtraceBackend(Backend):
 
     def leftovers(self, host):
         """Descriptions of what dead runs left in tracefs (nothing to do without tracefs)."""
-        root = host.tracefs or tracefs.find()
-        if root is None:
+        fs = _readable_tracefs(host)
+        if fs is None:
             return []
-        fs = tracefs.Tracefs(root)
         return [describe(item) for item in stale(fs.kprobe_events(), fs.instances(), pid_alive)]
 
     def cleanup(self, host):
         """Remove what dead runs left (their instances, then their kprobes); return what went."""
-        root = host.tracefs or tracefs.find()
-        if root is None:
+        fs = _readable_tracefs(host)
+        if fs is None:
             return []
-        fs = tracefs.Tracefs(root)
         removed = []
         for item in stale(fs.kprobe_events(), fs.instances(), pid_alive):
             try:
@@ -172,6 +181,19 @@ class FtraceBackend(Backend):
                 continue
             removed.append(describe(item))
         return removed
+
+
+def _readable_tracefs(host):
+    """The Tracefs to look for leftovers in, None without one; LegacytraceError when this user
+    cannot read it (tracefs is root's): finding nothing there would be a false all-clear."""
+    root = host.tracefs or tracefs.find()
+    if root is None:
+        return None
+    instances = os.path.join(root, "instances")
+    if not os.access(root, os.R_OK | os.X_OK) or (
+            os.path.isdir(instances) and not os.access(instances, os.R_OK | os.X_OK)):
+        raise LegacytraceError("cannot read {} to look for leftovers".format(root))
+    return tracefs.Tracefs(root)
 
 
 def pid_alive(pid):
@@ -346,12 +368,12 @@ def _text(data, request):
         lines += ["# 3. echo 1 > TRACEFS/instances/{g}/events/{g}/EVENT/enable; read "
                   "TRACEFS/instances/{g}/trace_pipe".format(g=group)]
     else:
-        lines += ["# tracepoint mode: this kernel has no kprobe_events, so the manifest's "
-                  "{} functions are not probed;".format(len(request.probes)),
-                  "# these tracepoints give packet identity, length, device and drop reason, "
-                  "no addresses or ports:"]
-        lines += ["{}:{}".format(system, event) for system, event, _ in data["events"]]
-        if request.flow is not None and not request.flow.is_empty():
+        lines += ["# tracepoint mode: this kernel has no kprobe_events, so the tracepoint that "
+                  "fires in each function is traced;",
+                  "# it gives packet identity, length, device and drop reason, no addresses "
+                  "or ports:"]
+        lines += ["{}  # {}".format(name, function) for function, name in data["functions"]]
+        if data["flow"]:
             lines.append("# a flow filter needs a tuple: no tracepoint event can match it")
     return "\n".join(lines) + "\n"
 

@@ -12,7 +12,9 @@ here first: guru-mode C runs in the kernel.
 
 `compile()` runs `stap -g -p4` once per distinct program and caches the module by
 content hash (script, release, runtime, stap version, options) in
-`$LEGACYTRACE_STAP_CACHE` (default `~/.cache/legacytrace/stap`). A session loads the
+`$LEGACYTRACE_STAP_CACHE` (default `~/.cache/legacytrace/stap`), made 0700 with modules
+0600. Root loads these modules into the kernel, so a cache, or a cached module, that
+another user could change is refused (legacytrace.trust). A session loads the
 module with `staprun -R`, which renames it to `lt_<hash>_<staprun pid>`: that pid is
 the owner that `leftovers()` and `cleanup()` check.
 
@@ -39,7 +41,7 @@ import time
 
 import jinja2
 
-from legacytrace import features, payload
+from legacytrace import features, payload, trust
 from legacytrace.backends import checks
 from legacytrace.backends.base import Backend, Program, Session
 from legacytrace.errors import LegacytraceError, UsageError
@@ -134,6 +136,10 @@ class StapBackend(Backend):
             if name.encode("ascii") + b"\0" not in handle.read():
                 raise UsageError("{} was built under another name: rename it back to the "
                                  "file name it was built as".format(path))
+        unsafe = trust.problem(path)
+        if unsafe:
+            _warn("--stap-module {}: {}: whoever can change it runs code in the kernel"
+                  .format(path, unsafe))
         return Program(self.name, "# prebuilt SystemTap module {}\n".format(path),
                        {"protocol": PROTOCOL, "module": os.path.abspath(path), "rename": False})
 
@@ -169,6 +175,9 @@ class StapBackend(Backend):
                     "stap, gcc and the kernel headers for {} are, with `legacytrace build -r "
                     "{} -o lt_NAME.ko`, and run it here with `trace --stap-module lt_NAME.ko`"
                     .format(exc, cache_dir(), target, target))
+        unsafe = _unsafe_module(module)
+        if unsafe:
+            raise trust.Untrusted(unsafe)
         if out:
             try:
                 shutil.copyfile(module, out)
@@ -189,8 +198,12 @@ class StapBackend(Backend):
         a compiler to build one; else why not."""
         if program.data.get("module") or (host.kernel_build and host.cc):
             return None
-        if os.path.isfile(self._module_path(program)[0]):
-            return None
+        try:
+            module = self._module_path(program)[0]
+        except trust.Untrusted as exc:
+            return str(exc)
+        if os.path.isfile(module):
+            return _unsafe_module(module)
         return ("this trace's module is not in the cache, and without kernel headers and a C "
                 "compiler for {0} none can be compiled here: build it where they are with "
                 "`legacytrace build -r {0} -o lt_NAME.ko` and run it with `trace --stap-module "
@@ -273,7 +286,8 @@ class StapSession(Session):
             self.program, self.release, self.runtime)
         # -R: load under NAME_<pid> so that runs of one cached module do not collide
         rename = ["-R"] if self.program.data.get("rename", True) else []
-        self.proc = subprocess.Popen(["staprun"] + rename + [module], stdin=subprocess.DEVNULL,
+        self.proc = subprocess.Popen([trust.program("staprun")] + rename + [module],
+                                     stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      preexec_fn=_die_with_parent)
         self._stderr_thread = threading.Thread(target=self._read_stderr, daemon=True)
@@ -700,12 +714,38 @@ def _template():
 # --- side effects: compiling, the cache, staprun, /proc ----------------------------
 
 def cache_dir(create=True):
-    """Where compiled modules live: $LEGACYTRACE_STAP_CACHE, else ~/.cache/legacytrace/stap."""
-    path = os.environ.get(CACHE_ENV) or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "legacytrace", "stap")
+    """Where compiled modules live: $LEGACYTRACE_STAP_CACHE, else ~/.cache/legacytrace/stap.
+
+    `create` makes the missing folders 0700, after checking the folders above them, and
+    refuses (trust.Untrusted) a cache another user could change: root loads its modules.
+    """
+    path = os.path.abspath(os.environ.get(CACHE_ENV) or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "legacytrace", "stap"))
     if create:
-        os.makedirs(path, exist_ok=True)
+        missing, existing = [], path
+        while not os.path.isdir(existing):
+            missing.append(existing)
+            existing = os.path.dirname(existing)
+        unsafe = trust.problem(existing, own_below=path)
+        for folder in reversed(missing if unsafe is None else ()):
+            os.makedirs(folder, mode=0o700, exist_ok=True)
+        unsafe = unsafe or trust.problem(path, own_below=path)
+        if unsafe:
+            raise trust.Untrusted("refusing the stap module cache {}: {}: {}".format(
+                path, unsafe, _CACHE_ADVICE))
     return path
+
+
+#: What to do about a cache another user could change.
+_CACHE_ADVICE = ("root would load kernel modules another user could have put there; fix its "
+                 "permissions or set {} to a folder only you can write".format(CACHE_ENV))
+
+
+def _unsafe_module(module):
+    """Why the cached `module` must not be loaded, or None (its folder and it are ours)."""
+    unsafe = trust.problem(module, own_below=cache_dir(create=False))
+    return unsafe and "refusing the cached stap module {}: {}: {}".format(
+        module, unsafe, _CACHE_ADVICE)
 
 
 def cached_modules(release):
@@ -719,7 +759,7 @@ def cached_modules(release):
         for name in sorted(os.listdir(folder)) if os.path.isdir(folder) else ():
             module = os.path.join(folder, name[:-4] + ".ko")
             if name.endswith(".stp") and os.path.isfile(module) and _script_targets(
-                    os.path.join(folder, name), wanted):
+                    os.path.join(folder, name), wanted) and not _unsafe_module(module):
                 found.append(module)
     return found
 
@@ -735,15 +775,28 @@ def _script_targets(path, wanted):
 def _stap_command(program, release, runtime):
     """stap's arguments (without -m and the script): -g -p4, -r, -R and the -D options."""
     release = release or program.data.get("release")
-    runtime = runtime or os.environ.get(RUNTIME_ENV)
+    explicit, runtime = runtime, runtime or os.environ.get(RUNTIME_ENV)
     command = ["stap", "-g", "-p4"] + list(STAP_DEFINES)
     if release:
         command += ["-r", release if os.path.isabs(release) else _release(release)]
     if runtime:
         if not os.path.isdir(runtime):
             raise UsageError("SystemTap runtime {} is not a directory (stap -R)".format(runtime))
+        _check_runtime(runtime, named=runtime == explicit)
         command += ["-R", os.path.abspath(runtime)]
     return command
+
+
+def _check_runtime(runtime, named):
+    """The runtime's C becomes the module: refuse one from the environment that another user
+    could change; warn about one named with -R."""
+    unsafe = trust.tree_problem(runtime)
+    if unsafe and named:
+        _warn("-R {}: {}: whoever can change it writes the module's code".format(runtime, unsafe))
+    elif unsafe:
+        raise trust.Untrusted("refusing the SystemTap runtime {} of {}: {}: root would compile "
+                              "code another user could have changed into a kernel module"
+                              .format(runtime, RUNTIME_ENV, unsafe))
 
 
 def _digest(command, text, version):
@@ -776,6 +829,8 @@ def _compile_into(target, name, command, text):
         for leftover in os.listdir(scratch):
             if leftover not in (name + ".ko", name + ".stp"):
                 os.remove(os.path.join(scratch, leftover))
+            else:
+                os.chmod(os.path.join(scratch, leftover), 0o600)
         os.rename(scratch, target)  # atomic; a concurrent build of the same key may win
     except OSError:
         if not os.path.isdir(target):
@@ -790,8 +845,9 @@ _Result = collections.namedtuple("_Result", "returncode output")
 def _call(argv, cwd=None):
     """Run argv, stdout and stderr together; a missing program is status 127."""
     try:
-        proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([trust.program(argv[0])] + argv[1:], cwd=cwd,
+                                stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT)
     except OSError as exc:
         return _Result(127, str(exc))
     output = proc.communicate()[0]

@@ -14,6 +14,7 @@ import sys
 import click
 
 from legacytrace import __version__, host as hostmod, manifest as manifestmod, symbols
+from legacytrace import tracepoints
 from legacytrace.errors import BackendUnavailable, LegacytraceError, UsageError
 from legacytrace.flowfilter import FlowFilter
 from legacytrace.model import SKB_FREE_FUNCTIONS, Limits, TraceRequest
@@ -56,6 +57,8 @@ def _flow(opts):
 
 #: Set to 1 to see the traceback of an internal error instead of its one-line report.
 DEBUG_ENV = "LEGACYTRACE_DEBUG"
+#: How a command that ended because its reader left says so.
+PIPE_CLOSED = "the output pipe closed"
 
 
 def handle_errors(func):
@@ -63,8 +66,9 @@ def handle_errors(func):
 
     Any other exception is a bug: by the time it gets here the trace session has detached
     (Session.__exit__), so it becomes one line asking for a report, exit 1; with
-    LEGACYTRACE_DEBUG=1 the traceback shows instead. click's own exits pass through, and so
-    does a closed output pipe (EPIPE), which click's main() ends quietly.
+    LEGACYTRACE_DEBUG=1 the traceback shows instead. click's own exits pass through. A
+    closed output pipe (`legacytrace ... | head`) ends every command alike: one line that
+    says so, exit 0 (`trace` and `parse` add their summary).
     """
     @functools.wraps(func)
     def wrapper(*args, **kwargs):
@@ -77,7 +81,11 @@ def handle_errors(func):
         except (click.exceptions.ClickException, click.exceptions.Abort, click.exceptions.Exit):
             raise
         except Exception as exc:
-            if getattr(exc, "errno", None) == errno.EPIPE or os.environ.get(DEBUG_ENV) == "1":
+            if getattr(exc, "errno", None) == errno.EPIPE:
+                _discard(sys.stdout)
+                click.echo("legacytrace: {}".format(PIPE_CLOSED), err=True)
+                return None
+            if os.environ.get(DEBUG_ENV) == "1":
                 raise
             raise click.ClickException(
                 "internal error: {}: {} (a bug in legacytrace: please report it with the command "
@@ -135,7 +143,7 @@ def _manifest_probes(spec, host, regex, functions=None, live=False):
     if regex:
         pattern = discover.compile_regex(regex)
         kept = tuple(f for f in manifest.functions
-                     if any(pattern.search(v.name) for v in f.variants))
+                     if any(pattern.search(name) for name in manifestmod.names(f)))
         if not kept:
             raise UsageError("--regex {!r} matches no function of {}".format(
                 regex, manifest.source))
@@ -173,18 +181,29 @@ def _btf_skb_position(host):
     return skb_position
 
 
-def _backend(name, facts, without=None):
+def _backend(name, facts, without=None, verbose=False):
     """The backend to use: `name`, or the auto pick; fail with the reason if it can't run.
-    `without`: {name: why} of backends that cannot run this trace (Backend.ready)."""
+    `without`: {name: why} of backends that cannot run this trace (Backend.ready). The
+    pick is one short line; the reasons for it with `verbose`."""
     from legacytrace import select
     from legacytrace import backends
+    from legacytrace.backends import checks
     check = select.backend_checks()
     for other, why in (without or {}).items():
         check[other] = select.unavailable(why)
     chosen, reason, _ = select.choose(facts, None if name == "auto" else name, check)
-    if name == "auto":
+    if name == "auto" and verbose:
         click.echo("legacytrace: using {}: {}".format(chosen, reason), err=True)
+    elif name == "auto":
+        mode = checks.dynamic_mode(facts) if chosen in ("ftrace", "bpf") else None
+        click.echo("legacytrace: using {}{} (-v or `legacytrace doctor` says why)".format(
+            chosen, " in {} mode".format(mode) if mode else ""), err=True)
     return backends.get(chosen)
+
+
+verbose_option = click.option(
+    "-v", "--verbose", is_flag=True,
+    help="Say why the backend was picked, and name every function a warning is about.")
 
 
 def output_options(command):
@@ -219,7 +238,8 @@ def _output(opts, probes, stream, replay=False):
     if as_json:
         return render.JsonRenderer(stream, summary=True)
     if flows:
-        egress = SKB_FREE_FUNCTIONS.union(p.name for p in probes if p.egress)
+        egress = SKB_FREE_FUNCTIONS.union(tracepoints.FREEING, *(
+            tracepoints.names(p.name, p.tracepoint) for p in probes if p.egress))
         return render.FlowsRenderer(stream, color=use_color, egress=egress,
                                     cmdline=not replay, max_functions=length)
     return render.LiveRenderer(stream, color=use_color, cmdline=not replay)
@@ -241,8 +261,9 @@ def _output(opts, probes, stream, replay=False):
               help="Probe only the manifest functions whose names match.")
 @click.option("--stap-module", type=click.Path(exists=True, dir_okay=False), metavar="FILE.ko",
               help="Run a module made by `legacytrace build` (needs only staprun here).")
+@verbose_option
 @handle_errors
-def trace(manifest, backend, count, duration, rate_limit, regex, stap_module, **opts):
+def trace(manifest, backend, count, duration, rate_limit, regex, stap_module, verbose, **opts):
     """Trace packets through the functions of MANIFEST (default: the bundled `generic`).
 
     MANIFEST is a YAML file in ipftrace's format, or a bundled name
@@ -267,12 +288,12 @@ def trace(manifest, backend, count, duration, rate_limit, regex, stap_module, **
         chosen = _load_backend("stap")
         program, probes = chosen.module_program(stap_module), []
     else:
-        chosen = _backend(backend, facts)
+        chosen = _backend(backend, facts, verbose=verbose)
         functions = symbols.KernelFunctions(facts.tracefs)
         manifest_obj, probes = _manifest_probes(manifest, facts, regex, functions, live=True)
         request = TraceRequest(probes, flow, facts, limits=limits,
                                run_id="lt{}".format(os.getpid()), manifest=manifest_obj.source)
-        program = _build(chosen, request)
+        program = _build(chosen, request, verbose)
         why_not = chosen.ready(program, facts)
         if why_not and backend != "auto":
             raise BackendUnavailable("backend {} cannot run this trace here: {}".format(
@@ -280,8 +301,8 @@ def trace(manifest, backend, count, duration, rate_limit, regex, stap_module, **
         if why_not:
             click.echo("legacytrace: {} cannot run this trace here: {}".format(
                 chosen.name, why_not), err=True)
-            chosen = _backend("auto", facts, without={chosen.name: why_not})
-            program = _build(chosen, request)
+            chosen = _backend("auto", facts, without={chosen.name: why_not}, verbose=verbose)
+            program = _build(chosen, request, verbose)
     stream = _line_buffered(sys.stdout)
     sink = _output(opts, probes, stream)
     _warn_leftovers(chosen, facts)
@@ -296,7 +317,7 @@ def trace(manifest, backend, count, duration, rate_limit, regex, stap_module, **
     except BrokenPipeError:
         # `legacytrace trace | head -1`: the probes are already detached on the way out.
         _discard(stream)
-        ended = "the output pipe closed"
+        ended = PIPE_CLOSED
     click.echo("legacytrace: {}. {}".format(ended, stats.to_text()), err=True)
 
 
@@ -323,8 +344,13 @@ def _discard(stream):
     os.close(devnull)
 
 
-def _build(backend, request):
-    """Build the program, and say which probes the backend had to leave out."""
+#: A warning names at most this many functions unless -v asks for all.
+NAMED_MAX = 3
+
+
+def _build(backend, request, verbose=False):
+    """Build the program, and say which probes the backend had to leave out: one line per
+    reason, naming the functions when they are few or `verbose` asks."""
     program = backend.build(request)
     warnings = list(program.data.get("warnings", ()))
     if "peek" not in getattr(backend, "features", ()):
@@ -332,7 +358,9 @@ def _build(backend, request):
                         "without them".format(p.name, backend.name)
                         for p in request.probes if p.peek)
     for reason, names in _grouped(warnings):
-        click.echo("legacytrace: warning: {}: {}".format(reason, ", ".join(names)), err=True)
+        named = ", ".join(names) if verbose or len(names) <= NAMED_MAX else \
+            "{} of the {} functions (-v names them)".format(len(names), len(request.probes))
+        click.echo("legacytrace: warning: {}: {}".format(reason, named), err=True)
     return program
 
 
@@ -378,8 +406,9 @@ def _warn_leftovers(backend, facts):
               help="Only the manifest functions whose names match.")
 @click.option("--host-facts", type=click.File("r"), metavar="FILE",
               help="Build for another host: `legacytrace doctor --json` saved there.")
+@verbose_option
 @handle_errors
-def generate(manifest, backend, fmt, regex, host_facts, **opts):
+def generate(manifest, backend, fmt, regex, host_facts, verbose, **opts):
     """Print the program a trace would run, to review, save or take to another host.
 
     \b
@@ -395,12 +424,13 @@ def generate(manifest, backend, fmt, regex, host_facts, **opts):
         functions = symbols.KernelFunctions(facts.tracefs)
     else:
         facts, functions = _recorded_host(host_facts), None
-    chosen = _backend(backend, facts) if backend == "auto" else _load_backend(backend)
+    chosen = (_backend(backend, facts, verbose=verbose) if backend == "auto"
+              else _load_backend(backend))
     manifest_obj, probes = _manifest_probes(manifest, facts, regex, functions,
                                              live=host_facts is None)
     request = TraceRequest(probes, flow, facts, run_id="lt{}".format(os.getpid()),
                            manifest=manifest_obj.source)
-    program = _build(chosen, request)
+    program = _build(chosen, request, verbose)
     formats = getattr(chosen, "formats", ("text",))
     if fmt not in formats:
         raise UsageError("backend {} has no format {!r}: choose one of {}".format(
@@ -485,17 +515,61 @@ def parse(capture, backend, **opts):
     chosen = _load_backend(backend)
     sink = _output(opts, [], sys.stdout, replay=True)
     stats = summary.Summary()
+    ended = ""
+    try:
+        _replay(capture, chosen, backend, flow, sink, stats)
+    except BrokenPipeError:
+        _discard(sys.stdout)
+        ended = PIPE_CLOSED + ". "
+    click.echo("legacytrace: {}{}".format(ended, stats.to_text()), err=True)
+
+
+def _replay(capture, chosen, backend, flow, sink, stats):
+    """Parse `capture` into `sink`, with a warning counting the lines that are not events;
+    LegacytraceError when no line is one (naming the format the file has)."""
     every_flow = flow.is_empty()
+    parsed = others = 0                 # events, and lines that are none (comments aside)
+    sample = []
     for lines in _line_batches(capture):
         events = chosen.parse_lines(lines)
+        candidates = [line for line in lines if line.strip() and not _comment(line)]
+        parsed += len(events)
+        others += max(0, len(candidates) - len(events))
+        if not parsed and len(sample) < SNIFF_LINES:
+            sample.extend(candidates[:SNIFF_LINES])
         if not every_flow:
             kept = [ev for ev in events if flow.matches(ev)]
             stats.filtered += len(events) - len(kept)
             events = kept
         stats.add_all(events)
         sink.events(events)
+    if others and not parsed:
+        raise LegacytraceError("{}: none of its {} lines is an event of the {} backend{}".format(
+            capture.name, others, backend, _format_of(sample, backend)))
     sink.close(stats)
-    click.echo("legacytrace: {}".format(stats.to_text()), err=True)
+    if others:
+        click.echo("legacytrace: warning: {} line(s) of {} are not events of the {} backend: "
+                   "skipped".format(others, capture.name, backend), err=True)
+
+
+#: How many lines of a capture that holds no event of its backend are tried with the others.
+SNIFF_LINES = 1000
+
+
+def _comment(line):
+    """A header line of a capture (ftrace's `# tracer: nop`, the sh script's, bpf data's)."""
+    return line == "#" or line.startswith("# ")
+
+
+def _format_of(lines, backend):
+    """`: it looks like ... (--backend B)` for the backend that parses some of `lines`, else
+    that it looks like no capture."""
+    from legacytrace import backends
+    for other in backends.names():
+        if other != backend and backends.get(other).parse_lines(lines):
+            return ": it looks like a capture of the {0} backend (--backend {0})".format(other)
+    return (": it looks like no capture of legacytrace (trace_pipe text for ftrace, the "
+            "output of the generated program for stap and bpf)")
 
 
 def _line_batches(stream, size=1 << 16):
@@ -540,6 +614,8 @@ def list_functions(regex, skb):
 
     Reads available_filter_functions when readable, /proc/kallsyms otherwise.
     With --skb, the kernel's BTF gives each function's sk_buff (and sock) position.
+    On a kernel without kprobes, only the functions a static tracepoint fires in
+    (traced at that tracepoint).
 
     \b
     Examples:
@@ -548,12 +624,17 @@ def list_functions(regex, skb):
     """
     from legacytrace import discover
     pattern = discover.compile_regex(regex)
-    functions = _kernel_functions(hostmod.probe_host(try_bpftrace=False))
+    facts = hostmod.probe_host(try_bpftrace=False)
+    names = set(n for n in _kernel_functions(facts).names() if symbols.is_entry(n))
+    if facts.kprobes is False:
+        names = set(n for n in names if tracepoints.of(n))
+        click.echo("legacytrace: this kernel has no kprobes: only the functions a static "
+                   "tracepoint fires in can be traced, at that tracepoint", err=True)
     if not skb:
-        for name in sorted(n for n in functions.names() if pattern.search(n)):
+        for name in sorted(n for n in names if pattern.search(n)):
             click.echo(name)
         return
-    for found in discover.skb_functions(discover.load_btf(), pattern.pattern, functions):
+    for found in discover.skb_functions(discover.load_btf(), pattern.pattern, names):
         click.echo("{:<40} skb_pos={} sk_pos={}  {}".format(
             found.name, found.skb_pos, found.sk_pos or "-", found.prototype))
 
@@ -602,7 +683,7 @@ def cleanup(backend):
     from legacytrace import backends
     facts = _probe_mounted(backend)
     names = backends.names() if backend == "auto" else [backend]
-    removed = []
+    removed, failed = [], []
     for name in names:
         try:
             instance = backends.get(name)
@@ -610,13 +691,22 @@ def cleanup(backend):
             if backend != "auto":
                 raise
             continue
-        if hasattr(instance, "cleanup"):
+        if not hasattr(instance, "cleanup"):
+            continue
+        try:
             removed.extend(instance.cleanup(facts))
-    click.echo("removed {} leftover(s){}".format(
-        len(removed), ": " + ", ".join(removed) if removed else ""))
+            failed.extend("{}: {} is still there".format(name, what)
+                          for what in instance.leftovers(facts))
+        except LegacytraceError as exc:
+            failed.append("{}: {}".format(name, exc))
+    if removed or not failed:
+        click.echo("removed {} leftover(s){}".format(
+            len(removed), ": " + ", ".join(removed) if removed else ""))
+    if failed:
+        raise LegacytraceError("{}: {}".format("; ".join(failed), "see the warnings above"
+                                               if facts.root else "run as root (sudo)"))
 
 
 def main():
-    """Console-script entry. click itself exits quietly when the output pipe closes
-    (`legacytrace trace | head`), after the trace loop has detached on the way out."""
+    """Console-script entry (handle_errors ends a command whose output pipe closed)."""
     cli.main(prog_name="legacytrace")

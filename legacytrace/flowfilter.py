@@ -159,7 +159,7 @@ class FlowFilter(object):
                             ("--sport", self.sport), ("--dport", self.dport)):
             if value is not None:
                 parts.append("{} {}".format(flag, value))
-        return " ".join(parts) or "(all flows)"
+        return " ".join(parts) or "all flows"
 
 
 def _in(addr, net):

@@ -12,7 +12,9 @@ script parses like a live session. Numbers: `0x..` is hex; the `u*` types print 
 before 4.9 (`0x54` on EL7 and 4.4-4.8, `54` without `0x` on upstream 3.10) and decimal
 from 4.9, so an unprefixed number is read as hex only when the line's pointer is.
 
-Static tracepoints (net:*, skb:*) print their own formats: `len=%u` decimal,
+Static tracepoints (net:*, skb:*; legacytrace.tracepoints) print their own formats, and
+only their event's name: the event's `func` is the tracepoint's full name (`net:net_dev_queue`)
+as every backend gives it. `len=%u` is decimal,
 `skbaddr=%p` hex without `0x`, `reason: NAME` for kfree_skb from 5.17.
 Arrays (`pi=+u0(...):x8[64]`, a peek) print as `{0x47,0x45,...}`: read as bytes.
 """
@@ -24,6 +26,7 @@ from socket import AF_INET, AF_INET6, inet_ntop
 
 from legacytrace.model import EVENT_FIELDS, FlowEvent
 from legacytrace.payload import fields as payload_fields
+from legacytrace.tracepoints import BY_EVENT as TRACEPOINTS
 
 BACKEND = "ftrace"
 _new_event = tuple.__new__
@@ -60,13 +63,6 @@ _U64X2 = struct.Struct("<QQ")
 
 #: skb:kfree_skb's `protocol` (an ethertype) -> IP version
 _ETHERTYPE_FAMILY = {0x0800: 4, 0x86dd: 6}
-
-#: tracepoint name -> what it means; a tracepoint event knows no tuple.
-TRACEPOINTS = {
-    "netif_receive_skb": "receive", "netif_rx": "receive", "net_dev_queue": "queue",
-    "net_dev_start_xmit": "transmit", "net_dev_xmit": "transmitted",
-    "kfree_skb": "drop", "consume_skb": "consume",
-}
 
 
 class _Layout(object):
@@ -527,8 +523,9 @@ def _location(text):
 def _tracepoint(who, name, body):
     """The event of a static net:/skb: tracepoint (packet identity, length, device, drop
     reason; no tuple), `who` its header's fields (time_ns ... context)."""
+    tracepoint = TRACEPOINTS[name]
     skb = length = dev = None
-    fields = {"meaning": TRACEPOINTS[name]}
+    fields = {"meaning": tracepoint.meaning}
     reason = _REASON.search(body) if "reason: " in body else None
     if reason:
         fields["reason"] = reason.group(1)
@@ -549,5 +546,6 @@ def _tracepoint(who, name, body):
                 fields["family"] = family
         else:
             fields[key] = value
-    return _new_event(FlowEvent, (BACKEND, "tracepoint") + who + (name, "entry", None, skb)
+    return _new_event(FlowEvent, (BACKEND, "tracepoint") + who
+                      + (tracepoint.name, "entry", None, skb)
                       + _NO_FLOW + (length, dev, fields, None))

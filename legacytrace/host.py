@@ -15,7 +15,7 @@ import re
 import shutil
 import subprocess
 
-from legacytrace import btf, features
+from legacytrace import btf, features, trust
 from legacytrace.errors import LegacytraceError
 from legacytrace.kernel import KernelRelease
 
@@ -205,9 +205,10 @@ def _read(path, opener=open):
 def _run(argv, timeout):
     """Run `argv` -> (exit status or None, stdout, stderr); None when it could not run or timed out."""
     try:
-        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=subprocess.PIPE, universal_newlines=True)
-    except OSError as exc:
+        proc = subprocess.Popen([trust.program(argv[0])] + argv[1:], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                universal_newlines=True)
+    except (OSError, trust.Untrusted) as exc:
         return None, "", str(exc)
     try:
         out, err = proc.communicate(timeout=timeout)

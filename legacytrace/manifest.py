@@ -31,6 +31,12 @@ asks for the return address (where a drop happened)::
           - {name: tcp_sendmsg, sk_pos: 1, args: {msg: 2}, kernel: ">=4.1"}
           - {name: tcp_sendmsg, sk_pos: 2, args: {msg: 3}, kernel: "<4.1"}
 
+`tracepoint: SYSTEM:EVENT` names the static tracepoint that fires in the function with
+the same sk_buff, traced instead of it on a kernel without kprobes (one of those
+legacytrace.tracepoints knows; without the key, the one it knows for the function)::
+
+      - {name: __dev_queue_xmit, skb_pos: 1, tracepoint: "net:net_dev_queue"}
+
 `kernel` is a space- or comma-separated list of conditions that must all hold:
 `>=X.Y[.Z]`, `<X.Y[.Z]` and `elN` (a RHEL/CentOS N kernel, which differ from
 upstream of the same version) or `!elN`.
@@ -43,6 +49,7 @@ import re
 
 import yaml
 
+from legacytrace import tracepoints
 from legacytrace.errors import UsageError
 from legacytrace.kernel import VersionRange, parse_version
 from legacytrace.model import Probe
@@ -67,7 +74,7 @@ PEEK_ARGS = ("msg",)
 PEEK_MAX = 128
 
 _FUNCTION_KEYS = {"name", "skb_pos", "sk_pos", "args", "egress", "description", "fields",
-                  "variants", "peek", "caller"}
+                  "variants", "peek", "caller", "tracepoint"}
 _VARIANT_KEYS = {"name", "skb_pos", "sk_pos", "args", "kernel"}
 _TOP_KEYS = {"functions", "name", "description"}
 _CONDITION_RE = re.compile(r"^(>=|<)(\d+\.\d+(?:\.\d+)?)$|^(!?)el(\d+)$")
@@ -94,10 +101,11 @@ class Variant(collections.namedtuple("Variant", "name skb_pos sk_pos versions el
 
 
 class ManifestFunction(collections.namedtuple(
-        "ManifestFunction", "variants egress description fields peek caller")):
+        "ManifestFunction", "variants egress description fields peek caller tracepoint")):
     """One manifest entry: its variants in order of preference, and what they share.
 
-    `peek` is None or {"arg": name, "bytes": N}; `caller` asks for the return address."""
+    `peek` is None or {"arg": name, "bytes": N}; `caller` asks for the return address;
+    `tracepoint` is None or the tracepoint named for kernels without kprobes."""
 
     __slots__ = ()
 
@@ -110,6 +118,15 @@ class Manifest(collections.namedtuple("Manifest", "name description functions so
     """A validated manifest; `source` is the file (or bundled name) it came from."""
 
     __slots__ = ()
+
+
+def names(function):
+    """What a --regex may match of an entry: its variants' names and the tracepoints that
+    stand for them."""
+    found = []
+    for variant in function.variants:
+        found.extend(tracepoints.names(variant.name, function.tracepoint))
+    return found
 
 
 def bundled_names():
@@ -138,6 +155,9 @@ def parse(text, source="<manifest>"):
     """Parse and validate manifest YAML; raise UsageError naming file, entry and problem."""
     try:
         data = yaml.safe_load(text)
+    except yaml.reader.ReaderError as exc:       # bytes that are no text (a binary file)
+        raise UsageError("{}: not a YAML text file ({} at byte {})".format(
+            source, exc.reason, exc.position))
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = " line {}".format(mark.line + 1) if mark is not None else ""
@@ -175,10 +195,12 @@ def _function(entry, where):
         variants = (_variant(dict((k, entry[k]) for k in ("name", "skb_pos", "sk_pos", "args")
                                   if k in entry), where),)
     egress, caller = (_flag(entry, key, where) for key in ("egress", "caller"))
+    tracepoint = entry.get("tracepoint")
     return ManifestFunction(variants, egress,
                             _text(entry.get("description", ""), "description", where),
                             _fields(entry.get("fields", {}), where),
-                            _peek(entry.get("peek"), variants, where), caller)
+                            _peek(entry.get("peek"), variants, where), caller,
+                            None if tracepoint is None else tracepoints.check(tracepoint, where))
 
 
 def _flag(entry, key, where):
@@ -361,7 +383,8 @@ def resolve(manifest, kernel, exists=None, skb_position=None):
                         manifest.source, variant.name, actual, variant.skb_pos, actual))
         probes.append(Probe(variant.name, variant.skb_pos, variant.sk_pos, function.egress,
                             function.description, function.fields, args=variant.args,
-                            peek=function.peek, caller=function.caller))
+                            peek=function.peek, caller=function.caller,
+                            tracepoint=function.tracepoint))
     return Resolution(probes, missing, unread)
 
 

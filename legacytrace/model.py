@@ -11,10 +11,10 @@ import operator
 #: whatever task was interrupted: that task is not the packet's owner.
 CONTEXTS = ("task", "softirq", "hardirq", "nmi")
 
-#: Functions and tracepoints that free an sk_buff. After them its address can be
-#: reused by another packet, so a packet's journey always ends there, whatever the
-#: manifest marks as egress. kfree_skb wraps kfree_skb_reason from 5.17, which wraps
-#: sk_skb_reason_drop from 6.11; consume_skb frees a packet that was delivered.
+#: Functions that free an sk_buff (legacytrace.tracepoints.FREEING: the tracepoints). After
+#: them its address can be reused by another packet, so a packet's journey always ends
+#: there, whatever the manifest marks as egress. kfree_skb wraps kfree_skb_reason from 5.17,
+#: which wraps sk_skb_reason_drop from 6.11; consume_skb frees a packet that was delivered.
 SKB_FREE_FUNCTIONS = frozenset(("kfree_skb", "kfree_skb_reason", "sk_skb_reason_drop",
                                 "__kfree_skb", "consume_skb"))
 
@@ -148,13 +148,16 @@ class Probe(object):
     in `legacytrace.manifest.ARG_TYPES`, e.g. reason -> enum skb_drop_reason), `peek`
     is None or {"arg": "msg", "bytes": N} (the first N bytes of the user data behind
     that struct msghdr * argument), `caller` asks for the return address.
+    `tracepoint` names the static tracepoint ("net:net_dev_queue") that stands for the
+    function where it cannot be probed (None: the one legacytrace.tracepoints knows).
     """
 
     __slots__ = ("name", "skb_pos", "sk_pos", "egress", "description", "fields", "kind",
-                 "args", "peek", "caller")
+                 "args", "peek", "caller", "tracepoint")
 
     def __init__(self, name, skb_pos=None, sk_pos=None, egress=False, description="",
-                 fields=None, kind="entry", args=None, peek=None, caller=False):
+                 fields=None, kind="entry", args=None, peek=None, caller=False,
+                 tracepoint=None):
         self.name = name
         self.skb_pos = skb_pos
         self.sk_pos = sk_pos
@@ -165,6 +168,7 @@ class Probe(object):
         self.args = collections.OrderedDict(args or ())
         self.peek = dict(peek) if peek else None
         self.caller = caller
+        self.tracepoint = tracepoint
 
     def __repr__(self):
         return "Probe({!r}, skb_pos={!r}, sk_pos={!r}, egress={!r})".format(

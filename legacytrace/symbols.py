@@ -6,6 +6,19 @@ development machine). /proc/kallsyms then gives the text symbols, a superset.
 """
 import bisect
 import os
+import re
+
+#: A function's entry as a manifest names it: a C identifier, with the suffixes of GCC's
+#: clones (legacytrace.manifest.SYMBOL_RE) but not of a cold part (`ip_rcv_finish_core.cold`,
+#: the code GCC moved out of the function), nor a `__pfx_` symbol (the padding before a
+#: function, 6.2+), nor an assembler label (`.E_copy`). kallsyms lists all of them.
+_ENTRY_RE = re.compile(
+    r"^(?!__pfx_)[A-Za-z_][A-Za-z0-9_]*(\.(isra|constprop|part|llvm)\.[0-9]+)*\Z")
+
+
+def is_entry(name):
+    """True when `name` is a function entry a manifest can probe (see _ENTRY_RE)."""
+    return _ENTRY_RE.match(name) is not None
 
 
 def parse_available_filter_functions(lines):

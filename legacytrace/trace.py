@@ -4,7 +4,8 @@
 
 Signals end a trace the same way as its normal end: SIGINT (Ctrl-C), SIGTERM,
 SIGHUP and the --duration alarm raise `Stop` once, and are ignored after that so
-that nothing interrupts the session's detach.
+that nothing interrupts the session's detach. The duration counts from when the
+probes are attached: bpftrace takes a second or more to attach, stap longer.
 """
 import contextlib
 import signal
@@ -21,7 +22,10 @@ _STOP_SIGNALS = (("SIGINT", "interrupted (SIGINT)"), ("SIGTERM", "terminated (SI
 
 @contextlib.contextmanager
 def stop_on_signals(duration=None):
-    """Turn stop signals and the duration alarm into one `Stop`, raised once."""
+    """Turn stop signals and the duration alarm into one `Stop`, raised once.
+
+    Yields `start()`, which sets the alarm off: the duration counts from that call.
+    """
     previous = {}
     stopping = []
 
@@ -39,9 +43,13 @@ def stop_on_signals(duration=None):
     if duration:
         previous[signal.SIGALRM] = signal.signal(
             signal.SIGALRM, handler_for("duration of {:g} s reached".format(duration)))
-        signal.setitimer(signal.ITIMER_REAL, duration)
+
+    def start():
+        if duration and not stopping:
+            signal.setitimer(signal.ITIMER_REAL, duration)
+
     try:
-        yield stopping
+        yield start
     finally:
         stopping.append("done")
         if duration:
@@ -76,9 +84,9 @@ def run(backend, program, flow, limits, sink, stats, enrich=None, attached=None)
     events, user-space filtering, rate-limited events and the session's lost
     events. `enrich(ev)`, when given, returns the event as it is shown (events are
     tuples: what user space adds makes a new one). `attached()` is called once the
-    probes are in place. On a stop (a signal, the duration) a session that can
-    `finish()` stops producing and what it already produced still comes out. Returns
-    the reason the trace ended, in words.
+    probes are in place, and the duration starts then. On a stop (a signal, the
+    duration) a session that can `finish()` stops producing and what it already
+    produced still comes out. Returns the reason the trace ended, in words.
     """
     rate = RateLimit(limits.rate) if limits.rate else None
     parse = backend.parse
@@ -104,10 +112,11 @@ def run(backend, program, flow, limits, sink, stats, enrich=None, attached=None)
         return None
 
     ended = "the tracer ended"
-    with stop_on_signals(limits.duration):
+    with stop_on_signals(limits.duration) as start:
         session = backend.run(program)
         try:
             with session:
+                start()
                 if attached is not None:
                     attached()
                 try:

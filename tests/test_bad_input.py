@@ -102,10 +102,17 @@ def manifest(tmp_path):
     ("functions:\n  - name: 'ip_rcv; rm -rf /'\n    skb_pos: 1\n", ["is not a kernel function name"]),
     ("functions:\n  - name: ip_rcv\n    skb_pos: 1\n    fields: {len: 'skb->len'}\n",
      ["field len has path 'skb->len'"]),
+    ("functions:\n  - name: ip_rcv\n    skb_pos: 1\n    tracepoint: 'net:x/../../enable'\n",
+     ["tracepoint 'net:x/../../enable' is not one legacytrace reads packets from"]),
 ], ids=["malformed-yaml", "wrong-type", "out-of-range", "not-a-list", "unknown-key",
-        "hostile-name", "bad-field-path"])
+        "hostile-name", "bad-field-path", "unknown-tracepoint"])
 def test_manifest_errors(manifest, text, words):
     check(run(["generate", "-b", "ftrace", manifest(text)]), 2, *words)
+
+
+def test_a_binary_file_as_manifest():
+    check(run(["generate", "-b", "ftrace", sys.executable]), 2,
+          sys.executable + ": not a YAML text file (", " at byte ")
 
 
 def test_every_manifest_function_missing(manifest):
@@ -140,6 +147,23 @@ def test_unknown_bundled_manifest():
         "protocol-number", "family-mix", "ports-on-icmp", "ipversion"])
 def test_flow_filter_errors(args, words):
     check(run(["generate", "-b", "ftrace"] + args), 2, *words)
+
+
+# --- captures --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("backend, capture, words", [
+    ("stap", "ftrace/kprobe-6.1-all-traffic.trace",
+     ["none of its 131 lines is an event of the stap backend",
+      "it looks like a capture of the ftrace backend (--backend ftrace)"]),
+    ("bpf", "stap/lab-all-6.1.0-56-amd64.txt",
+     ["is an event of the bpf backend", "a capture of the stap backend (--backend stap)"]),
+    ("ftrace", "bpf/loopback-6.18.txt",
+     ["is an event of the ftrace backend", "a capture of the bpf backend (--backend bpf)"]),
+    ("ftrace", sys.executable, ["is an event of the ftrace backend",
+                                "it looks like no capture of legacytrace"]),
+], ids=["ftrace-as-stap", "stap-as-bpf", "bpf-as-ftrace", "no-capture"])
+def test_parse_of_a_file_without_an_event_of_the_backend(backend, capture, words):
+    check(run(["parse", "-b", backend, str(HERE / "data" / capture)]), 1, *words)
 
 
 # --- options ---------------------------------------------------------------------------
@@ -244,10 +268,42 @@ def test_bpftrace_missing(path_without):
 @pytest.mark.skipif(os.path.exists("/lib/modules/{}/build".format(os.uname().release)),
                     reason="this host has the headers of its running kernel")
 def test_kernel_headers_not_matching_the_running_kernel():
-    """This machine has headers of other kernels (the lab's 6.1), not of the one it runs."""
+    """Headers of other kernels (the lab's 6.1), not of the one that runs."""
+    if not stap_kernel():
+        pytest.skip("this kernel cannot run stap at all (no kprobes or no modules)")
     result = run(["trace", "-b", "stap", "-T", "1"])
     check(result, 1, "backend stap cannot run here",
           "no kernel headers for " + os.uname().release, "install")
+
+
+@needs_root
+def test_a_kernel_without_modules_or_kprobes_is_named_without_packages_to_install():
+    """This development machine's 6.18: no package helps, so none is suggested."""
+    if stap_kernel():
+        pytest.skip("this kernel has kprobes and loads modules")
+    result = run(["trace", "-b", "stap", "-T", "1"])
+    check(result, 1, "backend stap cannot run here: kernel built without CONFIG_")
+    assert "install" not in result.last and "headers" not in result.last
+
+
+def stap_kernel():
+    """Whether the running kernel has what stap needs of a kernel: kprobes and modules."""
+    from legacytrace.host import probe_host
+    facts = probe_host(try_bpftrace=False)
+    return facts.kprobes is not False and facts.modules is not False
+
+
+@pytest.mark.skipif(not shutil.which("stap"), reason="needs stap (the cache key holds its version)")
+def test_a_stap_module_cache_others_can_write(tmp_path):
+    """As under `sudo -E` with a user's XDG_CACHE_HOME: root must not load what is there."""
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)
+    result = run(["build", "-r", "3.10.0-1160.el7.x86_64", "-o", str(tmp_path / "lt_x.ko"), "-p",
+                  "icmp"], env={"XDG_CACHE_HOME": str(shared), "LEGACYTRACE_STAP_CACHE": ""})
+    check(result, 1, "refusing the stap module cache {}/legacytrace/stap: {} is writable by "
+          "group and others (mode 0777)".format(shared, shared))
+    assert not (shared / "legacytrace").exists()
 
 
 # --- a bug: one line, not a traceback --------------------------------------------------

@@ -257,12 +257,12 @@ def test_captured_custom_fields_become_ints_and_text():
     parser = backends.get("bpf")
     events = [parser.parse(line) for line in captured("fields-6.18.txt")]
     assert events and all(events)
-    xmit = [e for e in events if e.func == "__dev_queue_xmit"]
+    xmit = [e for e in events if e.func == "net:net_dev_queue"]
     assert xmit and all(e.fields["dev"] == "lo" and e.fields["ifindex"] == 1 for e in xmit)
     assert {e.fields["family"] for e in xmit} == {2, 10}
     assert all(e.fields["family"] == {4: 2, 6: 10}[e.family] for e in xmit)
     assert all(isinstance(e.fields["tstamp"], int) and e.fields["gso"] == 0 for e in xmit)
-    drops = [e for e in events if e.func == "kfree_skb_reason"]
+    drops = [e for e in events if e.func == "skb:kfree_skb"]
     assert {e.fields["caller"] for e in drops} >= {"__udp4_lib_rcv"}
     assert all(isinstance(e.fields["reason"], int) for e in drops)
 

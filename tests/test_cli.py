@@ -1,10 +1,17 @@
 """The command line: usage errors are one line with exit 2, and the pure commands work."""
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
 
+from legacytrace import symbols
 from legacytrace.cli import cli
+
+LEGACYTRACE = str(Path(sys.executable).parent / "legacytrace")
 
 
 def run(*args):
@@ -96,9 +103,10 @@ def test_list_functions_skb_from_this_hosts_btf():
     import os
     require(os.path.exists("/sys/kernel/btf/vmlinux") and os.geteuid() == 0,
             "needs BTF and root (kallsyms)")
-    result = run("list-functions", "--skb", "^ip_output$")
+    result = run("list-functions", "--skb", "^__dev_queue_xmit$")  # with or without kprobes
     assert result.exit_code == 0, result.output
-    assert result.output.split()[:3] == ["ip_output", "skb_pos=3", "sk_pos=2"]
+    line = next(l for l in result.output.splitlines() if l.startswith("__dev_queue_xmit "))
+    assert line.split()[:3] == ["__dev_queue_xmit", "skb_pos=1", "sk_pos=-"]
 
 
 def test_a_backend_without_payload_peeking_says_so(datadir, monkeypatch):
@@ -111,3 +119,58 @@ def test_a_backend_without_payload_peeking_says_so(datadir, monkeypatch):
     warning = [l for l in result.output.splitlines() if "does not read payloads" in l]
     assert warning == ["legacytrace: warning: the bpf backend does not read payloads (peek) "
                        "yet: the event comes without them: tcp_sendmsg"]
+
+
+# --- parse: lines that are not events are counted, and a file of none is an error -------
+
+def test_parse_counts_the_lines_that_are_not_events(datadir, tmp_path):
+    capture = tmp_path / "capture.txt"
+    capture.write_text((datadir / "ftrace" / "sh-capture-6.18.trace").read_text()
+                       + "not an event\nnor this\n\n")
+    result = run("parse", "-b", "ftrace", str(capture))
+    assert result.exit_code == 0, result.output
+    assert "warning: 2 line(s) of {} are not events of the ftrace backend: skipped".format(
+        capture) in result.output
+    assert "5 events" in result.output
+
+
+def test_parse_of_an_empty_capture_is_no_error(tmp_path):
+    capture = tmp_path / "idle.trace"
+    capture.write_text("# legacytrace ftrace capture: kernel 6.18.44-fc-v669, group x\n")
+    result = run("parse", "-b", "ftrace", str(capture))
+    assert result.exit_code == 0 and "0 events" in result.output and "warning" not in result.output
+
+
+# --- a closed output pipe (`legacytrace ... | head`) ends every command alike ---------------
+
+def closed_after_one_line(args):
+    """Run `legacytrace ARGS`, read one line of its output and close the pipe, as `| head -1`;
+    returns (exit code, stderr). Python's own buffering: with PYTHONUNBUFFERED a big write
+    that the closing pipe cuts short ends without an error, so nothing is left to report."""
+    env = dict((k, v) for k, v in os.environ.items() if k != "PYTHONUNBUFFERED")
+    proc = subprocess.Popen([LEGACYTRACE] + args, stdout=subprocess.PIPE, env=env,
+                            stderr=subprocess.PIPE, universal_newlines=True)
+    assert proc.stdout.readline()
+    proc.stdout.close()
+    err = proc.stderr.read()
+    proc.stderr.close()
+    return proc.wait(), err
+
+
+@pytest.mark.parametrize("options", [[], ["--json"], ["--flows"]])
+def test_parse_into_a_closed_pipe_ends_with_a_line_and_exit_0(datadir, tmp_path, options):
+    capture = tmp_path / "big.trace"
+    capture.write_text((datadir / "ftrace" / "kprobe-6.1-all-traffic.trace").read_text() * 400)
+    code, err = closed_after_one_line(["parse", "-b", "ftrace", str(capture)] + options)
+    assert code == 0, err
+    assert err.startswith("legacytrace: the output pipe closed. ") and "Traceback" not in err
+
+
+def test_a_command_whose_output_pipe_closes_says_so_and_exits_0(datadir, tmp_path):
+    """generate for 300 functions writes about a megabyte, far more than a pipe holds."""
+    manifest = tmp_path / "big.yaml"
+    manifest.write_text("functions:\n" + "".join(
+        "  - {{name: f{}, skb_pos: 1}}\n".format(i) for i in range(300)))
+    code, err = closed_after_one_line(["generate", "-b", "bpf", "--host-facts",
+                                       str(datadir / "hosts" / "lab-6.1.json"), str(manifest)])
+    assert (code, err) == (0, "legacytrace: the output pipe closed\n")

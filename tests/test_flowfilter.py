@@ -68,4 +68,4 @@ def test_empty_filter_matches_events_without_tuple():
 
 def test_describe():
     assert FlowFilter.parse(proto="udp", dport="53").describe() == "-p udp --dport 53"
-    assert FlowFilter().describe() == "(all flows)"
+    assert FlowFilter().describe() == "all flows"     # "tracing with ftrace (all flows)"

@@ -20,10 +20,9 @@ def test_rate_limit_counts_per_second_window():
 def test_sigterm_becomes_stop_once_and_handlers_are_restored():
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(trace.Stop, match="SIGTERM"):
-        with trace.stop_on_signals() as stopping:
+        with trace.stop_on_signals():
             os.kill(os.getpid(), signal.SIGTERM)
             signal.pause()
-    assert stopping  # a second signal during cleanup would have been ignored
     assert signal.getsignal(signal.SIGTERM) is before
 
 
@@ -37,9 +36,11 @@ def test_second_signal_during_cleanup_is_ignored():
                 os.kill(os.getpid(), signal.SIGINT)  # arrives while "detaching": no raise
 
 
-def test_duration_alarm_stops():
+def test_duration_alarm_stops_once_started():
     with pytest.raises(trace.Stop, match="duration of 0.05 s reached"):
-        with trace.stop_on_signals(duration=0.05):
+        with trace.stop_on_signals(duration=0.05) as start:
+            assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+            start()
             signal.pause()
 
 
@@ -104,3 +105,28 @@ def test_a_stop_delivers_what_a_finishing_session_still_has(can_finish, delivere
     assert ended == "interrupted (SIGINT)"
     assert sink.funcs == delivered and stats.events == len(delivered)
     assert session.detached and stats.lost.get("unread at stop", 0) == unread
+
+
+class _SlowAttach(_Session):
+    """Notes whether the duration alarm runs while it attaches and once it yields lines."""
+
+    def __init__(self):
+        super(_SlowAttach, self).__init__("1", can_finish=False)
+        self.alarm = {}
+
+    def __enter__(self):
+        self.alarm["attach"] = signal.getitimer(signal.ITIMER_REAL)[0]
+        return self
+
+    def lines(self):
+        self.alarm["lines"] = signal.getitimer(signal.ITIMER_REAL)[0]
+        return iter(["1"])
+
+
+def test_the_duration_starts_when_tracing_starts():
+    """bpftrace takes a second or more to attach: `-T` must not count it."""
+    session, events = _SlowAttach(), []
+    trace.run(_Backend(session), None, FlowFilter.parse(), model.Limits(duration=30), _Sink(),
+              summary.Summary(), attached=lambda: events.append(session.alarm.get("lines")))
+    assert session.alarm["attach"] == 0.0 and 0 < session.alarm["lines"] <= 30
+    assert events == [None]          # `attached()` comes before the first line

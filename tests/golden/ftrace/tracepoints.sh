@@ -39,14 +39,10 @@ MADE=1
 for c in mono global; do echo $c > "$I/trace_clock" 2>/dev/null && break; done
 echo 4096 > "$I/buffer_size_kb"
 [ -e "$I/options/hash-ptr" ] && echo 0 > "$I/options/hash-ptr"
-echo 1 > "$I/events/net/netif_receive_skb/enable" || exit 1
-ENABLED="$ENABLED net/netif_receive_skb"
 echo 1 > "$I/events/net/net_dev_queue/enable" || exit 1
 ENABLED="$ENABLED net/net_dev_queue"
 echo 1 > "$I/events/skb/kfree_skb/enable" || exit 1
 ENABLED="$ENABLED skb/kfree_skb"
-echo 1 > "$I/events/skb/consume_skb/enable" || exit 1
-ENABLED="$ENABLED skb/consume_skb"
 echo "# legacytrace ftrace capture: kernel $RELEASE, group $G" > "$OUT"
 cat "$I/trace_pipe" >> "$OUT" &
 READER=$!
