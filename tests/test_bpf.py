@@ -1,8 +1,7 @@
 """The bpf backend without a kernel: rendered programs, validation, the LT1 parser, checks.
 
-Golden programs live in tests/golden/bpf/; after an intended change of the template,
-regenerate them with `LEGACYTRACE_REGEN_GOLDEN=1 .venv/bin/pytest tests/test_bpf.py`
-and review the diff. Parser input is bpftrace output captured on a real kernel
+Golden programs live in tests/golden/bpf/ (tests/conftest.py says how to regenerate
+them). Parser input is bpftrace output captured on a real kernel
 (tests/data/bpf/README.md says how).
 """
 import os
@@ -12,6 +11,7 @@ import sys
 import pytest
 from hypothesis import given, settings, strategies as st
 
+from conftest import golden
 from legacytrace import backends
 from legacytrace.backends import bpf
 from legacytrace.errors import BackendUnavailable, LegacytraceError, UsageError
@@ -20,7 +20,6 @@ from legacytrace.host import HostFacts
 from legacytrace.model import Probe, TraceRequest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-GOLDEN = os.path.join(HERE, "golden", "bpf")
 DATA = os.path.join(HERE, "data", "bpf")
 
 TRACEPOINTS = ["net:netif_receive_skb", "net:net_dev_queue", "skb:kfree_skb", "skb:consume_skb"]
@@ -47,16 +46,6 @@ def build(facts, **kw):
     return backends.get("bpf").build(request(facts, **kw))
 
 
-def golden(name, text):
-    path = os.path.join(GOLDEN, name)
-    if os.environ.get("LEGACYTRACE_REGEN_GOLDEN") == "1":
-        with open(path, "w") as out:
-            out.write(text)
-    with open(path) as expected:
-        assert text == expected.read(), "{} differs: regenerate with LEGACYTRACE_REGEN_GOLDEN=1 " \
-                                        "after checking the change".format(path)
-
-
 @pytest.mark.parametrize("name, facts, flow", [
     ("kprobe-all.bt", LAB_61, FlowFilter()),
     ("kprobe-udp4.bt", LAB_61, FlowFilter.parse(proto="udp", saddr="127.0.0.0/8",
@@ -66,7 +55,7 @@ def golden(name, text):
                                                      daddr="fe80::/10", sport="80")),
 ])
 def test_rendered_program_matches_golden(name, facts, flow):
-    golden(name, build(facts, flow=flow).text)
+    golden("bpf/" + name, build(facts, flow=flow).text)
 
 
 def test_build_is_pure_and_repeatable():

@@ -3,7 +3,7 @@
 Builds are typed with what a real kernel's BTF answered (tests/data/bpf/types-*.json,
 recorded by tests/data/bpf/capture_types.py from the 6.1 lab kernel's and this machine's
 6.18 BTF); parser input is bpftrace output captured on a real kernel
-(tests/data/bpf/README.md). Golden programs regenerate as in tests/test_bpf.py.
+(tests/data/bpf/README.md). Golden programs regenerate as tests/conftest.py says.
 """
 import json
 import os
@@ -17,7 +17,8 @@ from legacytrace.flowfilter import FlowFilter
 from legacytrace.host import HostFacts
 from legacytrace.model import Probe, TraceRequest
 
-from test_bpf import DATA, DEV_618, LAB_61, golden
+from conftest import golden
+from test_bpf import DATA, DEV_618, LAB_61
 
 LAB_618 = dict(DEV_618, kprobe_events=True, kprobe_pmu=True)
 
@@ -63,11 +64,11 @@ MANIFESTS = ("drops", "http1", "tcp-connect")
 
 
 def test_bundled_manifests_on_the_lab_kernel_match_golden():
-    golden("kprobe-manifests-6.1.bt", build(LAB_61, bundled(LAB_61, *MANIFESTS)).text)
+    golden("bpf/kprobe-manifests-6.1.bt", build(LAB_61, bundled(LAB_61, *MANIFESTS)).text)
 
 
 def test_bundled_manifests_on_a_6_18_kernel_with_kprobes_match_golden():
-    golden("kprobe-manifests-6.18.bt", build(LAB_618, bundled(LAB_618, *MANIFESTS)).text)
+    golden("bpf/kprobe-manifests-6.18.bt", build(LAB_618, bundled(LAB_618, *MANIFESTS)).text)
 
 
 def test_drops_reads_the_reason_argument_the_return_address_and_the_mark():

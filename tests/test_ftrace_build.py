@@ -1,16 +1,15 @@
 """Building ftrace programs: kprobe definitions, filters, the sh export (pure, golden files).
 
-Regenerate the golden files with `LEGACYTRACE_REGEN_GOLDEN=1 .venv/bin/pytest tests/test_ftrace_build.py`
-and review the diff.
+The golden files regenerate as tests/conftest.py says.
 """
 import ipaddress
-import os
 import re
 import struct
 from pathlib import Path
 
 import pytest
 
+from conftest import golden
 from legacytrace import ftrace_kprobe, offsets
 from legacytrace.backends.ftrace import FtraceBackend, hex_types
 from legacytrace.errors import LegacytraceError, UsageError
@@ -18,7 +17,6 @@ from legacytrace.flowfilter import FlowFilter
 from legacytrace.host import HostFacts
 from legacytrace.model import Probe, TraceRequest
 
-GOLDEN = Path(__file__).parent / "golden" / "ftrace"
 DATA = Path(__file__).parent / "data" / "ftrace"
 EL7 = "3.10.0-1160.el7.x86_64"
 
@@ -44,19 +42,11 @@ def build(flow=None, probes=EL7_PROBES, host=None, backend=None):
     return (backend or el7_backend()).build(request)
 
 
-def check_golden(name, text):
-    path = GOLDEN / name
-    if os.environ.get("LEGACYTRACE_REGEN_GOLDEN") == "1":
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(text)
-    assert text == path.read_text(), "differs from {}; regenerate with LEGACYTRACE_REGEN_GOLDEN=1".format(path)
-
-
 def test_golden_el7_udp_flow_text_and_sh():
     backend = el7_backend()
     program = build(FlowFilter.parse(proto="udp", daddr="127.0.0.1", dport="9999"), backend=backend)
-    check_golden("el7-udp.txt", program.text)
-    check_golden("el7-udp.sh", backend.export(program, "sh"))
+    golden("ftrace/el7-udp.txt", program.text)
+    golden("ftrace/el7-udp.sh", backend.export(program, "sh"))
 
 
 def test_golden_tracepoint_mode():
@@ -66,8 +56,8 @@ def test_golden_tracepoint_mode():
     backend = FtraceBackend(layout_for=None)          # tracepoint mode needs no layout
     program = build(FlowFilter.parse(proto="icmp"), host=host, backend=backend)
     assert program.data["mode"] == "tracepoint"
-    check_golden("tracepoints.txt", program.text)
-    check_golden("tracepoints.sh", backend.export(program, "sh"))
+    golden("ftrace/tracepoints.txt", program.text)
+    golden("ftrace/tracepoints.sh", backend.export(program, "sh"))
 
 
 def test_el7_uses_baseline_syntax_only_within_limits():

@@ -3,16 +3,15 @@ caller and peek in kprobe_events lines, for EL7 3.10 and the lab's 6.1 (golden f
 
 The 6.1 types come from `tests/data/ftrace/pahole-6.1.0-56-amd64.txt` (pahole over the lab
 kernel's own BTF, see tests/data/ftrace/README.md); EL7's from its known-builds table.
-Regenerate the golden files with
-`LEGACYTRACE_REGEN_GOLDEN=1 .venv/bin/pytest tests/test_ftrace_manifests.py` and review the diff.
+The golden files regenerate as tests/conftest.py says.
 """
 import json
-import os
 import re
 from pathlib import Path
 
 import pytest
 
+from conftest import golden
 from legacytrace import btf, manifest, offsets
 from legacytrace.backends.ftrace import FtraceBackend
 from legacytrace.errors import UsageError
@@ -22,7 +21,6 @@ from legacytrace.host import HostFacts
 from legacytrace.model import Probe, TraceRequest
 
 HERE = Path(__file__).parent
-GOLDEN = HERE / "golden" / "ftrace"
 PAHOLE_61 = HERE / "data" / "ftrace" / "pahole-6.1.0-56-amd64.txt"
 
 
@@ -91,13 +89,6 @@ def args_of(program, index=0):
     return dict(arg.split("=", 1) for arg in program.data["definitions"][index].args)
 
 
-def check_golden(name, text):
-    path = GOLDEN / name
-    if os.environ.get("LEGACYTRACE_REGEN_GOLDEN") == "1":
-        path.write_text(text)
-    assert text == path.read_text(), "differs from {}; regenerate with LEGACYTRACE_REGEN_GOLDEN=1".format(path)
-
-
 @pytest.mark.parametrize("host_key, name, flow", [
     ("61", "http1", dict(proto="tcp", dport="80")),
     ("el7", "http1", dict(proto="tcp", dport="80")),
@@ -113,7 +104,7 @@ def check_golden(name, text):
 def test_bundled_manifest_programs_match_golden(host_key, name, flow):
     program = build_manifest(host_key, name, FlowFilter.parse(**flow))
     text = program.text + "".join("# warning: {}\n".format(w) for w in program.data["warnings"])
-    check_golden("{}-{}.txt".format(name, host_key), text)
+    golden("ftrace/{}-{}.txt".format(name, host_key), text)
 
 
 def test_reason_and_caller_at_entry():

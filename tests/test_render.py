@@ -1,9 +1,7 @@
 """Renderers: the output formats, column by column, against golden files.
 
 The events are built here (the format is what is under test, not a parser).
-Regenerate the golden files after an intended format change with
-    LEGACYTRACE_REGEN_GOLDEN=1 .venv/bin/pytest -q tests/test_render.py
-and review the diff.
+The golden files regenerate as tests/conftest.py says.
 """
 import io
 import json
@@ -11,11 +9,11 @@ import os
 
 import pytest
 
+from conftest import GOLDEN, golden
 from legacytrace.model import FlowEvent
 from legacytrace.render import FlowsRenderer, JsonRenderer, LiveRenderer
 from legacytrace.summary import Summary
 
-GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden", "render")
 
 SKB_OUT = 0xffff8dcf81335800
 SKB_IN = 0xffff8dcf81336a00
@@ -85,15 +83,6 @@ def render(renderer, events, summary=None):
     renderer.close(summary or Summary())
 
 
-def check_golden(name, text):
-    path = os.path.join(GOLDEN, name)
-    if os.environ.get("LEGACYTRACE_REGEN_GOLDEN") == "1":
-        with io.open(path, "w", encoding="utf-8") as out:
-            out.write(text)
-    with io.open(path, encoding="utf-8") as golden:
-        assert text == golden.read(), "output differs from " + path
-
-
 def live_text(events, **options):
     out = io.StringIO()
     render(LiveRenderer(out, **options), events)
@@ -101,11 +90,11 @@ def live_text(events, **options):
 
 
 def test_live_golden():
-    check_golden("live.txt", live_text(journey()))
+    golden("render/live.txt", live_text(journey()))
 
 
 def test_live_color_golden():
-    check_golden("live_color.txt", live_text(journey(), color=True))
+    golden("render/live_color.txt", live_text(journey(), color=True))
 
 
 def test_live_replay_has_no_command_lines():
@@ -174,7 +163,7 @@ def test_json_lines_are_to_dict_and_nothing_else():
         assert json.loads(line) == json.loads(json.dumps(event.to_dict()))
         assert "type" not in json.loads(line)
     assert "\x1b" not in out.getvalue()
-    check_golden("events.jsonl", out.getvalue())
+    golden("render/events.jsonl", out.getvalue())
 
 
 def test_json_summary_only_when_asked():
@@ -199,11 +188,11 @@ def flows_text(events, summary=None, **options):
 
 
 def test_flows_golden():
-    check_golden("flows.txt", flows_text(journey()))
+    golden("render/flows.txt", flows_text(journey()))
 
 
 def test_flows_color_golden():
-    check_golden("flows_color.txt", flows_text(journey(), color=True))
+    golden("render/flows_color.txt", flows_text(journey(), color=True))
 
 
 def test_flows_block_printed_at_egress_not_before():
@@ -262,8 +251,8 @@ def test_flows_event_without_skb_is_its_own_block():
 
 @pytest.mark.parametrize("name", ["live.txt", "flows.txt", "events.jsonl"])
 def test_plain_output_has_no_escape_sequences(name):
-    with io.open(os.path.join(GOLDEN, name), encoding="utf-8") as golden:
-        assert "\x1b" not in golden.read()
+    with io.open(os.path.join(GOLDEN, "render", name), encoding="utf-8") as saved:
+        assert "\x1b" not in saved.read()
 
 
 def summary_of(events):
@@ -307,7 +296,7 @@ def test_summary_text_golden():
     summary.add_lost({"ftrace overrun cpu1": 3})
     summary.filtered = 2
     summary.evicted = 1
-    check_golden("summary.txt", summary.to_text() + "\n")
+    golden("render/summary.txt", summary.to_text() + "\n")
 
 
 def test_summary_text_says_when_nothing_was_lost():

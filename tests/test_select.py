@@ -1,21 +1,20 @@
 """Backend selection and the doctor report, fed with recorded host facts.
 
-The doctor texts are golden files under tests/golden/doctor/; regenerate them with
-`LEGACYTRACE_REGEN_GOLDEN=1 .venv/bin/pytest -q tests/test_select.py` and review the diff.
+The doctor texts are golden files under tests/golden/doctor/ (tests/conftest.py says how
+to regenerate them).
 """
 import json
 import os
 
 import pytest
 
-from conftest import DATA
+from conftest import DATA, golden
 from legacytrace import backends, doctor, select
 from legacytrace.backends import checks
 from legacytrace.backends.base import Availability
 from legacytrace.errors import BackendUnavailable
 from legacytrace.host import HostFacts, probe_host
 
-GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden", "doctor")
 RECORDED = ("el7-3.10", "deb10-4.19", "lab-6.1", "fc-6.18")
 #: The mechanisms' requirements alone: pure, so recorded hosts give stable answers.
 SHARED = checks.CHECKS
@@ -173,15 +172,7 @@ def test_doctor_json():
 
 @pytest.mark.parametrize("name", RECORDED)
 def test_doctor_golden(name):
-    text = doctor.format_doctor(facts(name), SHARED) + "\n"
-    path = os.path.join(GOLDEN, name + ".txt")
-    if os.environ.get("LEGACYTRACE_REGEN_GOLDEN") == "1":
-        if not os.path.isdir(GOLDEN):
-            os.makedirs(GOLDEN)
-        with open(path, "w") as handle:
-            handle.write(text)
-    with open(path) as handle:
-        assert text == handle.read()
+    golden("doctor/{}.txt".format(name), doctor.format_doctor(facts(name), SHARED) + "\n")
 
 
 def test_backend_checks_come_from_the_backends():

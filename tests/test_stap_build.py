@@ -1,8 +1,7 @@
 """The stap backend's program: golden scripts, validation of hostile input, the module cache.
 
-Golden scripts live in tests/golden/stap/; after an intended template change regenerate
-them with `LEGACYTRACE_REGEN_GOLDEN=1 .venv/bin/pytest -q tests/test_stap_build.py` and
-review the diff. Whether the scripts compile and run is proved in the lab
+Golden scripts live in tests/golden/stap/ (tests/conftest.py says how to regenerate them).
+Whether the scripts compile and run is proved in the lab
 (tests/lab/test_stap.py).
 """
 import collections
@@ -13,6 +12,7 @@ import stat
 
 import pytest
 
+from conftest import golden
 from legacytrace import manifest
 from legacytrace.backends import stap
 from legacytrace.errors import LegacytraceError, UsageError
@@ -20,7 +20,6 @@ from legacytrace.flowfilter import FlowFilter
 from legacytrace.host import HostFacts
 from legacytrace.model import Probe, TraceRequest
 
-GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden", "stap")
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
 #: 6.1 positions (docs/kernel-facts.md): ip_output/ip_finish_output (net, sk, skb).
@@ -77,15 +76,7 @@ def build_manifest(name, host, flow):
 
 @pytest.mark.parametrize("case", list(CASES))
 def test_golden(case):
-    text = CASES[case]().text
-    path = os.path.join(GOLDEN, case + ".stp")
-    if os.environ.get("LEGACYTRACE_REGEN_GOLDEN") == "1":
-        os.makedirs(GOLDEN, exist_ok=True)
-        with open(path, "w") as handle:
-            handle.write(text)
-    with open(path) as handle:
-        assert text == handle.read(), "{} differs: regenerate with LEGACYTRACE_REGEN_GOLDEN=1 " \
-                                      "and review the diff".format(path)
+    golden("stap/{}.stp".format(case), CASES[case]().text)
 
 
 def test_build_is_pure_and_names_the_probes():
