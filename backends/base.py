@@ -92,7 +92,7 @@ class Backend(object):
     features = ()
 
     def check(self, host):
-        """Return an `Availability` for `host` (a `legacytrace.host.HostFacts`)."""
+        """Return an `Availability` for `host` (a `legacytrace.kernel.host.HostFacts`)."""
         raise NotImplementedError
 
     def build(self, request):

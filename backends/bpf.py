@@ -11,7 +11,7 @@ Two modes, chosen from the target's HostFacts:
 - tracepoint: kernels with BPF and BTF but no kprobes (CONFIG_KPROBES unset,
   as on this project's development machine) get the static tracepoint that
   fires inside a manifest function (net:net_dev_queue in __dev_queue_xmit, ...;
-  legacytrace.tracepoints), with its `skbaddr` cast to `struct sk_buff *`; its events
+  legacytrace.kernel.tracepoints), with its `skbaddr` cast to `struct sk_buff *`; its events
   are named after the tracepoint. A function without one is skipped.
 
 The session starts bpftrace in its own session (a Ctrl-C on the terminal reaches
@@ -41,7 +41,9 @@ import time
 
 import jinja2
 
-from legacytrace import btf, flowfilter, host as hostmod, payload, tracepoints, trust
+from legacytrace import flowfilter, payload, trust
+
+from legacytrace.kernel import btf, host as hostmod, tracepoints
 from legacytrace.backends import checks
 from legacytrace.backends.base import Availability, Backend, Program, Session
 from legacytrace.errors import BackendUnavailable, LegacytraceError, UsageError
@@ -93,7 +95,7 @@ class Extra(collections.namedtuple("Extra", "name expr conversion since")):
 
 # The tracepoint's `location` is the caller of kfree_skb/consume_skb: named "caller" as
 # a kprobe's `caller: true` is (the shared field contract).
-#: What each value a tracepoint adds (legacytrace.tracepoints: `fields`) is in bpftrace.
+#: What each value a tracepoint adds (legacytrace.kernel.tracepoints: `fields`) is in bpftrace.
 TRACEPOINT_EXTRAS = {
     "caller": Extra("caller", "ksym(args->location)", "%s", None),
     "reason": Extra("reason", "args->reason", "%d", (5, 17)),
@@ -225,7 +227,7 @@ CHAR_ARRAY_MAX = 64
 
 
 class Types(object):
-    """What this backend asks of a kernel's BTF (a legacytrace.btf.BTF): members with their
+    """What this backend asks of a kernel's BTF (a legacytrace.kernel.btf.BTF): members with their
     C types, whether an integer type is signed, enum values. Replaceable in tests by
     recorded answers of the same shape."""
 

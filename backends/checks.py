@@ -1,6 +1,6 @@
 """What each mechanism needs from a host, in one place, worded for the user.
 
-`stap(host)`, `ftrace(host)` and `bpf(host)` take a `legacytrace.host.HostFacts`
+`stap(host)`, `ftrace(host)` and `bpf(host)` take a `legacytrace.kernel.host.HostFacts`
 and return an `Availability` whose reason says what works, or everything that is
 missing and how to get it. They are pure, so selection can be tested with recorded
 hosts, and they import no backend module: the backends' `check()` delegates here.
@@ -11,7 +11,7 @@ kernel without kprobes), or None.
 """
 import collections
 
-from legacytrace import features
+from legacytrace.kernel import features
 from legacytrace.backends.base import Availability
 
 KPROBE = "kprobe"

@@ -3,10 +3,10 @@
 Two modes, chosen by what the kernel has:
 - kprobe mode (`kprobe_events` exists): one kprobe (or kretprobe) per manifest function
   in the group `legacytrace_<run_id>`, fetch args at struct offsets from
-  legacytrace.offsets (BTF, a table of known builds, pahole), event filters where the
+  legacytrace.kernel.offsets (BTF, a table of known builds, pahole), event filters where the
   IP header's place is fixed (legacytrace.ftrace_kprobe);
 - tracepoint mode (no kprobes, e.g. this development machine's 6.18): the static
-  tracepoint that fires in each manifest function (legacytrace.tracepoints), events with
+  tracepoint that fires in each manifest function (legacytrace.kernel.tracepoints), events with
   packet identity, length, device and drop reason but no tuple (source "tracepoint"),
   so no flow filter can match them: `ready()` refuses a trace that has one.
 Either way the events go to an own buffer instance named like the group, read from its
@@ -19,8 +19,10 @@ import os
 import re
 import time
 
-from legacytrace import btf, flowfilter, ftrace_kprobe, ftrace_parse, offsets, tracefs, tracepoints
-from legacytrace import host as hostmod
+from legacytrace import flowfilter, ftrace_kprobe, ftrace_parse, tracefs
+
+from legacytrace.kernel import btf, offsets, tracepoints
+from legacytrace.kernel import host as hostmod
 from legacytrace.backends.base import Availability, Backend, Program, Session
 from legacytrace.errors import LegacytraceError, UsageError
 from legacytrace.manifest import check_symbol
@@ -49,7 +51,7 @@ def kernel_types(layout):
 
 def hex_types(host):
     """Whether the kernel has the x8..x64 fetch types (4.9+), as its tracing/README says
-    (legacytrace.features: "x-types"). Without them `u*` types are used, which print hex
+    (legacytrace.kernel.features: "x-types"). Without them `u*` types are used, which print hex
     on those kernels; the parser reads either (legacytrace.ftrace_parse)."""
     return "x-types" in (host.kprobe_syntax or [])
 
@@ -62,7 +64,7 @@ class FtraceBackend(Backend):
     features = ("peek",)
 
     def __init__(self, layout_for=offsets.layout_for, types_for=None):
-        """`layout_for(host)` returns the struct layout (legacytrace.offsets.Layout) of a host;
+        """`layout_for(host)` returns the struct layout (legacytrace.kernel.offsets.Layout) of a host;
         `types_for(layout)` the kernel's types for field paths and peek (default: its BTF
         when the layout came from BTF, else only what the layout holds)."""
         self._layout_for = layout_for

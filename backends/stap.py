@@ -41,11 +41,13 @@ import time
 
 import jinja2
 
-from legacytrace import features, payload, trust
+from legacytrace import payload, trust
+
+from legacytrace.kernel import features
 from legacytrace.backends import checks
 from legacytrace.backends.base import Backend, Program, Session
 from legacytrace.errors import LegacytraceError, UsageError
-from legacytrace.kernel import KernelRelease
+from legacytrace.kernel.release import KernelRelease
 from legacytrace.manifest import (ARG_TYPES, FIELD_NAME_RE, FIELD_PATH_RE, MAX_ARG_POS,
                                   PEEK_MAX, check_symbol)
 from legacytrace.model import CONTEXTS, FlowEvent

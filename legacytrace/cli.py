@@ -13,8 +13,10 @@ import sys
 
 import click
 
-from legacytrace import __version__, host as hostmod, manifest as manifestmod, symbols
-from legacytrace import tracepoints
+from legacytrace import __version__, manifest as manifestmod
+
+from legacytrace.kernel import host as hostmod, symbols
+from legacytrace.kernel import tracepoints
 from legacytrace.errors import BackendUnavailable, LegacytraceError, UsageError
 from legacytrace.flowfilter import FlowFilter
 from legacytrace.model import SKB_FREE_FUNCTIONS, Limits, TraceRequest
@@ -165,7 +167,7 @@ def _manifest_probes(spec, host, regex, functions=None, live=False):
 
 def _btf_skb_position(host):
     """skb_position(name) from the host's BTF, or None without BTF (EL7)."""
-    from legacytrace import btf
+    from legacytrace.kernel import btf
     if not host.btf:
         return None
     try:
@@ -462,7 +464,7 @@ def build(manifest, backend, release, runtime, output, **opts):
       legacytrace build -p icmp -r 3.10.0-1160.el7.x86_64 -o lt_icmp.ko icmp-senders
       scp lt_icmp.ko el7host: && ssh el7host sudo legacytrace trace --stap-module lt_icmp.ko
     """
-    from legacytrace.kernel import KernelRelease
+    from legacytrace.kernel.release import KernelRelease
     flow = _flow(opts)
     if release:
         facts = hostmod.HostFacts(release=KernelRelease.parse(release).raw)

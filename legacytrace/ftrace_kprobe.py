@@ -44,10 +44,10 @@ import collections
 import re
 import struct
 
-from legacytrace.btf import Member
+from legacytrace.kernel.btf import Member
 from legacytrace.errors import LegacytraceError, UsageError
 from legacytrace.manifest import ARG_TYPES, FIELD_PATH_RE, FIELD_NAME_RE, PEEK_MAX
-from legacytrace.offsets import LayoutError
+from legacytrace.kernel.offsets import LayoutError
 
 #: x86_64 registers of arguments 1..6 (3.10 needs the `%`, rejects `%rdi`).
 ARG_REGISTERS = ("%di", "%si", "%dx", "%cx", "%r8", "%r9")
@@ -78,14 +78,14 @@ FIXED_L3 = {"l3": 0}
 _SYMBOL = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*\Z")
 _RUN_ID = re.compile(r"^[a-z0-9_]+\Z")
 #: C types of the members a Layout records without types (the known-builds table and pahole
-#: layouts hold legacytrace.offsets.WANTED only): the pointers and strings a field path may
+#: layouts hold legacytrace.kernel.offsets.WANTED only): the pointers and strings a field path may
 #: follow; every other member is a number. struct sock begins with its struct sock_common in
 #: every kernel (include/net/sock.h, 3.10 to 6.x).
 LAYOUT_CTYPES = {("sk_buff", "sk"): "struct sock *", ("sk_buff", "dev"): "struct net_device *",
                  ("sk_buff", "head"): "unsigned char *", ("sk_buff", "data"): "unsigned char *",
                  ("sk_buff", "cb"): "char[48]", ("net_device", "name"): "char[16]",
                  ("sock", "__sk_common"): "struct sock_common"}
-# A member's C type as legacytrace.btf spells it: "struct sock_common", "const struct iovec *".
+# A member's C type as legacytrace.kernel.btf spells it: "struct sock_common", "const struct iovec *".
 _STRUCT_CTYPE = re.compile(r"^(?:(?:const|volatile) )*(?:struct|union) (\w+)( \*)?\Z")
 _CHARS_CTYPE = re.compile(r"^(?:(?:const|volatile) )*(?:(?:un)?signed )?char\[\d+\]\Z")
 
@@ -129,13 +129,13 @@ def event_name(symbol, kind):
 class LayoutTypes(object):
     """The kernel's types as far as a Layout without type information knows them: its own
     members (typed by LAYOUT_CTYPES or as numbers) and no enums. The interface is that of
-    legacytrace.btf.BTF, which answers for every struct on a kernel with BTF."""
+    legacytrace.kernel.btf.BTF, which answers for every struct on a kernel with BTF."""
 
     def __init__(self, layout):
         self.layout = layout
 
     def member(self, struct_name, path):
-        """A legacytrace.btf.Member; LayoutError when the layout lacks it."""
+        """A legacytrace.kernel.btf.Member; LayoutError when the layout lacks it."""
         ctype = LAYOUT_CTYPES.get((struct_name, path))
         if (struct_name, path) == ("sock", "__sk_common"):
             return Member(path, 0, 0, 0, 0, ctype)
@@ -151,12 +151,12 @@ class LayoutTypes(object):
 class Fetch(object):
     """Fetch arguments for one kernel: the type names it accepts and the struct offsets.
 
-    `layout` is a legacytrace.offsets.Layout; `hex_types` says whether the kernel has the
+    `layout` is a legacytrace.kernel.offsets.Layout; `hex_types` says whether the kernel has the
     x8..x64 types (4.9+): with them every value prints as `0x..`, without them `u*`
     print hex anyway (docs/kernel-facts.md), so the parser reads hex either way.
-    `types()` returns the kernel's types for field paths and peek (legacytrace.btf.BTF or
+    `types()` returns the kernel's types for field paths and peek (legacytrace.kernel.btf.BTF or
     LayoutTypes; asked on first need: BTF takes a moment to index); `syntax` is the optional
-    kprobe_events syntax the kernel has (legacytrace.features.KPROBE_SYNTAX names).
+    kprobe_events syntax the kernel has (legacytrace.kernel.features.KPROBE_SYNTAX names).
     """
 
     def __init__(self, layout, hex_types, types=None, syntax=()):

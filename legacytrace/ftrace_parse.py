@@ -12,7 +12,7 @@ script parses like a live session. Numbers: `0x..` is hex; the `u*` types print 
 before 4.9 (`0x54` on EL7 and 4.4-4.8, `54` without `0x` on upstream 3.10) and decimal
 from 4.9, so an unprefixed number is read as hex only when the line's pointer is.
 
-Static tracepoints (net:*, skb:*; legacytrace.tracepoints) print their own formats, and
+Static tracepoints (net:*, skb:*; legacytrace.kernel.tracepoints) print their own formats, and
 only their event's name: the event's `func` is the tracepoint's full name (`net:net_dev_queue`)
 as every backend gives it. `len=%u` is decimal,
 `skbaddr=%p` hex without `0x`, `reason: NAME` for kfree_skb from 5.17.
@@ -26,7 +26,7 @@ from socket import AF_INET, AF_INET6, inet_ntop
 
 from legacytrace.model import EVENT_FIELDS, FlowEvent
 from legacytrace.payload import fields as payload_fields
-from legacytrace.tracepoints import BY_EVENT as TRACEPOINTS
+from legacytrace.kernel.tracepoints import BY_EVENT as TRACEPOINTS
 
 BACKEND = "ftrace"
 _new_event = tuple.__new__

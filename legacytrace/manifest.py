@@ -33,7 +33,7 @@ asks for the return address (where a drop happened)::
 
 `tracepoint: SYSTEM:EVENT` names the static tracepoint that fires in the function with
 the same sk_buff, traced instead of it on a kernel without kprobes (one of those
-legacytrace.tracepoints knows; without the key, the one it knows for the function)::
+legacytrace.kernel.tracepoints knows; without the key, the one it knows for the function)::
 
       - {name: __dev_queue_xmit, skb_pos: 1, tracepoint: "net:net_dev_queue"}
 
@@ -49,9 +49,9 @@ import re
 
 import yaml
 
-from legacytrace import tracepoints
+from legacytrace.kernel import tracepoints
 from legacytrace.errors import UsageError
-from legacytrace.kernel import VersionRange, parse_version
+from legacytrace.kernel.release import VersionRange, parse_version
 from legacytrace.model import Probe
 
 #: A kernel symbol: a C identifier, optionally with the suffixes GCC gives clones.

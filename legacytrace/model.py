@@ -11,7 +11,7 @@ import operator
 #: whatever task was interrupted: that task is not the packet's owner.
 CONTEXTS = ("task", "softirq", "hardirq", "nmi")
 
-#: Functions that free an sk_buff (legacytrace.tracepoints.FREEING: the tracepoints). After
+#: Functions that free an sk_buff (legacytrace.kernel.tracepoints.FREEING: the tracepoints). After
 #: them its address can be reused by another packet, so a packet's journey always ends
 #: there, whatever the manifest marks as egress. kfree_skb wraps kfree_skb_reason from 5.17,
 #: which wraps sk_skb_reason_drop from 6.11; consume_skb frees a packet that was delivered.
@@ -149,7 +149,7 @@ class Probe(object):
     is None or {"arg": "msg", "bytes": N} (the first N bytes of the user data behind
     that struct msghdr * argument), `caller` asks for the return address.
     `tracepoint` names the static tracepoint ("net:net_dev_queue") that stands for the
-    function where it cannot be probed (None: the one legacytrace.tracepoints knows).
+    function where it cannot be probed (None: the one legacytrace.kernel.tracepoints knows).
     """
 
     __slots__ = ("name", "skb_pos", "sk_pos", "egress", "description", "fields", "kind",

@@ -20,7 +20,9 @@ is pure given `HostFacts` (the unit tests feed it recorded hosts).
 """
 import collections
 
-from legacytrace import backends, features
+from legacytrace import backends
+
+from legacytrace.kernel import features
 from legacytrace.backends import checks
 from legacytrace.backends.base import Availability
 from legacytrace.errors import BackendUnavailable

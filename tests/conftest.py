@@ -50,7 +50,7 @@ def golden(name, text):
 def saved_host(name, **changes):
     """HostFacts saved from a real host or constructed from documented facts
     (tests/data/hosts/`name`), with `changes` applied."""
-    from legacytrace.host import HostFacts
+    from legacytrace.kernel.host import HostFacts
     with open(os.path.join(DATA, "hosts", name)) as handle:
         facts = json.load(handle)
     facts.update(changes)

@@ -16,7 +16,7 @@ from legacytrace import backends
 from legacytrace.backends import bpf
 from legacytrace.errors import BackendUnavailable, LegacytraceError, UsageError
 from legacytrace.flowfilter import FlowFilter
-from legacytrace.host import HostFacts
+from legacytrace.kernel.host import HostFacts
 from legacytrace.model import Probe, TraceRequest
 
 HERE = os.path.dirname(os.path.abspath(__file__))

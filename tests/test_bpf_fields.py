@@ -10,11 +10,13 @@ import os
 
 import pytest
 
-from legacytrace import backends, btf, manifest
+from legacytrace import backends, manifest
+
+from legacytrace.kernel import btf
 from legacytrace.backends import bpf
 from legacytrace.errors import UsageError
 from legacytrace.flowfilter import FlowFilter
-from legacytrace.host import HostFacts
+from legacytrace.kernel.host import HostFacts
 from legacytrace.model import Probe, TraceRequest
 
 from conftest import golden

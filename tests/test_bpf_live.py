@@ -16,10 +16,11 @@ import time
 import pytest
 
 from conftest import require
-from legacytrace import backends, select, tracepoints
+from legacytrace import backends, select
+from legacytrace.kernel import tracepoints
 from legacytrace.backends import checks
 from legacytrace.flowfilter import FlowFilter
-from legacytrace.host import HostFacts, ensure_tracefs, probe_host
+from legacytrace.kernel.host import HostFacts, ensure_tracefs, probe_host
 from legacytrace.model import Probe, TraceRequest
 
 PROBES = [Probe("__netif_receive_skb_core", 1), Probe("__dev_queue_xmit", 1)]

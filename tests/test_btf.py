@@ -1,4 +1,4 @@
-"""legacytrace.btf against real BTF: a small blob made with gcc + pahole -J (tests/data/btf/),
+"""legacytrace.kernel.btf against real BTF: a small blob made with gcc + pahole -J (tests/data/btf/),
 recordings of this machine's kernel, and, live, pahole on the running kernel's BTF.
 
 `compare_with_pahole` and `pahole_text` are meant for reuse (the lab compares the reader
@@ -15,8 +15,8 @@ import subprocess
 import pytest
 
 from conftest import DATA, require
-from legacytrace import btf
-from legacytrace.offsets import parse_pahole
+from legacytrace.kernel import btf
+from legacytrace.kernel.offsets import parse_pahole
 
 BTF_DATA = os.path.join(DATA, "btf")
 TINY = os.path.join(BTF_DATA, "tiny.btf")

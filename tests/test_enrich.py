@@ -1,7 +1,7 @@
 """legacytrace.enrich and what it uses: drop reason names (BTF) and return address symbols."""
 import os
 
-from legacytrace import skb_drop_reason, symbols
+from legacytrace.kernel import skb_drop_reason, symbols
 from legacytrace.enrich import Enricher
 from legacytrace.model import FlowEvent
 

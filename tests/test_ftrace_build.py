@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 
 from conftest import golden
-from legacytrace import ftrace_kprobe, offsets
+from legacytrace import ftrace_kprobe
+from legacytrace.kernel import offsets
 from legacytrace.backends.ftrace import FtraceBackend, hex_types
 from legacytrace.errors import LegacytraceError, UsageError
 from legacytrace.flowfilter import FlowFilter
-from legacytrace.host import HostFacts
+from legacytrace.kernel.host import HostFacts
 from legacytrace.model import Probe, TraceRequest
 
 DATA = Path(__file__).parent / "data" / "ftrace"

@@ -12,12 +12,13 @@ from pathlib import Path
 import pytest
 
 from conftest import golden
-from legacytrace import btf, manifest, offsets
+from legacytrace import manifest
+from legacytrace.kernel import btf, offsets
 from legacytrace.backends.ftrace import FtraceBackend
 from legacytrace.errors import UsageError
 from legacytrace.flowfilter import FlowFilter
 from legacytrace.ftrace_kprobe import ARG_REGISTERS
-from legacytrace.host import HostFacts
+from legacytrace.kernel.host import HostFacts
 from legacytrace.model import Probe, TraceRequest
 
 HERE = Path(__file__).parent
@@ -31,7 +32,7 @@ def pahole_61():
 
 
 class PaholeTypes(object):
-    """legacytrace.btf.BTF's member()/enum_values() over saved pahole text."""
+    """legacytrace.kernel.btf.BTF's member()/enum_values() over saved pahole text."""
 
     def __init__(self, text):
         self.structs = offsets.parse_pahole(text)

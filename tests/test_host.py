@@ -8,8 +8,8 @@ import subprocess
 import pytest
 
 from conftest import DATA, require
-from legacytrace import features, host
-from legacytrace.host import HostFacts
+from legacytrace.kernel import features, host
+from legacytrace.kernel.host import HostFacts
 
 HOSTS = os.path.join(DATA, "hosts")
 

@@ -4,7 +4,7 @@ import os
 import pytest
 
 from legacytrace.errors import UsageError
-from legacytrace.kernel import KernelRelease, VersionRange, parse_version
+from legacytrace.kernel.release import KernelRelease, VersionRange, parse_version
 
 
 @pytest.mark.parametrize("release, version, local, el", [

@@ -1,4 +1,4 @@
-"""legacytrace.offsets: which source gives a kernel's struct layout, the EL7 table, pahole's
+"""legacytrace.kernel.offsets: which source gives a kernel's struct layout, the EL7 table, pahole's
 text (recorded on this machine, tests/data/btf/), and the error when nothing applies."""
 import os
 import pkgutil
@@ -8,9 +8,9 @@ import pytest
 import yaml
 
 from conftest import DATA, require
-from legacytrace import btf, offsets
-from legacytrace.host import HostFacts
-from legacytrace.offsets import Field
+from legacytrace.kernel import btf, offsets
+from legacytrace.kernel.host import HostFacts
+from legacytrace.kernel.offsets import Field
 
 TINY = os.path.join(DATA, "btf", "tiny.btf")
 PAHOLE_RELEASE = "6.18.44-fc-v669"
@@ -72,7 +72,7 @@ def test_layout_for_host_facts_uses_its_btf():
 # -- the table of known builds -----------------------------------------------------------------
 
 def known_builds():
-    return pkgutil.get_data("legacytrace.layouts", offsets.KNOWN_BUILDS).decode("utf-8")
+    return pkgutil.get_data("legacytrace.kernel.layouts", offsets.KNOWN_BUILDS).decode("utf-8")
 
 
 @pytest.mark.parametrize("release", [

@@ -22,11 +22,13 @@ import struct
 import yaml
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
-from legacytrace import backends, flowfilter, ftrace_parse, manifest, offsets
+from legacytrace import backends, flowfilter, ftrace_parse, manifest
+
+from legacytrace.kernel import offsets
 from legacytrace.backends.ftrace import FtraceBackend
 from legacytrace.errors import LegacytraceError, UsageError
 from legacytrace.flowfilter import FlowFilter
-from legacytrace.host import HostFacts
+from legacytrace.kernel.host import HostFacts
 from legacytrace.model import FlowEvent, Probe, TraceRequest
 
 HERE = os.path.dirname(os.path.abspath(__file__))

@@ -13,7 +13,7 @@ from legacytrace import backends, doctor, select
 from legacytrace.backends import checks
 from legacytrace.backends.base import Availability
 from legacytrace.errors import BackendUnavailable
-from legacytrace.host import HostFacts, probe_host
+from legacytrace.kernel.host import HostFacts, probe_host
 
 RECORDED = ("el7-3.10", "deb10-4.19", "lab-6.1", "fc-6.18")
 #: The mechanisms' requirements alone: pure, so recorded hosts give stable answers.

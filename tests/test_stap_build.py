@@ -17,7 +17,7 @@ from legacytrace import manifest
 from legacytrace.backends import stap
 from legacytrace.errors import LegacytraceError, UsageError
 from legacytrace.flowfilter import FlowFilter
-from legacytrace.host import HostFacts
+from legacytrace.kernel.host import HostFacts
 from legacytrace.model import Probe, TraceRequest
 
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")

@@ -6,7 +6,7 @@ import json
 import os
 
 from legacytrace.backends import checks, stap
-from legacytrace.host import HostFacts
+from legacytrace.kernel.host import HostFacts
 
 LAB = "6.1.0-56-amd64"
 

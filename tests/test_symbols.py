@@ -1,5 +1,5 @@
 """Kernel function lookup from kallsyms and available_filter_functions."""
-from legacytrace import symbols
+from legacytrace.kernel import symbols
 
 
 def test_kallsyms_keeps_text_symbols_only(datadir):

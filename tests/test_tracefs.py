@@ -10,7 +10,7 @@ from legacytrace import tracefs
 from legacytrace.backends.base import Program
 from legacytrace.backends.ftrace import FtraceBackend, FtraceSession, stale
 from legacytrace.ftrace_kprobe import Definition
-from legacytrace.host import HostFacts
+from legacytrace.kernel.host import HostFacts
 
 FOREIGN = "p:otherTool/ip_rcv ip_rcv\n"
 

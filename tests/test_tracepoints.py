@@ -6,12 +6,14 @@ import types
 import pytest
 from click.testing import CliRunner
 
-from legacytrace import backends, manifest, symbols, tracepoints
+from legacytrace import backends, manifest
+
+from legacytrace.kernel import symbols, tracepoints
 from legacytrace.cli import cli
 from legacytrace.errors import LegacytraceError, UsageError
 from legacytrace.flowfilter import FlowFilter
 from legacytrace.ftrace_parse import LineParser
-from legacytrace.host import HostFacts
+from legacytrace.kernel.host import HostFacts
 from legacytrace.model import Probe, TraceRequest
 
 #: This development machine's kernel, without kprobes, as recorded.

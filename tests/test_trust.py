@@ -8,7 +8,7 @@ import pytest
 from legacytrace import trust
 from legacytrace.backends import stap
 from legacytrace.flowfilter import FlowFilter
-from legacytrace.host import HostFacts
+from legacytrace.kernel.host import HostFacts
 from legacytrace.model import Probe, TraceRequest
 
 ROOT = os.geteuid() == 0

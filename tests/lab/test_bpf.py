@@ -20,7 +20,7 @@ import labkit
 
 from legacytrace import backends
 from legacytrace.flowfilter import FlowFilter
-from legacytrace.host import probe_host
+from legacytrace.kernel.host import probe_host
 from legacytrace.model import Probe, TraceRequest
 
 from test_lifecycle import Run, foreign, settled  # noqa: F401 (foreign is a fixture)

@@ -18,9 +18,11 @@ import pytest
 
 import labkit
 
-from legacytrace import doctor, features, host, select
+from legacytrace import doctor, select
+
+from legacytrace.kernel import features, host
 from legacytrace.backends import checks
-from legacytrace.kernel import KernelRelease
+from legacytrace.kernel.release import KernelRelease
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "hosts")
 

@@ -24,10 +24,10 @@ import pytest
 
 import labkit
 import test_stap
-from legacytrace import btf, symbols
+from legacytrace.kernel import btf, symbols
 from legacytrace.backends import stap
 from legacytrace.flowfilter import FlowFilter
-from legacytrace.host import HostFacts
+from legacytrace.kernel.host import HostFacts
 from legacytrace.model import TraceRequest
 
 #: Fixed ports, so that the host phase can compile their filters before the guest exists.

@@ -22,7 +22,7 @@ import pytest
 import labkit
 from legacytrace.backends import stap
 from legacytrace.flowfilter import FlowFilter
-from legacytrace.host import HostFacts
+from legacytrace.kernel.host import HostFacts
 from legacytrace.model import Probe, TraceRequest
 
 #: Custom fields read at ip_output's entry.

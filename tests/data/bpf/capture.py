@@ -19,7 +19,7 @@ import time
 
 from legacytrace import backends
 from legacytrace.flowfilter import FlowFilter
-from legacytrace.host import HostFacts
+from legacytrace.kernel.host import HostFacts
 from legacytrace.model import Probe, TraceRequest
 
 PROBES = [Probe("__netif_receive_skb_core", 1), Probe("__dev_queue_xmit", 1),

@@ -11,7 +11,7 @@ import collections
 import json
 import sys
 
-from legacytrace import btf
+from legacytrace.kernel import btf
 from legacytrace.backends import bpf
 from legacytrace.errors import UsageError
 from legacytrace.model import Probe

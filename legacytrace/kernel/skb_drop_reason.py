@@ -8,7 +8,7 @@ skb:kfree_skb tracepoint prints the same names without the `SKB_DROP_REASON_` pr
 (__print_symbolic in include/trace/events/skb.h): names here follow it, so that every
 backend reports `NO_SOCKET` whether the kernel or legacytrace named it.
 """
-from legacytrace import btf as btfmod
+from legacytrace.kernel import btf as btfmod
 
 #: Prefixes the tracepoint drops: SKB_DROP_REASON_NO_SOCKET -> NO_SOCKET, and 6.0's
 #: SKB_NOT_DROPPED_YET / SKB_CONSUMED -> NOT_DROPPED_YET / CONSUMED.

@@ -15,9 +15,11 @@ import re
 import shutil
 import subprocess
 
-from legacytrace import btf, features, trust
+from legacytrace import trust
+
+from legacytrace.kernel import btf, features
 from legacytrace.errors import LegacytraceError
-from legacytrace.kernel import KernelRelease
+from legacytrace.kernel.release import KernelRelease
 
 #: Kernel config options the checks read; `HostFacts.kernel_config` maps each to y/m/n.
 CONFIG_OPTIONS = ("CONFIG_MODULES", "CONFIG_KPROBES", "CONFIG_KPROBE_EVENTS", "CONFIG_FTRACE",
@@ -53,10 +55,10 @@ class HostFacts(object):
     kprobe_events  -- the tracing directory has a kprobe_events file; None when that could
                       not be read (tracefs not mounted or not readable, config unknown)
     kprobe_syntax  -- optional kprobe syntax features the kernel's tracing/README advertises
-                      (names from `legacytrace.features.KPROBE_SYNTAX`)
+                      (names from `legacytrace.kernel.features.KPROBE_SYNTAX`)
     instances      -- the tracing directory has instances/ (own ring buffers)
     tracepoints    -- "system:event" names of the tracepoints in
-                      `legacytrace.features.NET_TRACE_SYSTEMS` (net, skb, sock, tcp, ...)
+                      `legacytrace.kernel.features.NET_TRACE_SYSTEMS` (net, skb, sock, tcp, ...)
     btf            -- path of the kernel's BTF (/sys/kernel/btf/vmlinux), or None
     bpftrace       -- bpftrace version text, or None when absent or not runnable
     stap           -- SystemTap version text, or None

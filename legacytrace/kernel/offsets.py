@@ -5,7 +5,7 @@ Offsets differ per build (sk_buff.len is 104 on EL7 3.10.0-1160, 112 on Debian's
 so they come from the running kernel, trying in order:
 
 1. BTF (`/sys/kernel/btf/vmlinux`, 5.2+ and many 4.18+ distribution kernels): exact;
-2. the table of known builds in `legacytrace/layouts/known_builds.yaml` (EL7 3.10 x86_64);
+2. the table of known builds in `legacytrace/kernel/layouts/known_builds.yaml` (EL7 3.10 x86_64);
 3. pahole over the kernel's debuginfo (`/usr/lib/debug/lib/modules/$REL/vmlinux` from
    kernel-debuginfo, `/usr/lib/debug/boot/vmlinux-$REL` from Debian's -dbg packages).
 
@@ -19,7 +19,7 @@ import re
 import shutil
 import subprocess
 
-from legacytrace import btf
+from legacytrace.kernel import btf
 from legacytrace.errors import LegacytraceError
 
 # What the tracer reads, struct -> members. The header offsets (transport_header,
@@ -126,10 +126,10 @@ def from_btf(release, path):
 
 def from_table(release, data=None):
     """Layout from the known builds whose `release` pattern matches; `data` is the YAML text
-    (default: the bundled legacytrace/layouts/known_builds.yaml)."""
+    (default: the bundled legacytrace/kernel/layouts/known_builds.yaml)."""
     import yaml   # only this source needs PyYAML
     if data is None:
-        data = pkgutil.get_data("legacytrace.layouts", KNOWN_BUILDS).decode("utf-8")
+        data = pkgutil.get_data("legacytrace.kernel.layouts", KNOWN_BUILDS).decode("utf-8")
     for build in yaml.safe_load(data)["builds"]:
         if re.match(build["release"], release):
             table = build["structs"]
@@ -217,7 +217,7 @@ def find_layout(release, btf_path=None, vmlinux_paths=None, pahole=run_pahole, t
 
 
 def layout_for(facts):
-    """find_layout for a legacytrace.host.HostFacts (its `release` and `btf` path)."""
+    """find_layout for a legacytrace.kernel.host.HostFacts (its `release` and `btf` path)."""
     return find_layout(facts.release, facts.btf)
 
 
