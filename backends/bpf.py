@@ -43,7 +43,8 @@ import jinja2
 
 from legacytrace import flowfilter, payload, trust
 
-from legacytrace.kernel import btf, host as hostmod, tracepoints
+from legacytrace.kernel import btf, tracepoints
+from legacytrace.kernel import tracefs as kernel_tracefs
 from legacytrace.backends import checks
 from legacytrace.backends.base import Availability, Backend, Program, Session
 from legacytrace.errors import BackendUnavailable, LegacytraceError, UsageError
@@ -698,7 +699,7 @@ class BpftraceSession(Session):
 
     def attach(self):
         # bpftrace reads tracepoint formats from tracefs, which may not be mounted yet.
-        hostmod.ensure_tracefs()
+        kernel_tracefs.ensure()
         self.folder = tempfile.mkdtemp(prefix="{}{}_".format(PREFIX, self.program.data["run_id"]))
         script = os.path.join(self.folder, "trace.bt")
         with open(script, "w") as out:

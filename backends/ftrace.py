@@ -22,7 +22,7 @@ import time
 from legacytrace import flowfilter, ftrace_kprobe, ftrace_parse, tracefs
 
 from legacytrace.kernel import btf, offsets, tracepoints
-from legacytrace.kernel import host as hostmod
+from legacytrace.kernel import tracefs as kernel_tracefs
 from legacytrace.backends.base import Availability, Backend, Program, Session
 from legacytrace.errors import LegacytraceError, UsageError
 from legacytrace.manifest import check_symbol
@@ -188,7 +188,7 @@ class FtraceBackend(Backend):
 def _readable_tracefs(host):
     """The Tracefs to look for leftovers in, None without one; LegacytraceError when this user
     cannot read it (tracefs is root's): finding nothing there would be a false all-clear."""
-    root = host.tracefs or tracefs.find()
+    root = host.tracefs or kernel_tracefs.find()
     if root is None:
         return None
     instances = os.path.join(root, "instances")
@@ -257,7 +257,7 @@ class FtraceSession(Session):
 
     def attach(self):
         data = self.program.data
-        fs = tracefs.Tracefs(self._root or hostmod.ensure_tracefs())
+        fs = tracefs.Tracefs(self._root or kernel_tracefs.ensure())
         group = data["group"]
         if data["mode"] == "kprobe" and not fs.exists("kprobe_events"):
             raise tracefs.TracefsError("this kernel has no kprobe_events: the program was built "

@@ -15,8 +15,8 @@ import click
 
 from legacytrace import __version__, manifest as manifestmod
 
-from legacytrace.kernel import host as hostmod, symbols
-from legacytrace.kernel import tracepoints
+from legacytrace.kernel import host as hostmod, symbols, tracepoints
+from legacytrace.kernel import tracefs as kernel_tracefs
 from legacytrace.errors import BackendUnavailable, LegacytraceError, UsageError
 from legacytrace.flowfilter import FlowFilter
 from legacytrace.model import SKB_FREE_FUNCTIONS, Limits, TraceRequest
@@ -382,7 +382,7 @@ def _probe_mounted(backend):
     backend and automatic selection (`backend`) need a trial bpftrace load."""
     if hostmod.is_root():
         try:
-            hostmod.ensure_tracefs()
+            kernel_tracefs.ensure()
         except LegacytraceError:
             pass
     return hostmod.probe_host(try_bpftrace=backend in ("auto", "bpf"))

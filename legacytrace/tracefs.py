@@ -1,4 +1,4 @@
-"""The one module that writes tracefs: find or mount it, add and remove kprobe events,
+"""The one module that writes tracefs: add and remove kprobe events,
 make and remove buffer instances, enable events, set filters, read trace_pipe and the
 per-CPU statistics.
 
@@ -8,8 +8,8 @@ Rules (docs/kernel-facts.md, "kprobe_events") that hold for every write here:
   after it has been disabled (removing an enabled probe fails with EBUSY).
 - Control files (enable, filter, trace_clock, buffer_size_kb, options/*) are written
   without O_TRUNC; nothing here ever writes `trace` (that would clear a buffer).
-- tracefs lives at /sys/kernel/tracing (4.1+, mounted explicitly) or
-  /sys/kernel/debug/tracing (3.10: debugfs only; later kernels automount tracefs there).
+
+Where tracefs is, and mounting it, is legacytrace.kernel.tracefs.
 """
 import errno
 import os
@@ -19,20 +19,11 @@ import time
 
 from legacytrace.errors import LegacytraceError
 
-CANDIDATES = ("/sys/kernel/tracing", "/sys/kernel/debug/tracing")
 _STAT = re.compile(r"^([a-z ]+):\s+(\d+)\s*$", re.M)
 
 
 class TracefsError(LegacytraceError):
     """A tracefs write the kernel refused, with what it said and where to look."""
-
-
-def find():
-    """Path of a mounted tracing directory, or None."""
-    for path in CANDIDATES:
-        if os.path.exists(os.path.join(path, "trace")):
-            return path
-    return None
 
 
 class Tracefs(object):

@@ -10,6 +10,7 @@ would load a kernel module that user planted in the cache: kernel code execution
 import os
 import shutil
 import stat
+import subprocess
 
 from legacytrace.errors import LegacytraceError
 
@@ -91,3 +92,21 @@ def program(name):
         raise Untrusted("refusing to run {} as root: {}: another user could change "
                                "what root runs; fix its permissions or PATH".format(path, found))
     return path
+
+
+def run(argv, timeout):
+    """Run `argv` (its program from PATH, checked by program()) -> (exit status, stdout,
+    stderr); the status is None when it could not run or timed out, and stderr says why."""
+    try:
+        proc = subprocess.Popen([program(argv[0])] + argv[1:], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                universal_newlines=True)
+    except (OSError, Untrusted) as exc:
+        return None, "", str(exc)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        return None, out, "{} timed out after {} s".format(argv[0], timeout)
+    return proc.returncode, out, err

@@ -20,7 +20,8 @@ from legacytrace import backends, select
 from legacytrace.kernel import tracepoints
 from legacytrace.backends import checks
 from legacytrace.flowfilter import FlowFilter
-from legacytrace.kernel.host import HostFacts, ensure_tracefs, probe_host
+from legacytrace.kernel.host import HostFacts, probe_host
+from legacytrace.kernel.tracefs import ensure as ensure_tracefs
 from legacytrace.model import Probe, TraceRequest
 
 PROBES = [Probe("__netif_receive_skb_core", 1), Probe("__dev_queue_xmit", 1)]

@@ -8,7 +8,7 @@ import subprocess
 import pytest
 
 from conftest import DATA, require
-from legacytrace.kernel import features, host
+from legacytrace.kernel import features, host, tracefs
 from legacytrace.kernel.host import HostFacts
 
 HOSTS = os.path.join(DATA, "hosts")
@@ -98,21 +98,21 @@ def test_parse_cap_sys_admin():
 
 
 def test_tracing_dir():
-    mounts = host.parse_mounts(_text("proc-mounts-6.18.txt"))
-    filesystems = host.parse_filesystems(_text("proc-filesystems-6.18.txt"))
+    mounts = tracefs.parse_mounts(_text("proc-mounts-6.18.txt"))
+    filesystems = tracefs.parse_filesystems(_text("proc-filesystems-6.18.txt"))
     assert {"tracefs", "debugfs"} <= filesystems
-    assert host.tracing_dir(mounts, filesystems) == "/sys/kernel/tracing"
+    assert tracefs.tracing_dir(mounts, filesystems) == "/sys/kernel/tracing"
     # Without a tracefs mount, debugfs/tracing on a 4.1+ kernel is an automount: not mounted.
     debugfs_only = [(p, t) for p, t in mounts if t != "tracefs"] + [("/sys/kernel/debug", "debugfs")]
-    assert host.tracing_dir(debugfs_only, filesystems) is None
+    assert tracefs.tracing_dir(debugfs_only, filesystems) is None
     # A kernel without tracefs (3.10): tracing lives inside debugfs.
-    assert host.tracing_dir(debugfs_only, filesystems - {"tracefs"}) == "/sys/kernel/debug/tracing"
+    assert tracefs.tracing_dir(debugfs_only, filesystems - {"tracefs"}) == "/sys/kernel/debug/tracing"
 
 
 def test_parse_mounts_decodes_spaces():
     line = _text("proc-mounts-6.18.txt").splitlines()[-1].replace(
         "/sys/kernel/tracing", "/mnt/my\\040trace")
-    assert host.parse_mounts(line) == [("/mnt/my trace", "tracefs")]
+    assert tracefs.parse_mounts(line) == [("/mnt/my trace", "tracefs")]
 
 
 # ---- recorded facts ------------------------------------------------------------------
@@ -187,5 +187,5 @@ def test_ensure_tracefs_returns_mounted_dir_without_mounting():
     facts = host.probe_host()
     require(facts.tracefs is not None and facts.root, "needs a mounted tracefs and root")
     before = _mounts()
-    assert host.ensure_tracefs() == facts.tracefs
+    assert tracefs.ensure() == facts.tracefs
     assert _mounts() == before

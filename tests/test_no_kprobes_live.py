@@ -12,7 +12,8 @@ import subprocess
 import pytest
 
 from conftest import require
-from legacytrace.kernel.host import ensure_tracefs, probe_host
+from legacytrace.kernel.host import probe_host
+from legacytrace.kernel.tracefs import ensure as ensure_tracefs
 from test_bad_input import LEGACYTRACE, check, leftovers_of, run
 
 

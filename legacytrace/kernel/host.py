@@ -4,8 +4,8 @@
 can be tested with the recorded facts of an EL7 3.10 host, the 6.1 lab kernel or
 this machine. `probe_host()` reads them from the running system without needing root
 for what is readable, and changes nothing: it mounts nothing and loads nothing but a
-bpftrace program that only exits (as root). `ensure_tracefs()` is the one function
-here with a side effect: the ftrace backend calls it at run time to mount tracefs.
+bpftrace program that only exits (as root). Where tracefs is, and mounting it, is
+legacytrace.kernel.tracefs.
 
 The text parsers (`parse_*`) are pure so recorded files test them.
 """
@@ -13,22 +13,15 @@ import gzip
 import os
 import re
 import shutil
-import subprocess
 
 from legacytrace import trust
-
-from legacytrace.kernel import btf, features
-from legacytrace.errors import LegacytraceError
+from legacytrace.kernel import btf, features, tracefs as tracefsmod
 from legacytrace.kernel.release import KernelRelease
 
 #: Kernel config options the checks read; `HostFacts.kernel_config` maps each to y/m/n.
 CONFIG_OPTIONS = ("CONFIG_MODULES", "CONFIG_KPROBES", "CONFIG_KPROBE_EVENTS", "CONFIG_FTRACE",
                   "CONFIG_EVENT_TRACING", "CONFIG_DEBUG_INFO_BTF", "CONFIG_BPF_SYSCALL",
                   "CONFIG_BPF_EVENTS")
-
-#: Where tracefs goes when we mount it (4.1+), and where debugfs goes (3.10: tracing is in it).
-TRACEFS_MOUNT = "/sys/kernel/tracing"
-DEBUGFS_MOUNT = "/sys/kernel/debug"
 
 # Options that were named differently on older kernels: CONFIG_KPROBE_EVENT became
 # CONFIG_KPROBE_EVENTS in 4.11 (3.10/EL7 configs carry the old name).
@@ -121,22 +114,6 @@ def parse_os_release(text):
     return values.get("PRETTY_NAME", ""), ids
 
 
-def parse_mounts(text):
-    """/proc/mounts text -> [(mount point, fs type)]; octal escapes (\\040) decoded."""
-    mounts = []
-    for line in text.splitlines():
-        parts = line.split()
-        if len(parts) >= 3:
-            point = re.sub(r"\\([0-7]{3})", lambda m: chr(int(m.group(1), 8)), parts[1])
-            mounts.append((point, parts[2]))
-    return mounts
-
-
-def parse_filesystems(text):
-    """/proc/filesystems text -> set of filesystem names the kernel knows."""
-    return set(line.split()[-1] for line in text.splitlines() if line.strip())
-
-
 def parse_config(text):
     """Kernel .config text -> {option: "y"/"m"/"n"} for every option in `CONFIG_OPTIONS`.
 
@@ -175,24 +152,6 @@ def parse_stap_version(text):
     return match.group(1) if match else None
 
 
-def tracing_dir(mounts, filesystems):
-    """The mounted tracing directory given `parse_mounts` and `parse_filesystems` results, or None.
-
-    A tracefs mount wins (/sys/kernel/tracing first). Before 4.1 there is no tracefs and
-    the tracing directory is part of debugfs (3.10/EL7: /sys/kernel/debug/tracing). From
-    4.1 debugfs/tracing is an automount of tracefs: entering it would mount, so it is
-    not reported as mounted.
-    """
-    tracefs = [point for point, fstype in mounts if fstype == "tracefs"]
-    if tracefs:
-        return TRACEFS_MOUNT if TRACEFS_MOUNT in tracefs else tracefs[0]
-    if "tracefs" not in filesystems:
-        for point, fstype in mounts:
-            if fstype == "debugfs":
-                return os.path.join(point, "tracing")
-    return None
-
-
 # ---- reading the running system -----------------------------------------------------
 
 def _read(path, opener=open):
@@ -202,23 +161,6 @@ def _read(path, opener=open):
             return handle.read()
     except (IOError, OSError, EOFError):
         return None
-
-
-def _run(argv, timeout):
-    """Run `argv` -> (exit status or None, stdout, stderr); None when it could not run or timed out."""
-    try:
-        proc = subprocess.Popen([trust.program(argv[0])] + argv[1:], stdin=subprocess.DEVNULL,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                universal_newlines=True)
-    except (OSError, trust.Untrusted) as exc:
-        return None, "", str(exc)
-    try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        return None, out, "{} timed out after {} s".format(argv[0], timeout)
-    return proc.returncode, out, err
 
 
 def _kernel_config(release):
@@ -257,7 +199,7 @@ def _probe_bpftrace(trial, notes):
     only exits."""
     if not shutil.which("bpftrace"):
         return None, None, None
-    status, out, err = _run(["bpftrace", "--version"], _TIMEOUT_VERSION)
+    status, out, err = trust.run(["bpftrace", "--version"], _TIMEOUT_VERSION)
     version = parse_bpftrace_version(out + err) if status == 0 else None
     if version is None:
         notes.append("bpftrace is installed but `bpftrace --version` failed: "
@@ -265,7 +207,7 @@ def _probe_bpftrace(trial, notes):
         return None, None, None
     if not trial:
         return version, None, None
-    status, out, err = _run(["bpftrace", "-e", "BEGIN { exit(); }"], _TIMEOUT_LOAD)
+    status, out, err = trust.run(["bpftrace", "-e", "BEGIN { exit(); }"], _TIMEOUT_LOAD)
     if status == 0:
         return version, True, None
     lines = [line.strip() for line in err.splitlines() if line.strip()]
@@ -276,7 +218,7 @@ def _probe_stap():
     """SystemTap's version from `stap -V` (it prints on stderr), or None."""
     if not shutil.which("stap"):
         return None
-    status, out, err = _run(["stap", "-V"], _TIMEOUT_VERSION)
+    status, out, err = trust.run(["stap", "-V"], _TIMEOUT_VERSION)
     return parse_stap_version(err + out) if status == 0 else None
 
 
@@ -297,7 +239,8 @@ def _kprobes(config, kprobe_events, kprobe_pmu):
     """Whether the kernel has kprobes: from its config, else from files only kprobes create."""
     if config:
         return config["CONFIG_KPROBES"] != "n"
-    if kprobe_events or kprobe_pmu or os.path.isdir(os.path.join(DEBUGFS_MOUNT, "kprobes")):
+    debugfs_kprobes = os.path.join(tracefsmod.DEBUGFS_MOUNT, "kprobes")
+    if kprobe_events or kprobe_pmu or os.path.isdir(debugfs_kprobes):
         return True
     return None
 
@@ -319,8 +262,8 @@ def probe_host(try_bpftrace=True):
     distro, distro_ids = parse_os_release(
         _read("/etc/os-release") or _read("/usr/lib/os-release") or "")
     root = is_root()
-    filesystems = parse_filesystems(_read("/proc/filesystems") or "")
-    tracefs = tracing_dir(parse_mounts(_read("/proc/mounts") or ""), filesystems)
+    filesystems = tracefsmod.filesystems()
+    tracefs = tracefsmod.find(filesystems)
     config, config_source = _kernel_config(uname.release)
     kprobe_pmu = os.path.isdir("/sys/bus/event_source/devices/kprobe")
     if tracefs:
@@ -348,28 +291,3 @@ def probe_host(try_bpftrace=True):
         modules=config["CONFIG_MODULES"] != "n" if config else os.path.exists("/proc/modules"),
         lockdown=parse_lockdown(lockdown_text) if lockdown_text else None,
         notes=notes)
-
-
-def ensure_tracefs():
-    """Return the tracing directory, mounting it first if needed (side effect; needs root).
-
-    Mounts tracefs at /sys/kernel/tracing (4.1+), or on kernels without tracefs
-    (3.10/EL7) debugfs at /sys/kernel/debug, whose tracing/ is the directory.
-    """
-    filesystems = parse_filesystems(_read("/proc/filesystems") or "")
-    path = tracing_dir(parse_mounts(_read("/proc/mounts") or ""), filesystems)
-    if path:
-        return path
-    if "tracefs" in filesystems:
-        fstype, point, path = "tracefs", TRACEFS_MOUNT, TRACEFS_MOUNT
-    elif "debugfs" in filesystems:
-        fstype, point, path = "debugfs", DEBUGFS_MOUNT, os.path.join(DEBUGFS_MOUNT, "tracing")
-    else:
-        raise LegacytraceError("this kernel has neither tracefs nor debugfs (built without "
-                               "CONFIG_FTRACE): choose another backend with --backend")
-    status, _, err = _run(["mount", "-t", fstype, "nodev", point], _TIMEOUT_VERSION)
-    if status != 0:
-        raise LegacytraceError("cannot mount {} at {} ({}): mount it as root with "
-                               "`mount -t {} nodev {}`".format(fstype, point, err.strip(), fstype,
-                                                                point))
-    return path
