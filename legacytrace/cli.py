@@ -15,11 +15,11 @@ import click
 
 from legacytrace import __version__, manifest as manifestmod
 
-from legacytrace.kernel import host as hostmod, symbols, tracepoints
+from legacytrace.kernel import host as hostmod, skbuff, symbols, tracepoints
 from legacytrace.kernel import tracefs as kernel_tracefs
 from legacytrace.errors import BackendUnavailable, LegacytraceError, UsageError
 from legacytrace.flowfilter import FlowFilter
-from legacytrace.model import SKB_FREE_FUNCTIONS, Limits, TraceRequest
+from legacytrace.model import Limits, TraceRequest
 
 BACKEND_CHOICES = ("auto", "stap", "ftrace", "bpf")
 CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=100)
@@ -240,7 +240,7 @@ def _output(opts, probes, stream, replay=False):
     if as_json:
         return render.JsonRenderer(stream, summary=True)
     if flows:
-        egress = SKB_FREE_FUNCTIONS.union(tracepoints.FREEING, *(
+        egress = skbuff.FREE_FUNCTIONS.union(tracepoints.FREEING, *(
             tracepoints.names(p.name, p.tracepoint) for p in probes if p.egress))
         return render.FlowsRenderer(stream, color=use_color, egress=egress,
                                     cmdline=not replay, max_functions=length)

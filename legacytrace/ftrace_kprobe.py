@@ -13,7 +13,8 @@ Where the 5-tuple comes from (docs/kernel-facts.md, "Struct layouts": the header
 `head`, `data` and `network_header`, and a window of u64 words of packet bytes at fixed
 offsets from `skb->data` (`dp8` is data+8, `dm40` data-40). User space finds the IP
 header in the window at `head + network_header - data` and reads the rest from it. The
-window is placed by where `skb->data` points when the function is entered (POSITION):
+window is placed by where `skb->data` points when the function is entered
+(legacytrace.kernel.skbuff.DATA_AT):
 
     l3  the IP header (ip_rcv, ip_output, ...):              data+0  .. data+48
     l2  the Ethernet header (dev_queue_xmit):                data+8  .. data+64 (IP at +14)
@@ -44,32 +45,17 @@ import collections
 import re
 import struct
 
+from legacytrace.kernel import skbuff
 from legacytrace.kernel.btf import Member
+from legacytrace.kernel.x86_64 import ARG_REGISTERS
 from legacytrace.errors import LegacytraceError, UsageError
 from legacytrace.manifest import ARG_TYPES, FIELD_PATH_RE, FIELD_NAME_RE, PEEK_MAX
 from legacytrace.kernel.offsets import LayoutError
 
-#: x86_64 registers of arguments 1..6 (3.10 needs the `%`, rejects `%rdi`).
-ARG_REGISTERS = ("%di", "%si", "%dx", "%cx", "%r8", "%r9")
 MAX_ARGS = 128           # kprobe_events: arguments per probe
 MAX_ARG_TEXT = 63        # kprobe_events: characters per argument
 MAX_NAME = 63            # event and group names (MAX_EVENT_NAME_LEN 64 with the NUL)
 
-#: Where skb->data points when the function is entered, by kernel function name.
-POSITION = {
-    # the IP header: after eth_type_trans on receive, after the IP header is pushed on transmit
-    "ip_rcv": "l3", "ip_rcv_finish": "l3", "ip_local_deliver": "l3",
-    "ip_local_deliver_finish": "l3", "ip_forward": "l3", "ip_forward_finish": "l3",
-    "ip_local_out": "l3", "ip_local_out_sk": "l3", "__ip_local_out": "l3", "ip_output": "l3",
-    "ip_finish_output": "l3", "ip_finish_output2": "l3", "ip_mc_output": "l3",
-    "ipv6_rcv": "l3", "ip6_rcv_finish": "l3", "ip6_input": "l3", "ip6_forward": "l3",
-    "ip6_output": "l3", "ip6_finish_output": "l3", "ip6_finish_output2": "l3",
-    # the link-layer header (Ethernet, loopback included)
-    "dev_queue_xmit": "l2", "__dev_queue_xmit": "l2", "dev_hard_start_xmit": "l2",
-    # the transport header: ip_local_deliver_finish pulled the IP header
-    "tcp_v4_rcv": "l4", "udp_rcv": "l4", "icmp_rcv": "l4", "ip_protocol_deliver_rcu": "l4",
-    "tcp_v6_rcv": "l4", "udpv6_rcv": "l4", "icmpv6_rcv": "l4",
-}
 #: Byte range [start, end) of the fetched window around skb->data, per position.
 WINDOWS = {"l3": (0, 48), "l2": (8, 64), "l4": (-40, 8), None: (-40, 64)}
 #: Positions where the IP header's offset from skb->data is the same for every packet.
@@ -527,7 +513,7 @@ def definition(probe, fetch, flow, warnings):
                              "entry probe".format(probe.name))
         args = ["ret=$retval:{}".format(fetch.type(8))]
     elif skb_reg:
-        position = POSITION.get(probe.name)
+        position = skbuff.DATA_AT.get(probe.name)
         args = skb_args(fetch, skb_reg, position)
         if position in FIXED_L3:
             extra, filter_text = l3_filter(fetch, skb_reg, flow, FIXED_L3[position])

@@ -52,6 +52,7 @@ import yaml
 from legacytrace.kernel import tracepoints
 from legacytrace.errors import UsageError
 from legacytrace.kernel.release import VersionRange, parse_version
+from legacytrace.kernel.x86_64 import ARGS_IN_REGISTERS
 from legacytrace.model import Probe
 
 #: A kernel symbol: a C identifier, optionally with the suffixes GCC gives clones.
@@ -63,8 +64,8 @@ FIELD_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,31}\Z")
 #: A custom field path: an argument and its members, or skb_shinfo(skb) and its members.
 FIELD_PATH_RE = re.compile(
     r"^(skb|sk|skb_shinfo\(skb\))(\.[a-z_][a-z0-9_]{0,63}){1,4}\Z")
-#: x86_64 passes the first six arguments in registers; kprobes read them from there.
-MAX_ARG_POS = 6
+#: The highest argument position a probe reads (x86_64 passes six in registers).
+MAX_ARG_POS = ARGS_IN_REGISTERS
 
 #: Extra arguments a variant may name (`args`), with the C type a backend reads them as.
 ARG_TYPES = collections.OrderedDict([("msg", "struct msghdr *"),

@@ -11,13 +11,6 @@ import operator
 #: whatever task was interrupted: that task is not the packet's owner.
 CONTEXTS = ("task", "softirq", "hardirq", "nmi")
 
-#: Functions that free an sk_buff (legacytrace.kernel.tracepoints.FREEING: the tracepoints). After
-#: them its address can be reused by another packet, so a packet's journey always ends
-#: there, whatever the manifest marks as egress. kfree_skb wraps kfree_skb_reason from 5.17,
-#: which wraps sk_skb_reason_drop from 6.11; consume_skb frees a packet that was delivered.
-SKB_FREE_FUNCTIONS = frozenset(("kfree_skb", "kfree_skb_reason", "sk_skb_reason_drop",
-                                "__kfree_skb", "consume_skb"))
-
 #: IP protocol numbers by the names the CLI and output use.
 PROTO_NUMBERS = {"icmp": 1, "tcp": 6, "udp": 17, "icmp6": 58}
 PROTO_NAMES = dict((v, k) for k, v in PROTO_NUMBERS.items())

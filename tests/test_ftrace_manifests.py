@@ -17,7 +17,7 @@ from legacytrace.kernel import btf, offsets
 from legacytrace.backends.ftrace import FtraceBackend
 from legacytrace.errors import UsageError
 from legacytrace.flowfilter import FlowFilter
-from legacytrace.ftrace_kprobe import ARG_REGISTERS
+from legacytrace.kernel.x86_64 import ARG_REGISTERS
 from legacytrace.kernel.host import HostFacts
 from legacytrace.model import Probe, TraceRequest
 
