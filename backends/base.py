@@ -28,15 +28,22 @@ class Program(object):
     """A built program: the text its mechanism runs, printable by `legacytrace generate`.
 
     `text` is the program as a user would review it (a .stp script, kprobe_events
-    lines with filters, a bpftrace script); `data` holds what `run()` and `parse()`
-    need beyond the text (event names, the field order of the line protocol).
+    lines with filters, a bpftrace script); `run_id` names what it attaches; `mode` is
+    how it attaches ("kprobe", "tracepoint", or None where a backend has one way);
+    `warnings` are "FUNCTION: why" texts about what it had to leave out; `part` is the
+    backend's own typed value with what `run()` and `export()` need beyond the text.
     """
 
-    __slots__ = ("backend", "text", "data")
+    __slots__ = ("backend", "text", "run_id", "mode", "warnings", "part", "data")
 
-    def __init__(self, backend, text, data=None):
+    def __init__(self, backend, text, data=None, run_id=None, mode=None, warnings=(),
+                 part=None):
         self.backend = backend
         self.text = text
+        self.run_id = run_id
+        self.mode = mode
+        self.warnings = list(warnings)
+        self.part = part
         self.data = dict(data or {})
 
 

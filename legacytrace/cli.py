@@ -354,7 +354,7 @@ def _build(backend, request, verbose=False):
     """Build the program, and say which probes the backend had to leave out: one line per
     reason, naming the functions when they are few or `verbose` asks."""
     program = backend.build(request)
-    warnings = list(program.data.get("warnings", ()))
+    warnings = program.warnings or list(program.data.get("warnings", ()))
     if "peek" not in getattr(backend, "features", ()):
         warnings.extend("{}: the {} backend does not read payloads (peek) yet: the event comes "
                         "without them".format(p.name, backend.name)

@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from conftest import golden
-from legacytrace import ftrace_kprobe
+from legacytrace.backends.ftrace import kprobe as ftrace_kprobe
 from legacytrace.kernel import offsets
-from legacytrace.backends.ftrace import FtraceBackend, hex_types
+from legacytrace.backends.ftrace import FtraceBackend
+from legacytrace.backends.ftrace.build import hex_types
 from legacytrace.errors import LegacytraceError, UsageError
 from legacytrace.flowfilter import FlowFilter
 from legacytrace.kernel.host import HostFacts
@@ -56,21 +57,21 @@ def test_golden_tracepoint_mode():
                                                   "skb:kfree_skb", "skb:consume_skb"])
     backend = FtraceBackend(layout_for=None)          # tracepoint mode needs no layout
     program = build(FlowFilter.parse(proto="icmp"), host=host, backend=backend)
-    assert program.data["mode"] == "tracepoint"
+    assert program.mode == "tracepoint"
     golden("ftrace/tracepoints.txt", program.text)
     golden("ftrace/tracepoints.sh", backend.export(program, "sh"))
 
 
 def test_el7_uses_baseline_syntax_only_within_limits():
     program = build(FlowFilter.parse(proto="tcp", saddr="10.0.0.1", dport="80"))
-    for definition in program.data["definitions"]:
+    for definition in program.part.definitions:
         line = definition.line("legacytrace_lt4242")
         assert len(definition.args) <= ftrace_kprobe.MAX_ARGS
         assert all(len(arg) <= 63 for arg in definition.args)
         assert not re.search(r":x\d+|\$comm|\$arg|:symbol|%return|\+u\d", line)
         assert all(re.match(r"^\w+=(%(di|si|dx|cx|r8|r9)|[-+]\d+\(|\$retval)", arg)
                    for arg in definition.args), line
-    assert program.data["group"] == "legacytrace_lt4242"
+    assert program.part.group == "legacytrace_lt4242"
 
 
 def test_hex_types_where_the_readme_lists_them():
@@ -81,7 +82,7 @@ def test_hex_types_where_the_readme_lists_them():
 
 
 def test_offsets_come_from_the_layout():
-    line = build().data["definitions"][0].line("g")
+    line = build().part.definitions[0].line("g")
     assert "len=+104(%di):u32" in line and "nh=+194(%di):u16" in line and "data=+232(%di)" in line
 
 
@@ -93,7 +94,7 @@ def test_offsets_come_from_the_layout():
      ["dp{}".format(n) for n in range(0, 64, 8)]),
 ])
 def test_window_placed_by_where_data_points(probe, words):
-    args = build(probes=[probe]).data["definitions"][0].args
+    args = build(probes=[probe]).part.definitions[0].args
     assert [a.split("=")[0] for a in args if re.match(r"d[mp]\d+=", a)] == words
 
 
@@ -110,8 +111,8 @@ def test_bad_probes_are_one_line_usage_errors(probe):
 @pytest.mark.parametrize("path", ["skb.nosuchmember", "sk.len"])
 def test_members_the_offsets_table_lacks_are_left_out(path):
     program = build(probes=[Probe("ip_rcv", 1, fields={"x": path})])
-    assert not [a for a in program.data["definitions"][0].args if a.startswith("c_x=")]
-    assert [w for w in program.data["warnings"] if "field x ({}) left out".format(path) in w]
+    assert not [a for a in program.part.definitions[0].args if a.startswith("c_x=")]
+    assert [w for w in program.warnings if "field x ({}) left out".format(path) in w]
 
 
 @pytest.mark.parametrize("run_id", ["", None, "lt1; echo", "LT1", "a" * 60])
@@ -122,7 +123,7 @@ def test_bad_run_id(run_id):
 
 def test_custom_field_of_the_layout():
     program = build(probes=[Probe("ip_rcv", 1, fields={"dlen": "skb.data_len"})])
-    assert "c_dlen=+108(%di):u32" in program.data["definitions"][0].args
+    assert "c_dlen=+108(%di):u32" in program.part.definitions[0].args
 
 
 def test_no_layout_is_a_clear_error_naming_stap():
@@ -191,7 +192,7 @@ def _flows_of(event):
 
 
 def test_l3_filter_keeps_every_matching_real_packet_and_drops_others():
-    from legacytrace.ftrace_parse import FLOW_FIELDS, decode_ip
+    from legacytrace.backends.ftrace.parse import FLOW_FIELDS, decode_ip
     from legacytrace.model import FlowEvent
     checked = 0
     for l3 in _pcap_l3_packets():
@@ -201,7 +202,7 @@ def test_l3_filter_keeps_every_matching_real_packet_and_drops_others():
         keep, drop = _flows_of(event)
         for flow in keep + drop:
             assert flow.matches(event) == (flow in keep)
-            definition = build(flow, probes=[Probe("ip_rcv", 1)]).data["definitions"][0]
+            definition = build(flow, probes=[Probe("ip_rcv", 1)]).part.definitions[0]
             assert _kernel_filter_keeps(definition, l3) == (flow in keep), (definition.filter, event)
             checked += 1
     assert checked > 100
@@ -209,7 +210,7 @@ def test_l3_filter_keeps_every_matching_real_packet_and_drops_others():
 
 def test_sock_filter_and_cidr_left_to_user_space():
     definition = build(FlowFilter.parse(daddr="127.0.0.1", dport="8088"),
-                       probes=[Probe("tcp_sendmsg", sk_pos=1)]).data["definitions"][0]
+                       probes=[Probe("tcp_sendmsg", sk_pos=1)]).part.definitions[0]
     assert definition.filter == "skc_family == 2 && skc_daddr == 16777343 && skc_dport == 38943"
     cidr = build(FlowFilter.parse(daddr="10.0.0.0/8"), probes=[Probe("ip_rcv", 1)])
-    assert "daddr" not in cidr.data["definitions"][0].filter
+    assert "daddr" not in cidr.part.definitions[0].filter

@@ -87,7 +87,7 @@ def build_manifest(host_key, name, flow=None):
 
 
 def args_of(program, index=0):
-    return dict(arg.split("=", 1) for arg in program.data["definitions"][index].args)
+    return dict(arg.split("=", 1) for arg in program.part.definitions[index].args)
 
 
 @pytest.mark.parametrize("host_key, name, flow", [
@@ -104,7 +104,7 @@ def args_of(program, index=0):
 ])
 def test_bundled_manifest_programs_match_golden(host_key, name, flow):
     program = build_manifest(host_key, name, FlowFilter.parse(**flow))
-    text = program.text + "".join("# warning: {}\n".format(w) for w in program.data["warnings"])
+    text = program.text + "".join("# warning: {}\n".format(w) for w in program.warnings)
     golden("ftrace/{}-{}.txt".format(name, host_key), text)
 
 
@@ -121,7 +121,7 @@ def test_el7_table_lacks_mark_the_field_is_left_out_with_a_warning():
     program = build_manifest("el7", "drops")
     assert "c_mark" not in args_of(program)
     assert args_of(program)["caller"] == "+0($stack):u64"
-    (warning,) = [w for w in program.data["warnings"] if "mark" in w]
+    (warning,) = [w for w in program.warnings if "mark" in w]
     assert warning.startswith("kfree_skb: field mark (skb.mark) left out: ")
     assert "sk_buff.mark" in warning and "--backend stap" in warning and "\n" not in warning
 
@@ -174,7 +174,7 @@ def test_paths_the_layout_cannot_resolve_are_usage_errors(host_key, path, why):
 def test_el7_members_not_in_the_table_are_left_out(path, missing):
     program = build("el7", [Probe("ip_rcv", 1, fields={"f": path})])
     assert "c_f" not in args_of(program)
-    assert [w for w in program.data["warnings"] if missing in w and "field f ({})".format(path) in w]
+    assert [w for w in program.warnings if missing in w and "field f ({})".format(path) in w]
 
 
 def test_field_without_its_argument():
@@ -192,16 +192,16 @@ def test_peek_on_61_reads_both_iov_iter_views_and_the_type():
     assert [args["pu{}".format(at)] for at in (0, 56)] == ["+u0(+40(%si)):x64", "+u56(+40(%si)):x64"]
     assert "pi64" not in args and "pu64" not in args
     assert args["it6"] == "+16(%si):x8"                    # ITER_UBUF is 6 on 6.1
-    assert build_manifest("61", "http1").data["warnings"] == []
+    assert build_manifest("61", "http1").warnings == []
 
 
 def test_peek_before_5_3_is_one_warning_naming_the_function_and_stap():
     program = build_manifest("el7", "http1")
-    assert program.data["warnings"] == [
+    assert program.warnings == [
         "tcp_sendmsg: ftrace cannot read user memory on kernel 3.10.0-1160.el7.x86_64 "
         "(kprobe_events needs the +u fetch of 5.3): the event comes "
         "without the payload; use --backend stap"]
-    assert not any(re.match(r"p[iu]\d+=|it\d", arg) for arg in program.data["definitions"][0].args)
+    assert not any(re.match(r"p[iu]\d+=|it\d", arg) for arg in program.part.definitions[0].args)
 
 
 def test_peek_where_the_types_lack_msghdr_is_a_warning():
@@ -209,8 +209,8 @@ def test_peek_where_the_types_lack_msghdr_is_a_warning():
     backend = FtraceBackend(layout_for=backend_61()._layout_for)   # LayoutTypes: no msghdr
     probes = manifest.resolve(manifest.load("http1"), facts.kernel).probes
     program = backend.build(TraceRequest(probes, FlowFilter(), facts, run_id="lt4242"))
-    assert len(program.data["warnings"]) == 1
-    assert "cannot find the user buffer of struct msghdr" in program.data["warnings"][0]
+    assert len(program.warnings) == 1
+    assert "cannot find the user buffer of struct msghdr" in program.warnings[0]
 
 
 @pytest.mark.parametrize("probe", [

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from legacytrace.ftrace_parse import FLOW_FIELDS, LineParser, decode_ip, parse_line
+from legacytrace.backends.ftrace.parse import FLOW_FIELDS, LineParser, decode_ip, parse_line
 from legacytrace.model import FlowEvent
 
 DATA = Path(__file__).parent / "data" / "ftrace"

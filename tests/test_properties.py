@@ -22,7 +22,8 @@ import struct
 import yaml
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
-from legacytrace import backends, flowfilter, ftrace_parse, manifest
+from legacytrace import backends, flowfilter, manifest
+from legacytrace.backends.ftrace import parse as ftrace_parse
 
 from legacytrace.kernel import offsets
 from legacytrace.backends.ftrace import FtraceBackend
@@ -402,8 +403,8 @@ def check_build(name, probes, flow, run_id):
     assert request_is_safe(request, run_id_used=name != "stap"), \
         "built from unvalidated input:\n" + program.text
     if name == "ftrace":
-        for definition in program.data["definitions"]:
-            assert "\n" not in definition.line(program.data["group"])
+        for definition in program.part.definitions:
+            assert "\n" not in definition.line(program.part.group)
 
 
 @settings(BOUNDED, max_examples=100)

@@ -6,10 +6,12 @@ import shutil
 
 import pytest
 
-from legacytrace import tracefs
+from legacytrace.backends.ftrace import tracefs
 from legacytrace.backends.base import Program
-from legacytrace.backends.ftrace import FtraceBackend, FtraceSession, stale
-from legacytrace.ftrace_kprobe import Definition
+from legacytrace.backends.ftrace import FtraceBackend
+from legacytrace.backends.ftrace.build import FtracePart
+from legacytrace.backends.ftrace.kprobe import Definition
+from legacytrace.backends.ftrace.session import FtraceSession, stale
 from legacytrace.kernel.host import HostFacts
 
 FOREIGN = "p:otherTool/ip_rcv ip_rcv\n"
@@ -58,8 +60,9 @@ def make_event_dir(path):
 def program(group="legacytrace_lt77"):
     definitions = [Definition("p", "ip_rcv", "ip_rcv", ("skb=%di:x64",), "f_ver >= 64"),
                    Definition("p", "ip_output", "ip_output", ("skb=%dx:x64",), None)]
-    return Program("ftrace", "", {"mode": "kprobe", "group": group, "definitions": definitions,
-                                  "events": [(group, d.event, d.filter) for d in definitions]})
+    part = FtracePart(group, "6.1.0-56-amd64", "btf /sys/kernel/btf/vmlinux", definitions,
+                      [(group, d.event, d.filter) for d in definitions], (), None)
+    return Program("ftrace", "", mode="kprobe", part=part)
 
 
 @pytest.fixture
@@ -88,7 +91,7 @@ def test_session_sets_up_reads_and_tears_down_in_reverse(fake, tmp_path):
     assert (tmp_path / "kprobe_events").read_text().startswith(FOREIGN)
     appended = [text for rel, text, how in fs.log if rel == "kprobe_events"]
     assert all(how == "append" for rel, _, how in fs.log if rel == "kprobe_events")
-    assert appended == [d.line("legacytrace_lt77") for d in program().data["definitions"]] + \
+    assert appended == [d.line("legacytrace_lt77") for d in program().part.definitions] + \
         ["-:legacytrace_lt77/ip_output", "-:legacytrace_lt77/ip_rcv"]
     assert kinds.index("mkdir legacytrace_lt77") < kinds.index("rmdir legacytrace_lt77")
     disables = [i for i, (rel, text, _) in enumerate(fs.log) if rel.endswith("/enable") and text == "0"]
@@ -160,7 +163,7 @@ def test_cleanup_removes_dead_runs_only(tmp_path, monkeypatch):
         make_event_dir(str(tmp_path / "events" / group / "ip_rcv"))
         (tmp_path / "events" / group / "ip_rcv" / "enable").write_text("1\n")
     make_event_dir(str(tmp_path / "instances" / dead / "events"))
-    monkeypatch.setattr("legacytrace.backends.ftrace.pid_alive", lambda pid: pid != 999999)
+    monkeypatch.setattr("legacytrace.backends.ftrace.session.pid_alive", lambda pid: pid != 999999)
     monkeypatch.setattr(tracefs.Tracefs, "remove_instance",
                         lambda self, name: shutil.rmtree(self.path("instances", name)))
     host = HostFacts(release="6.1.0", root=True, tracefs=str(tmp_path))

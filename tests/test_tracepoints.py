@@ -12,7 +12,7 @@ from legacytrace.kernel import symbols, tracepoints
 from legacytrace.cli import cli
 from legacytrace.errors import LegacytraceError, UsageError
 from legacytrace.flowfilter import FlowFilter
-from legacytrace.ftrace_parse import LineParser
+from legacytrace.backends.ftrace.parse import LineParser
 from legacytrace.kernel.host import HostFacts
 from legacytrace.model import Probe, TraceRequest
 
@@ -78,9 +78,9 @@ def test_ftrace_tracepoint_mode_traces_the_manifests_functions(datadir):
     program = build("ftrace", host, [Probe("my_xmit", 1, tracepoint="net:net_dev_start_xmit"),
                                      Probe("sk_skb_reason_drop", 2, 1),
                                      Probe("tcp_sendmsg", sk_pos=1)])
-    assert program.data["events"] == [("net", "net_dev_start_xmit", None),
+    assert program.part.events == [("net", "net_dev_start_xmit", None),
                                       ("skb", "kfree_skb", None)]
-    assert program.data["warnings"] == [
+    assert program.warnings == [
         "tcp_sendmsg: skipped, no tracepoint fires in it and this kernel has no kprobes"]
 
 

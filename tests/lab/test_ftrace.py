@@ -84,7 +84,7 @@ stats = render.Summary()
 
 sink = render.JsonRenderer(sys.stdout)
 def announce():
-    sys.stderr.write("ready {}\n".format(program.data["group"]))
+    sys.stderr.write("ready {}\n".format(program.part.group))
     sys.stderr.flush()
 try:
     ended = trace.run(backend, program, flow, Limits(duration=spec.get("duration")), sink, stats,

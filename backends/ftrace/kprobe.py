@@ -6,7 +6,7 @@ A definition is one line a kernel appends to `kprobe_events`:
 
 Only the baseline syntax that 3.10 already accepts is used (`%REG`, nested `+OFF(...)`,
 `u8..u64`, `string`, `$retval`); the `x8..x64` hex types replace `u*` where the kernel
-has them (4.9+), so that every number prints in hex on every kernel (legacytrace.ftrace_parse).
+has them (4.9+), so that every number prints in hex on every kernel (parse.py).
 
 Where the 5-tuple comes from (docs/kernel-facts.md, "Struct layouts": the header offsets are __u16 offsets from
 `head`, and a kprobe fetch cannot add two fetched values): each sk_buff probe fetches

@@ -7,7 +7,7 @@ One parser reads every kernel's format (docs/kernel-facts.md, "kprobe_events"):
     6.x with record-tgid: `ping-87  (     87) [000] ..s1. ...`
 
 A kprobe line needs no Program to be understood: the argument names say what each
-value is (see legacytrace.ftrace_kprobe), so a capture written by the standalone sh
+value is (see kprobe.py), so a capture written by the standalone sh
 script parses like a live session. Numbers: `0x..` is hex; the `u*` types print hex
 before 4.9 (`0x54` on EL7 and 4.4-4.8, `54` without `0x` on upstream 3.10) and decimal
 from 4.9, so an unprefixed number is read as hex only when the line's pointer is.
