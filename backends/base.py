@@ -7,7 +7,19 @@ and parses each raw line into a `FlowEvent` (pure, so captures replay).
     request --build()--> Program --run()--> Session (raw lines) --parse()--> FlowEvent
 """
 import collections
+import ctypes
 import itertools
+import signal
+
+
+#: prctl(2) option: the signal a child gets when its parent dies.
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent():
+    """In a child before it runs its program (a Popen preexec_fn): get SIGTERM when
+    legacytrace dies, so that no tracer (bpftrace, staprun) outlives a killed run."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
 
 
 class Availability(collections.namedtuple("Availability", "available reason")):

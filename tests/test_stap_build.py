@@ -15,6 +15,8 @@ import pytest
 from conftest import golden
 from legacytrace import manifest
 from legacytrace.backends import stap
+from legacytrace.backends.stap import cache as stap_cache
+from legacytrace.backends.stap import session as stap_session
 from legacytrace.errors import LegacytraceError, UsageError
 from legacytrace.flowfilter import FlowFilter
 from legacytrace.kernel.host import HostFacts
@@ -83,8 +85,8 @@ def test_build_is_pure_and_names_the_probes():
     first = build(PROBES_61, FlowFilter.parse(proto="udp"))
     second = build(PROBES_61, FlowFilter.parse(proto="udp"))
     assert first.text == second.text
-    assert first.data["probes"] == [p.name for p in PROBES_61]
-    assert first.data["release"] == "6.1.0-56-amd64"
+    assert first.part.probes == [p.name for p in PROBES_61]
+    assert first.part.release == "6.1.0-56-amd64"
     for probe in PROBES_61:
         assert 'kprobe.function("{}") ?'.format(probe.name) in first.text
 
@@ -281,8 +283,8 @@ def fake_stap(tmp_path, monkeypatch):
     script.write_text(FAKE_STAP.format(log=log))
     script.chmod(script.stat().st_mode | stat.S_IXUSR)
     monkeypatch.setenv("PATH", "{}:{}".format(bindir, os.environ["PATH"]))
-    monkeypatch.setenv(stap.CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.delenv(stap.RUNTIME_ENV, raising=False)
+    monkeypatch.setenv(stap_cache.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.delenv(stap_cache.RUNTIME_ENV, raising=False)
     return log
 
 
@@ -354,8 +356,8 @@ def test_compile_failure_names_the_error(tmp_path, monkeypatch):
                       'echo "Pass 4: compilation failed." >&2\nexit 1\n')
     script.chmod(0o755)
     monkeypatch.setenv("PATH", "{}:{}".format(bindir, os.environ["PATH"]))
-    monkeypatch.setenv(stap.CACHE_ENV, str(tmp_path / "cache"))
-    with pytest.raises(stap.LegacytraceError) as info:
+    monkeypatch.setenv(stap_cache.CACHE_ENV, str(tmp_path / "cache"))
+    with pytest.raises(LegacytraceError) as info:
         stap.StapBackend().compile(build(PROBES_61))
     assert "error: unknown type name" in str(info.value)
     assert ("this program's module is not in the cache" in str(info.value)
@@ -373,8 +375,8 @@ LIVE = {200: "staprun -R /root/.cache/legacytrace/stap/0123/lt_0123456789abcdef.
 def test_leftovers_are_our_modules_that_no_staprun_runs(monkeypatch):
     loaded = ["lt_0123456789ab_100", "lt_0123456789ab_200", "lt_icmp", "lt_udp",
               "nf_tables", "stap_0123456789abcdef_400"]
-    monkeypatch.setattr(stap, "_loaded_modules", lambda: list(loaded))
-    monkeypatch.setattr(stap, "_stapruns", lambda: dict(LIVE))
+    monkeypatch.setattr(stap_session, "_loaded_modules", lambda: list(loaded))
+    monkeypatch.setattr(stap_session, "_stapruns", lambda: dict(LIVE))
     assert stap.StapBackend().leftovers(HostFacts(release="6.1.0-56-amd64")) == [
         "lt_0123456789ab_100", "lt_udp"]
 
@@ -386,18 +388,18 @@ def test_cleanup_unloads_only_leftovers(monkeypatch):
     def fake_call(argv, cwd=None):
         commands.append(argv)
         loaded.remove(argv[-1])
-        return stap._Result(0, "")
+        return stap_cache._Result(0, "")
 
-    monkeypatch.setattr(stap, "_loaded_modules", lambda: list(loaded))
-    monkeypatch.setattr(stap, "_stapruns", lambda: dict(LIVE))
-    monkeypatch.setattr(stap, "_call", fake_call)
+    monkeypatch.setattr(stap_session, "_loaded_modules", lambda: list(loaded))
+    monkeypatch.setattr(stap_session, "_stapruns", lambda: dict(LIVE))
+    monkeypatch.setattr(stap_cache, "call", fake_call)
     removed = stap.StapBackend().cleanup(HostFacts(release="6.1.0-56-amd64"))
     assert removed == ["lt_0123456789ab_100"]
     assert commands == [["staprun", "-d", "lt_0123456789ab_100"]]
 
 
 def test_stapruns_reads_proc():
-    assert os.getpid() not in stap._stapruns()   # this is python, not staprun
+    assert os.getpid() not in stap_session._stapruns()   # this is python, not staprun
 
 
 def test_module_program_needs_a_module_built_under_its_name(tmp_path):
@@ -411,7 +413,7 @@ def test_module_program_needs_a_module_built_under_its_name(tmp_path):
     module = tmp_path / "lt_other.ko"
     renamed.rename(module)
     program = backend.module_program(str(module))
-    assert program.data["module"] == str(module) and program.data["rename"] is False
+    assert program.part.module == str(module)
     for bad in ("icmp.ko", "lt_a-b.ko", "lt_x.o", "lt_.ko"):
         with pytest.raises(UsageError):
             backend.module_program(str(tmp_path / bad))

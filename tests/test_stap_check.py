@@ -6,6 +6,7 @@ import json
 import os
 
 from legacytrace.backends import checks, stap
+from legacytrace.backends.stap import cache as stap_cache
 from legacytrace.kernel.host import HostFacts
 
 LAB = "6.1.0-56-amd64"
@@ -59,31 +60,31 @@ def test_el7_with_kernel_devel_compiles(datadir):
 
 
 def test_cached_modules_are_those_compiled_for_the_release(tmp_path, monkeypatch, datadir):
-    monkeypatch.setenv(stap.CACHE_ENV, str(tmp_path / "cache"))
-    assert stap.cached_modules(LAB) == []
+    monkeypatch.setenv(stap_cache.CACHE_ENV, str(tmp_path / "cache"))
+    assert stap_cache.cached_modules(LAB) == []
     assert not os.path.exists(str(tmp_path / "cache")), "looking must not create the cache"
     cache_module(tmp_path / "cache", LAB)
     cache_module(tmp_path / "cache", "3.10.0-1160.el7.x86_64", key="fedcba9876543210")
     (tmp_path / "cache" / "stray").write_text("not a folder")
     (tmp_path / "cache" / ".lt_x.tmp").mkdir()
-    found = stap.cached_modules(LAB)
+    found = stap_cache.cached_modules(LAB)
     assert found == [str(tmp_path / "cache" / "0123456789abcdef" / "lt_0123456789abcdef.ko")]
     host = saved_host(datadir, "lab-6.1.json")
     assert stap.StapBackend().check(host).available
-    monkeypatch.setenv(stap.CACHE_ENV, str(tmp_path / "elsewhere"))
+    monkeypatch.setenv(stap_cache.CACHE_ENV, str(tmp_path / "elsewhere"))
     assert not stap.StapBackend().check(host).available
 
 
 def test_ready_for_a_request_whose_module_is_cached_or_can_be_built(tmp_path, monkeypatch, datadir):
     """Auto selection asks `ready()` once the program exists: a cache of other requests'
     modules makes stap available, but not for every request (the lab guest has no headers)."""
-    monkeypatch.setenv(stap.CACHE_ENV, str(tmp_path / "cache"))
+    monkeypatch.setenv(stap_cache.CACHE_ENV, str(tmp_path / "cache"))
     backend = stap.StapBackend()
     host = saved_host(datadir, "lab-6.1.json")
     program = backend.build(stap_request(LAB))
     why = backend.ready(program, host)
     assert "not in the cache" in why and "legacytrace build -r {}".format(LAB) in why
-    module = backend._module_path(program)[0]
+    module = stap_cache.module_path(program)[0]
     os.makedirs(os.path.dirname(module))
     with open(module, "wb") as handle:
         handle.write(os.path.basename(module)[:-3].encode("ascii") + b"\0")

@@ -7,6 +7,9 @@ import threading
 import pytest
 
 from legacytrace.backends import stap
+from legacytrace.backends.stap import parse as stap_parse
+from legacytrace.backends.stap import session as stap_session
+from legacytrace.errors import UsageError
 
 CAPTURE = "explore-6.1.0-56-amd64.txt"
 
@@ -81,7 +84,7 @@ def test_cmdline_escapes_are_undone(events):
     ("bell\\a\\033[0m", "bell\a\x1b[0m"),
 ])
 def test_unescape_reverses_text_str(text, expected):
-    assert stap.unescape(text) == expected
+    assert stap_parse.unescape(text) == expected
 
 
 def test_custom_fields_and_unreadable_ones(lines):
@@ -135,7 +138,7 @@ def test_lab_filtered_runs_hold_only_their_flow(datadir, name, protos):
 def test_a_line_the_transport_damaged_gives_the_whole_line_in_it(datadir):
     """Lost framing: junk, a cut ip_rcv line, then a whole ip_output line, on one line."""
     lines = (datadir / "stap" / "lab-damaged-6.1.0-56-amd64.txt").read_text().splitlines()
-    assert [stap.salvage(line)[1] for line in lines] == [False, False, True, False]
+    assert [stap_parse.salvage(line)[1] for line in lines] == [False, False, True, False]
     damaged = lines[2]
     assert not damaged.startswith("LT1") and damaged.count("LT1\tE\t") == 2
     salvaged = stap.StapBackend().parse(damaged)
@@ -143,14 +146,14 @@ def test_a_line_the_transport_damaged_gives_the_whole_line_in_it(datadir):
         "ip_output", 1268345809251, 116, "pytest")
     assert (salvaged.sport, salvaged.dport, salvaged.fields) == (47002, 51058,
                                                                 {"mark": 0, "mtu": None})
-    assert stap.salvage(lines[0]) == (lines[0], False)
+    assert stap_parse.salvage(lines[0]) == (lines[0], False)
 
 
 def test_the_backlog_between_staprun_and_the_parser_counts_what_it_drops(monkeypatch):
     """The reader thread's bookkeeping, without staprun: lines beyond the backlog are
     counted, damaged ones too, and a stop after finish() leaves the rest to detach."""
-    monkeypatch.setenv(stap.BACKLOG_ENV, "3")
-    session = stap.StapSession(stap.StapBackend(), None)
+    monkeypatch.setenv(stap_session.BACKLOG_ENV, "3")
+    session = stap_session.StapSession(None)
     event = "LT1\tE\t{}"
     session._put([event.format(1), event.format(2)])
     session._put([event.format(3), "LT1\tL\tfault\t2"])          # 4 lines > 3: dropped
@@ -166,9 +169,9 @@ def test_the_backlog_between_staprun_and_the_parser_counts_what_it_drops(monkeyp
 
 @pytest.mark.parametrize("value", ["lots", "-5", "0", "1e3"])
 def test_a_bad_backlog_setting_is_a_clear_error(monkeypatch, value):
-    monkeypatch.setenv(stap.BACKLOG_ENV, value)
-    with pytest.raises(stap.UsageError, match="LEGACYTRACE_STAP_BACKLOG"):
-        stap.StapSession(stap.StapBackend(), None)
+    monkeypatch.setenv(stap_session.BACKLOG_ENV, value)
+    with pytest.raises(UsageError, match="LEGACYTRACE_STAP_BACKLOG"):
+        stap_session.StapSession(None)
 
 
 EL7 = "3.10.0-1160.el7.x86_64"
@@ -186,14 +189,14 @@ def test_el7_lab_run_with_fields_and_the_faults_it_caught(datadir):
     assert len(out) == 13 and all(e.fields == {"mark": 0, "mtu": None} for e in out)
     requests = [e for e in out if e.icmp_type == 8]
     assert [(e.comm, e.context, e.length) for e in requests] == [("ping", "task", 84)] * 2
-    session = stap.StapSession(stap.StapBackend(), None)
+    session = stap_session.StapSession(None)
     session._put(lines[-1:])
     assert session.caught == 13 and not session.lost
     lost = collections.Counter()
-    stap._count_exit_report("WARNING: Number of errors: 0, skipped probes: 13", lost)
-    assert stap.real_skipped(lost["stap skipped probes"], session.caught, (3, 10, 0)) == 0
-    assert stap.real_skipped(lost["stap skipped probes"], session.caught, (6, 1, 0)) == 13
-    assert stap.real_skipped(15, 13, (3, 10, 0)) == 2
+    stap_parse.count_exit_report("WARNING: Number of errors: 0, skipped probes: 13", lost)
+    assert stap_parse.real_skipped(lost["stap skipped probes"], session.caught, (3, 10, 0)) == 0
+    assert stap_parse.real_skipped(lost["stap skipped probes"], session.caught, (6, 1, 0)) == 13
+    assert stap_parse.real_skipped(15, 13, (3, 10, 0)) == 2
 
 
 def test_el7_socket_probes_have_the_protocol_and_ports(datadir):
@@ -215,8 +218,8 @@ def test_el7_socket_probes_have_the_protocol_and_ports(datadir):
 def test_a_staprun_that_does_not_end_is_killed_and_the_stop_goes_on(monkeypatch, capsys):
     """A stop waits STOP_TIMEOUT for staprun (unloading can hang), then kills it and says so:
     the trace ends instead of waiting for ever."""
-    monkeypatch.setattr(stap, "STOP_TIMEOUT", 0.5)
-    session = stap.StapSession(stap.StapBackend(), None)
+    monkeypatch.setattr(stap_session, "STOP_TIMEOUT", 0.5)
+    session = stap_session.StapSession(None)
     session.proc = subprocess.Popen(["sh", "-c", "trap '' TERM; sleep 600"])
     proc = session.proc
     for name in ("_stdout_thread", "_stderr_thread"):
