@@ -11,6 +11,8 @@ import ctypes
 import itertools
 import signal
 
+from legacytrace.errors import UsageError
+
 
 #: prctl(2) option: the signal a child gets when its parent dies.
 PR_SET_PDEATHSIG = 1
@@ -46,17 +48,15 @@ class Program(object):
     backend's own typed value with what `run()` and `export()` need beyond the text.
     """
 
-    __slots__ = ("backend", "text", "run_id", "mode", "warnings", "part", "data")
+    __slots__ = ("backend", "text", "run_id", "mode", "warnings", "part")
 
-    def __init__(self, backend, text, data=None, run_id=None, mode=None, warnings=(),
-                 part=None):
+    def __init__(self, backend, text, run_id=None, mode=None, warnings=(), part=None):
         self.backend = backend
         self.text = text
         self.run_id = run_id
         self.mode = mode
         self.warnings = list(warnings)
         self.part = part
-        self.data = dict(data or {})
 
 
 class Session(object):
@@ -101,7 +101,8 @@ class Session(object):
 
 
 class Backend(object):
-    """One tracing mechanism. Subclasses set `name` and implement the four steps."""
+    """One tracing mechanism: the whole contract, with defaults where a backend may have
+    nothing to add. A backend sets `name` and implements check, build, run and parse."""
 
     #: the name used by `--backend` and in every event's `backend` field
     name = None
@@ -109,10 +110,16 @@ class Backend(object):
     summary = ""
     #: optional manifest features the backend implements ("peek": payload bytes)
     features = ()
+    #: what `generate --format` can write (export)
+    formats = ("text",)
 
     def check(self, host):
         """Return an `Availability` for `host` (a `legacytrace.kernel.host.HostFacts`)."""
         raise NotImplementedError
+
+    def mode(self, host):
+        """How it attaches on `host` ("kprobe", "tracepoint"), or None: it has one way."""
+        return None
 
     def build(self, request):
         """Return the `Program` for a `TraceRequest`. Pure: no I/O, same input, same text."""
@@ -144,3 +151,18 @@ class Backend(object):
         """
         events = map(self.parse, lines, itertools.repeat(program, len(lines)))
         return [event for event in events if event is not None]
+
+    def export(self, program, fmt):
+        """The program in format `fmt` (one of `formats`); "text" is the program's text."""
+        if fmt != "text":
+            raise UsageError("backend {} has no format {!r}: choose one of {}".format(
+                self.name, fmt, ", ".join(self.formats)))
+        return program.text
+
+    def leftovers(self, host):
+        """Descriptions of what killed runs of this backend left attached."""
+        return []
+
+    def cleanup(self, host):
+        """Remove what killed runs left (only runs whose process is gone); return what went."""
+        return []

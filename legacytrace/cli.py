@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from legacytrace import __version__, manifest as manifestmod
+from legacytrace import __version__, backends, manifest as manifestmod
 
 from legacytrace.kernel import host as hostmod, skbuff, symbols, tracepoints
 from legacytrace.kernel import tracefs as kernel_tracefs
@@ -21,7 +21,7 @@ from legacytrace.errors import BackendUnavailable, LegacytraceError, UsageError
 from legacytrace.flowfilter import FlowFilter
 from legacytrace.model import Limits, TraceRequest
 
-BACKEND_CHOICES = ("auto", "stap", "ftrace", "bpf")
+BACKEND_CHOICES = ("auto",) + tuple(backends.names())
 CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=100)
 
 
@@ -188,19 +188,18 @@ def _backend(name, facts, without=None, verbose=False):
     `without`: {name: why} of backends that cannot run this trace (Backend.ready). The
     pick is one short line; the reasons for it with `verbose`."""
     from legacytrace import select
-    from legacytrace import backends
-    from legacytrace.backends import checks
     check = select.backend_checks()
     for other, why in (without or {}).items():
         check[other] = select.unavailable(why)
     chosen, reason, _ = select.choose(facts, None if name == "auto" else name, check)
     if name == "auto" and verbose:
         click.echo("legacytrace: using {}: {}".format(chosen, reason), err=True)
-    elif name == "auto":
-        mode = checks.dynamic_mode(facts) if chosen in ("ftrace", "bpf") else None
+    chosen = backends.get(chosen)
+    if name == "auto" and not verbose:
+        mode = chosen.mode(facts)
         click.echo("legacytrace: using {}{} (-v or `legacytrace doctor` says why)".format(
-            chosen, " in {} mode".format(mode) if mode else ""), err=True)
-    return backends.get(chosen)
+            chosen.name, " in {} mode".format(mode) if mode else ""), err=True)
+    return chosen
 
 
 verbose_option = click.option(
@@ -354,8 +353,8 @@ def _build(backend, request, verbose=False):
     """Build the program, and say which probes the backend had to leave out: one line per
     reason, naming the functions when they are few or `verbose` asks."""
     program = backend.build(request)
-    warnings = program.warnings or list(program.data.get("warnings", ()))
-    if "peek" not in getattr(backend, "features", ()):
+    warnings = list(program.warnings)
+    if "peek" not in backend.features:
         warnings.extend("{}: the {} backend does not read payloads (peek) yet: the event comes "
                         "without them".format(p.name, backend.name)
                         for p in request.probes if p.peek)
@@ -378,19 +377,23 @@ def _grouped(warnings):
 def _probe_mounted(backend):
     """HostFacts read after mounting tracefs where it is not mounted yet (as root): ftrace and
     bpf need it, and probe_host() alone, which mounts nothing, would find no tracepoints.
-    A failed mount is left to the backend checks, which say what is missing. Only the bpf
-    backend and automatic selection (`backend`) need a trial bpftrace load."""
+    A failed mount makes the facts say that tracefs cannot be mounted, which the backend
+    checks word. Only the bpf backend and automatic selection (`backend`) need a trial
+    bpftrace load."""
+    failed = False
     if hostmod.is_root():
         try:
             kernel_tracefs.ensure()
         except LegacytraceError:
-            pass
-    return hostmod.probe_host(try_bpftrace=backend in ("auto", "bpf"))
+            failed = True
+    facts = hostmod.probe_host(try_bpftrace=backend in ("auto", "bpf"))
+    if failed:
+        facts.tracefs_mountable = False
+    return facts
 
 
 def _warn_leftovers(backend, facts):
-    leftovers = getattr(backend, "leftovers", None)
-    found = leftovers(facts) if leftovers else []
+    found = backend.leftovers(facts)
     if found:
         click.echo("legacytrace: warning: probes of runs that were killed are still attached "
                    "({}): remove them with `legacytrace cleanup`".format(", ".join(found)),
@@ -433,11 +436,10 @@ def generate(manifest, backend, fmt, regex, host_facts, verbose, **opts):
     request = TraceRequest(probes, flow, facts, run_id="lt{}".format(os.getpid()),
                            manifest=manifest_obj.source)
     program = _build(chosen, request, verbose)
-    formats = getattr(chosen, "formats", ("text",))
-    if fmt not in formats:
+    if fmt not in chosen.formats:
         raise UsageError("backend {} has no format {!r}: choose one of {}".format(
-            chosen.name, fmt, ", ".join(formats)))
-    click.echo(program.text if fmt == "text" else chosen.export(program, fmt), nl=False)
+            chosen.name, fmt, ", ".join(chosen.formats)))
+    click.echo(chosen.export(program, fmt), nl=False)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -493,7 +495,6 @@ def _recorded_host(handle):
 
 
 def _load_backend(name):
-    from legacytrace import backends
     return backends.get(name)
 
 
@@ -566,7 +567,6 @@ def _comment(line):
 def _format_of(lines, backend):
     """`: it looks like ... (--backend B)` for the backend that parses some of `lines`, else
     that it looks like no capture."""
-    from legacytrace import backends
     for other in backends.names():
         if other != backend and backends.get(other).parse_lines(lines):
             return ": it looks like a capture of the {0} backend (--backend {0})".format(other)
@@ -682,7 +682,6 @@ def cleanup(backend):
     Example:
       sudo legacytrace cleanup
     """
-    from legacytrace import backends
     facts = _probe_mounted(backend)
     names = backends.names() if backend == "auto" else [backend]
     removed, failed = [], []
@@ -692,8 +691,6 @@ def cleanup(backend):
         except LegacytraceError:
             if backend != "auto":
                 raise
-            continue
-        if not hasattr(instance, "cleanup"):
             continue
         try:
             removed.extend(instance.cleanup(facts))

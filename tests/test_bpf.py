@@ -13,7 +13,8 @@ from hypothesis import given, settings, strategies as st
 
 from conftest import golden
 from legacytrace import backends
-from legacytrace.backends import bpf
+from legacytrace.backends.bpf import build as bpf_build
+from legacytrace.backends.bpf import session as bpf_session
 from legacytrace.errors import BackendUnavailable, LegacytraceError, UsageError
 from legacytrace.flowfilter import FlowFilter
 from legacytrace.kernel.host import HostFacts
@@ -72,10 +73,10 @@ def test_kprobe_mode_reads_argument_positions_and_quotes_clone_names():
 
 def test_tracepoint_mode_skips_functions_without_a_tracepoint_and_says_so():
     program = build(DEV_618)
-    assert program.data["mode"] == "tracepoint"
-    assert program.data["functions"] == ["net:netif_receive_skb", "net:net_dev_queue",
+    assert program.mode == "tracepoint"
+    assert program.part.functions == ["net:netif_receive_skb", "net:net_dev_queue",
                                          "skb:kfree_skb"]
-    warnings = "\n".join(program.data["warnings"])
+    warnings = "\n".join(program.warnings)
     for name in ("ip_rcv", "ip_output", "tcp_v4_rcv.isra.0"):
         assert "{}: skipped, no tracepoint".format(name) in warnings
     assert "dev_queue_xmit: skipped, tracepoint net:net_dev_queue already traces " \
@@ -92,8 +93,8 @@ def test_tracepoint_mode_drops_the_reason_before_5_17():
 
 def test_tracepoint_mode_skips_tracepoints_the_kernel_lacks():
     program = build(dict(DEV_618, tracepoints=["net:net_dev_queue"]))
-    assert program.data["functions"] == ["net:net_dev_queue"]
-    assert any("lacks tracepoint net:netif_receive_skb" in w for w in program.data["warnings"])
+    assert program.part.functions == ["net:net_dev_queue"]
+    assert any("lacks tracepoint net:netif_receive_skb" in w for w in program.warnings)
 
 
 def test_nothing_traceable_is_one_clear_error():
@@ -130,26 +131,26 @@ def test_a_description_cannot_leave_its_comment():
 
 
 def test_filter_values_become_numbers_read_as_little_endian_words():
-    terms = bpf.filter_terms(FlowFilter.parse(saddr="127.0.0.0/8", daddr="10.1.2.3", dport="53"))
+    terms = bpf_build.filter_terms(FlowFilter.parse(saddr="127.0.0.0/8", daddr="10.1.2.3", dport="53"))
     assert terms["family"] == 4 and terms["proto"] is None
     assert terms["addrs"] == [{"var": "s", "mask": (0xff, 0), "value": (0x7f, 0)},
                               {"var": "d", "mask": (0xffffffff, 0), "value": (0x0302010a, 0)}]
     assert terms["ports"] == [{"var": "dport", "value": 53}]
-    six = bpf.filter_terms(FlowFilter.parse(saddr="2001:db8::/32"))
+    six = bpf_build.filter_terms(FlowFilter.parse(saddr="2001:db8::/32"))
     assert six["addrs"][0]["mask"] == (0xffffffff, 0)
     assert six["addrs"][0]["value"] == (int.from_bytes(bytes.fromhex("20010db8"), "little"), 0)
-    assert bpf.filter_terms(FlowFilter()) is None
+    assert bpf_build.filter_terms(FlowFilter()) is None
 
 
 def test_filter_values_that_are_not_numbers_are_refused():
     flow = FlowFilter()
     flow.dport = "53 || 1"
     with pytest.raises(UsageError, match="not a number"):
-        bpf.filter_terms(flow)
+        bpf_build.filter_terms(flow)
     flow = FlowFilter()
     flow.saddr = "127.0.0.1"
     with pytest.raises(UsageError, match="not a network"):
-        bpf.filter_terms(flow)
+        bpf_build.filter_terms(flow)
 
 
 # --- the parser, on lines captured from a real kernel ---------------------------------
@@ -289,7 +290,7 @@ def read_stderr(name):
                                  "net:no_such_tp"),
 ])
 def test_bpftrace_errors_are_quoted_in_one_line(name, message):
-    text = bpf.explain(read_stderr(name), 1)
+    text = bpf_session.explain(read_stderr(name), 1)
     assert text == message and "\n" not in text
 
 
@@ -315,7 +316,7 @@ def test_leftovers_are_the_folders_and_processes_of_dead_runs_only(tmp_path):
                                                  "trace.bt")])):
         (proc / str(pid)).mkdir(parents=True)
         (proc / str(pid) / "cmdline").write_bytes("\0".join(argv).encode() + b"\0")
-    found = bpf.find_leftovers(str(tmp), str(proc))
+    found = bpf_session.find_leftovers(str(tmp), str(proc))
     assert found == [
         ("process", "bpftrace pid 100 of legacytrace_lt{}_abc".format(dead), 100),
         ("folder", str(tmp / "legacytrace_lt{}_abc".format(dead)),
@@ -334,8 +335,8 @@ def stand_in(tmp_path, body):
 
 def session(executable, text="BEGIN {}\n", grace=1.0, timeout=10.0):
     from legacytrace.backends.base import Program
-    program = Program("bpf", text, {"run_id": "lt{}".format(os.getpid())})
-    return bpf.BpftraceSession(program, executable, start_timeout=timeout, grace=grace)
+    program = Program("bpf", text, run_id="lt{}".format(os.getpid()), part=bpf_build.BpfPart([], {}))
+    return bpf_session.BpftraceSession(program, executable, start_timeout=timeout, grace=grace)
 
 
 def test_missing_bpftrace_is_backend_unavailable(tmp_path):

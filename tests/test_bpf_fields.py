@@ -14,6 +14,8 @@ from legacytrace import backends, manifest
 
 from legacytrace.kernel import btf
 from legacytrace.backends import bpf
+from legacytrace.backends.bpf import build as bpf_build
+from legacytrace.backends.bpf import parse as bpf_parse
 from legacytrace.errors import UsageError
 from legacytrace.flowfilter import FlowFilter
 from legacytrace.kernel.host import HostFacts
@@ -26,7 +28,7 @@ LAB_618 = dict(DEV_618, kprobe_events=True, kprobe_pmu=True)
 
 
 class Recorded(object):
-    """bpf.Types answering from a recording of a real kernel's BTF."""
+    """bpf_build.Types answering from a recording of a real kernel's BTF."""
 
     def __init__(self, release):
         with open(os.path.join(DATA, "types-{}.json".format(release))) as recording:
@@ -129,18 +131,18 @@ def test_a_kernel_without_iter_ubuf_reads_only_iovecs():
 
 def test_a_long_peek_raises_bpftraces_string_length():
     probe = bundled(LAB_61, "http1")[0]
-    assert build(LAB_61, [probe]).data["env"] == {"BPFTRACE_BTF": LAB_61["btf"]}
+    assert build(LAB_61, [probe]).part.env == {"BPFTRACE_BTF": LAB_61["btf"]}
     probe.peek = {"arg": "msg", "bytes": 128}
     program = build(LAB_61, [probe])
-    assert program.data["env"] == {"BPFTRACE_STRLEN": "128", "BPFTRACE_BTF": LAB_61["btf"]}
+    assert program.part.env == {"BPFTRACE_STRLEN": "128", "BPFTRACE_BTF": LAB_61["btf"]}
     assert "if ($lt_plen > 128) { $lt_plen = 128; }" in program.text
 
 
 def test_bpftrace_is_told_where_the_kernels_btf_is():
     """bpftrace 0.17 finds no BTF by object id before 5.11 (the 5.10 lab kernel): the file."""
-    assert bpf.bpftrace_env([], "/sys/kernel/btf/vmlinux") == {
+    assert bpf_build.bpftrace_env([], "/sys/kernel/btf/vmlinux") == {
         "BPFTRACE_BTF": "/sys/kernel/btf/vmlinux"}
-    assert bpf.bpftrace_env([], None) == {}
+    assert bpf_build.bpftrace_env([], None) == {}
 
 
 def test_the_backend_says_it_peeks():
@@ -150,8 +152,8 @@ def test_the_backend_says_it_peeks():
 # --- custom fields ------------------------------------------------------------------------
 
 def field(path, name="f", release="6.1.0-56-amd64", roots=None):
-    roots = roots or {"skb": "$skb", "sk": "$sk", "skb_shinfo(skb)": bpf._SHINFO}
-    return bpf.field_extra("fn", name, path, roots, Recorded(release))
+    roots = roots or {"skb": "$skb", "sk": "$sk", "skb_shinfo(skb)": bpf_build._SHINFO}
+    return bpf_build.field_extra("fn", name, path, roots, Recorded(release))
 
 
 @pytest.mark.parametrize("path, expr, conversion", [
@@ -221,7 +223,7 @@ def test_tracepoint_mode_reads_fields_of_its_skb_and_names_the_location_caller()
 def test_tracepoint_mode_cannot_peek_and_says_so_once():
     program = build(DEV_618, [Probe("__dev_queue_xmit", 1, args={"msg": 2},
                                     peek={"arg": "msg", "bytes": 64})])
-    assert [w for w in program.data["warnings"] if "peek" in w] == [
+    assert [w for w in program.warnings if "peek" in w] == [
         "__dev_queue_xmit: events without the payload (peek): a tracepoint has no struct msghdr * "
         "and this kernel has no kprobes; the stap or ftrace backend can peek on a kernel with "
         "kprobes"]
@@ -234,7 +236,7 @@ def test_without_readable_btf_fields_and_peeks_are_skipped_with_a_warning():
     request = TraceRequest(bundled(LAB_61, "drops", "http1"), FlowFilter(),
                            HostFacts(**LAB_61), run_id="lt1")
     program = bpf.BpfBackend(types_for=unreadable).build(request)
-    warnings = program.data["warnings"]
+    warnings = program.warnings
     assert "kfree_skb_reason: custom fields (mark) skipped: the bpf backend types them from the " \
            "target's BTF, which could not be read (cannot read BTF /nowhere: No such file or " \
            "directory)" in warnings
@@ -279,7 +281,7 @@ def test_captured_custom_fields_become_ints_and_text():
     ("dev=\\x6c\\x6f\\x00\\x00", {"dev": "lo"}),
 ])
 def test_extras_column_decoding(text, fields):
-    assert bpf.extra_fields(text) == fields
+    assert bpf_parse.extra_fields(text) == fields
 
 
 @pytest.mark.parametrize("text", ["peek=\\x4", "peek=\\y41", "peek=x41x", "dev=\\x6"])
@@ -291,4 +293,4 @@ def test_a_damaged_hex_value_is_not_an_event(text):
 
 def test_recorded_facts_of_another_kernel_do_not_read_this_machines_btf():
     with pytest.raises(btf.BTFError, match="not of the target's 3.10.0-1160.el7.x86_64"):
-        bpf.load_types(HostFacts(**dict(LAB_61, release="3.10.0-1160.el7.x86_64")))
+        bpf_build.load_types(HostFacts(**dict(LAB_61, release="3.10.0-1160.el7.x86_64")))

@@ -11,13 +11,17 @@ import pytest
 from conftest import DATA, golden
 from legacytrace import backends, doctor, select
 from legacytrace.backends import checks
+from legacytrace.backends.bpf import check as bpf_check
+from legacytrace.backends.ftrace import check as ftrace_check
+from legacytrace.backends.stap import check as stap_check
 from legacytrace.backends.base import Availability
 from legacytrace.errors import BackendUnavailable
 from legacytrace.kernel.host import HostFacts, probe_host
 
 RECORDED = ("el7-3.10", "deb10-4.19", "lab-6.1", "fc-6.18")
 #: The mechanisms' requirements alone: pure, so recorded hosts give stable answers.
-SHARED = checks.CHECKS
+#: The backends' pure checks: judged by the host's facts alone (no struct layout, no cache).
+SHARED = {"stap": stap_check.check, "ftrace": ftrace_check.check, "bpf": bpf_check.check}
 
 
 def facts(name, **changes):
@@ -182,7 +186,8 @@ def test_backend_checks_come_from_the_backends():
 
 
 def test_backend_that_cannot_load_is_unavailable(monkeypatch):
-    monkeypatch.setitem(backends.REGISTRY, "bpf", "legacytrace.backends.nosuchmodule:Nope")
+    monkeypatch.setitem(backends.REGISTRY, "bpf", backends.Entry(
+        "legacytrace.backends.nosuchmodule:Nope", backends.REGISTRY["bpf"].rank))
     found = select.backend_checks()
     verdict = found["bpf"](facts("fc-6.18"))
     assert verdict == Availability(False, verdict.reason)

@@ -5,7 +5,8 @@ Hosts are the saved facts of tests/data/hosts/ (the lab guest has no kernel head
 import json
 import os
 
-from legacytrace.backends import checks, stap
+from legacytrace.backends import stap
+from legacytrace.backends.stap import check as stap_check
 from legacytrace.backends.stap import cache as stap_cache
 from legacytrace.kernel.host import HostFacts
 
@@ -32,7 +33,7 @@ def stap_request(release):
 
 
 def test_without_headers_and_cache_both_ways_out_are_named(datadir):
-    verdict = checks.stap(saved_host(datadir, "lab-6.1.json"))
+    verdict = stap_check.check(saved_host(datadir, "lab-6.1.json"))
     assert not verdict.available
     assert verdict.reason.startswith("no kernel headers for {} (apt-get install linux-headers-{})"
                                      .format(LAB, LAB))
@@ -41,7 +42,7 @@ def test_without_headers_and_cache_both_ways_out_are_named(datadir):
 
 
 def test_cached_modules_let_stap_run_without_headers(datadir):
-    verdict = checks.stap(saved_host(datadir, "lab-6.1.json"), cached=2)
+    verdict = stap_check.check(saved_host(datadir, "lab-6.1.json"), cached=2)
     assert verdict.available
     assert "runs the 2 module(s) compiled before for {}".format(LAB) in verdict.reason
     assert "cannot compile new ones: no kernel headers" in verdict.reason
@@ -49,13 +50,13 @@ def test_cached_modules_let_stap_run_without_headers(datadir):
 
 def test_a_cache_does_not_hide_what_no_module_can_overcome(datadir):
     """The 6.18 development kernel loads no modules at all: no hint about building elsewhere."""
-    verdict = checks.stap(saved_host(datadir, "fc-6.18.json"), cached=3)
+    verdict = stap_check.check(saved_host(datadir, "fc-6.18.json"), cached=3)
     assert not verdict.available
     assert "CONFIG_MODULES" in verdict.reason and "--stap-module" not in verdict.reason
 
 
 def test_el7_with_kernel_devel_compiles(datadir):
-    verdict = checks.stap(saved_host(datadir, "el7-3.10.json"))
+    verdict = stap_check.check(saved_host(datadir, "el7-3.10.json"))
     assert verdict.available and verdict.reason.startswith("stap 4.0 builds against")
 
 

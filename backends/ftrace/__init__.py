@@ -16,7 +16,7 @@ the same way.
 """
 from legacytrace.backends import checks
 from legacytrace.backends.base import Backend
-from legacytrace.backends.ftrace import build, parse, session
+from legacytrace.backends.ftrace import build, check, parse, session
 from legacytrace.kernel import offsets
 
 
@@ -36,7 +36,7 @@ class FtraceBackend(Backend):
         self._parser = parse.LineParser()
 
     def check(self, host):
-        return build.check(host, self._layout_for)
+        return check.check(host, self._layout_for)
 
     def mode(self, host):
         return checks.dynamic_mode(host)

@@ -5,9 +5,9 @@ import collections
 import functools
 
 from legacytrace import flowfilter
-from legacytrace.backends.base import Availability, Program
+from legacytrace.backends.base import Program
 from legacytrace.backends.ftrace import kprobe
-from legacytrace.errors import LegacytraceError, UsageError
+from legacytrace.errors import UsageError
 from legacytrace.kernel import btf, tracepoints
 from legacytrace.manifest import check_symbol
 
@@ -46,32 +46,6 @@ def hex_types(host):
     on those kernels; the parser reads either (parse.py)."""
     return "x-types" in (host.kprobe_syntax or [])
 
-
-
-def check(host, layout_for):
-    """Whether this host can run ftrace: tracefs as root, and kprobe_events with struct
-    offsets for the kernel (x86_64), else tracepoints of the table."""
-    if not host.root:
-        return Availability.no("needs root to write tracefs")
-    if not (host.tracefs or host.tracefs_mountable):
-        return Availability.no("no tracefs or debugfs (kernel without CONFIG_FTRACE?)")
-    if not host.tracefs:
-        return Availability.no("tracefs is not mounted and could not be mounted: mount -t "
-                               "tracefs nodev /sys/kernel/tracing (3.10: debugfs on "
-                               "/sys/kernel/debug)")
-    if host.kprobe_events:
-        if host.arch != "x86_64":
-            return Availability.no("kprobe fetch args are written for x86_64, not " + host.arch)
-        try:
-            layout = layout_for(host)
-        except LegacytraceError as err:
-            return Availability.no(str(err))
-        return Availability.yes("kprobe_events, struct offsets from " + layout.describe())
-    if not set(tracepoints.TABLE).intersection(host.tracepoints or ()):
-        return Availability.no("no kprobe_events and none of the tracepoints "
-                               + ", ".join(tracepoints.TABLE))
-    return Availability.yes("no kprobe_events (kernel built without CONFIG_KPROBE_EVENTS): "
-                            "tracepoint mode, events without a tuple")
 
 
 def program(request, layout_for, types_for):

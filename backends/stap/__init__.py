@@ -15,9 +15,8 @@ renames it to `lt_<hash>_<staprun pid>`: that pid is the owner that `leftovers()
 `cleanup()` check. parse.py reads the line protocol (LT1, documented at the top of the
 template).
 """
-from legacytrace.backends import checks
 from legacytrace.backends.base import Backend
-from legacytrace.backends.stap import build, cache, parse, session
+from legacytrace.backends.stap import build, cache, check, parse, session
 
 
 class StapBackend(Backend):
@@ -26,7 +25,7 @@ class StapBackend(Backend):
     features = ("peek",)
 
     def check(self, host):
-        return checks.stap(host, cached=len(cache.cached_modules(host.release)))
+        return check.check(host, cached=len(cache.cached_modules(host.release)))
 
     def build(self, request):
         return build.program(request)

@@ -53,7 +53,7 @@ def trace(flow, traffic, raw=None):
     backend = backends.get("bpf")
     assert backend.check(facts).available, backend.check(facts).reason
     program = backend.build(TraceRequest(probes(), flow, facts, run_id="lt{}".format(os.getpid())))
-    assert program.data["mode"] == "kprobe"
+    assert program.mode == "kprobe"
     found, workloads = [], []
 
     def run_traffic():
