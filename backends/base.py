@@ -11,6 +11,7 @@ import ctypes
 import itertools
 import signal
 
+from legacytrace import validate
 from legacytrace.errors import UsageError
 
 
@@ -122,7 +123,13 @@ class Backend(object):
         return None
 
     def build(self, request):
-        """Return the `Program` for a `TraceRequest`. Pure: no I/O, same input, same text."""
+        """Return the `Program` for a `TraceRequest`. Pure: no I/O, same input, same text.
+        Every value of the request is checked first (legacytrace.validate), so `program`
+        checks only what its mechanism cannot take."""
+        return self.program(validate.request(request))
+
+    def program(self, request):
+        """The `Program` of a checked request (see build)."""
         raise NotImplementedError
 
     def ready(self, program, host):

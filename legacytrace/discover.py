@@ -21,7 +21,8 @@ import yaml
 
 from legacytrace.kernel import btf as btfmod
 from legacytrace.errors import LegacytraceError, UsageError
-from legacytrace.manifest import MAX_ARG_POS, SYMBOL_RE, parse
+from legacytrace.manifest import parse
+from legacytrace.validate import MAX_ARG_POS, SYMBOL_RE
 
 #: A parameter type that is a pointer to the struct (qualifiers as BTF spells them).
 #: `struct sk_buff **` (e.g. __netif_receive_skb_core from 5.8) does not match: a probe

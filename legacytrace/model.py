@@ -138,7 +138,7 @@ class Probe(object):
     `egress` marks a function that ends a packet's journey (kfree_skb).
     `fields` are the manifest's custom fields (name -> validated field path).
     `args` are extra arguments to report (name -> 1-based position; names and C types
-    in `legacytrace.manifest.ARG_TYPES`, e.g. reason -> enum skb_drop_reason), `peek`
+    in `legacytrace.validate.ARG_TYPES`, e.g. reason -> enum skb_drop_reason), `peek`
     is None or {"arg": "msg", "bytes": N} (the first N bytes of the user data behind
     that struct msghdr * argument), `caller` asks for the return address.
     `tracepoint` names the static tracepoint ("net:net_dev_queue") that stands for the

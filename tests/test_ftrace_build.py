@@ -39,8 +39,8 @@ def el7_backend():
     return FtraceBackend(layout_for=lambda host: offsets.from_table(host.release))
 
 
-def build(flow=None, probes=EL7_PROBES, host=None, backend=None):
-    request = TraceRequest(probes, flow or FlowFilter(), host or el7_host(), run_id="lt4242")
+def build(flow=None, probes=EL7_PROBES, host=None, backend=None, run_id="lt4242"):
+    request = TraceRequest(probes, flow or FlowFilter(), host or el7_host(), run_id=run_id)
     return (backend or el7_backend()).build(request)
 
 
@@ -117,8 +117,8 @@ def test_members_the_offsets_table_lacks_are_left_out(path):
 
 @pytest.mark.parametrize("run_id", ["", None, "lt1; echo", "LT1", "a" * 60])
 def test_bad_run_id(run_id):
-    with pytest.raises(UsageError):
-        ftrace_kprobe.group_name(run_id)
+    with pytest.raises(UsageError, match="invalid run id"):
+        build(probes=[Probe("ip_rcv", 1)], run_id=run_id)
 
 
 def test_custom_field_of_the_layout():
@@ -214,3 +214,11 @@ def test_sock_filter_and_cidr_left_to_user_space():
     assert definition.filter == "skc_family == 2 && skc_daddr == 16777343 && skc_dport == 38943"
     cidr = build(FlowFilter.parse(daddr="10.0.0.0/8"), probes=[Probe("ip_rcv", 1)])
     assert "daddr" not in cidr.part.definitions[0].filter
+
+
+@pytest.mark.parametrize("probe", [Probe("ip_rcv", True), Probe("tcp_sendmsg", sk_pos=True),
+                                   Probe("kfree_skb_reason", 1, args={"reason": True})])
+def test_a_boolean_is_no_argument_position(probe):
+    """`True in range(1, 7)` holds in Python: a position True once built `skb=%di`."""
+    with pytest.raises(UsageError, match="must be an integer from 1 to 6, got True"):
+        build(probes=[probe])

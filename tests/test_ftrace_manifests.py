@@ -180,7 +180,7 @@ def test_el7_members_not_in_the_table_are_left_out(path, missing):
 def test_field_without_its_argument():
     with pytest.raises(UsageError) as err:
         build("61", [Probe("tcp_connect", sk_pos=1, fields={"l": "skb.len"})])
-    assert "no skb argument" in str(err.value)
+    assert "field l reads skb, which this probe does not have" in str(err.value)
 
 
 def test_peek_on_61_reads_both_iov_iter_views_and_the_type():

@@ -22,7 +22,7 @@ import struct
 import yaml
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
-from legacytrace import backends, flowfilter, manifest
+from legacytrace import backends, flowfilter, manifest, validate
 from legacytrace.backends.ftrace import parse as ftrace_parse
 
 from legacytrace.kernel import offsets
@@ -95,9 +95,9 @@ def check_manifest(parsed):
     for function in parsed.functions:
         assert isinstance(function.egress, bool)
         for variant in function.variants:
-            assert SAFE_SYMBOL.match(variant.name) and len(variant.name) <= manifest.SYMBOL_MAX
+            assert SAFE_SYMBOL.match(variant.name) and len(variant.name) <= validate.SYMBOL_MAX
             for pos in (variant.skb_pos, variant.sk_pos):
-                assert pos is None or (type(pos) is int and 1 <= pos <= manifest.MAX_ARG_POS)
+                assert pos is None or (type(pos) is int and 1 <= pos <= validate.MAX_ARG_POS)
         for name, path in function.fields.items():
             assert SAFE_FIELD_NAME.match(name) and SAFE_FIELD_PATH.match(path), (name, path)
 

@@ -29,7 +29,8 @@ def cache_module(root, release, key="0123456789abcdef"):
 def stap_request(release):
     from legacytrace.flowfilter import FlowFilter
     from legacytrace.model import Probe, TraceRequest
-    return TraceRequest([Probe("ip_rcv", 1)], FlowFilter(), HostFacts(release=release))
+    return TraceRequest([Probe("ip_rcv", 1)], FlowFilter(), HostFacts(release=release),
+                        run_id="lt4242")
 
 
 def test_without_headers_and_cache_both_ways_out_are_named(datadir):

@@ -91,7 +91,7 @@ def cached(cache):
     """A compiled module in the cache where compile() looks for the program's module."""
     backend = stap.StapBackend()
     program = backend.build(TraceRequest([Probe("ip_rcv", 1)], FlowFilter(),
-                                         HostFacts(release=LAB)))
+                                         HostFacts(release=LAB), run_id="lt4242"))
     module = stap_cache.module_path(program)[0]
     os.makedirs(os.path.dirname(module), mode=0o700)
     with open(module, "wb") as handle:
@@ -172,7 +172,7 @@ def test_a_runtime_others_can_change_is_refused_from_the_environment(folder, mon
     os.chmod(str(runtime / "runtime.h"), 0o666)
     monkeypatch.setenv(stap_cache.RUNTIME_ENV, str(runtime))
     program = stap.StapBackend().build(TraceRequest([Probe("ip_rcv", 1)], FlowFilter(),
-                                                    HostFacts(release=LAB)))
+                                                    HostFacts(release=LAB), run_id="lt4242"))
     with pytest.raises(trust.Untrusted, match="refusing the SystemTap runtime {} of {}".format(
             runtime, stap_cache.RUNTIME_ENV)):
         stap_cache._stap_command(program, None, None)

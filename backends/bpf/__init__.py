@@ -45,7 +45,7 @@ class BpfBackend(Backend):
     def mode(self, host):
         return checks.dynamic_mode(host)
 
-    def build(self, request):
+    def program(self, request):
         return build.program(request, self.types_for)
 
     def run(self, program):

@@ -3,7 +3,6 @@ fields and peeks typed from the target's BTF, the flow filter as numbers, render
 templates/bpftrace.bt.j2.
 """
 import collections
-import ipaddress
 import pkgutil
 import platform
 import re
@@ -11,18 +10,14 @@ import struct
 
 import jinja2
 
-from legacytrace import flowfilter
 from legacytrace.backends import checks
 from legacytrace.backends.base import Program
 from legacytrace.backends.bpf.parse import TAG
 from legacytrace.errors import LegacytraceError, UsageError
 from legacytrace.kernel import btf, tracepoints
-from legacytrace.manifest import (FIELD_NAME_RE, FIELD_PATH_RE, PEEK_ARGS, PEEK_MAX, SYMBOL_MAX,
-                                  SYMBOL_RE)
 
 _U32 = struct.Struct("<I")
 _U64X2 = struct.Struct("<QQ")
-RUN_ID_RE = re.compile(r"^[a-z0-9_]{1,32}\Z")
 
 
 class BpfPart(collections.namedtuple("BpfPart", "functions env")):
@@ -56,49 +51,6 @@ class ProbePlan(collections.namedtuple(
     __slots__ = ()
 
 
-def check_symbol(name):
-    """Return `name` if it is a kernel symbol the manifest rule accepts, else raise UsageError."""
-    if not isinstance(name, str) or len(name) > SYMBOL_MAX or not SYMBOL_RE.match(name):
-        raise UsageError("invalid kernel function name {!r}: use a C identifier, optionally "
-                         "with a .isra.N/.constprop.N/.part.N suffix".format(name))
-    return name
-
-
-def check_fields(probe):
-    """The names of `probe`'s custom fields, each checked as the manifest checks it: the
-    warning that names them is a comment in the program."""
-    for field, path in probe.fields.items():
-        if not (isinstance(field, str) and FIELD_NAME_RE.match(field)
-                and isinstance(path, str) and FIELD_PATH_RE.match(path)):
-            raise UsageError("function {}: invalid custom field {!r}: {!r}".format(
-                probe.name, field, path))
-    return list(probe.fields)
-
-
-def check_position(pos, what, name):
-    """Return a 1-based argument position 1..6 (x86_64 registers) or None, else raise UsageError."""
-    if pos is None:
-        return None
-    if isinstance(pos, bool) or not isinstance(pos, int) or not 1 <= pos <= 6:
-        raise UsageError("function {}: {} {!r} must be an argument position from 1 to 6"
-                         .format(name, what, pos))
-    return pos
-
-
-def check_run_id(run_id):
-    """Return the run id if it is [a-z0-9_]+ (it names files and appears in the program)."""
-    if not isinstance(run_id, str) or not RUN_ID_RE.match(run_id):
-        raise UsageError("invalid run id {!r}: use lower-case letters, digits and _ (lt<pid>)"
-                         .format(run_id))
-    return run_id
-
-
-def _int(value, what):
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise UsageError("flow filter: {} {!r} is not a number".format(what, value))
-    return value
-
-
 def _address_words(net):
     """An ip_network -> (mask words, value words) as the program reads them on little-endian.
 
@@ -111,30 +63,19 @@ def _address_words(net):
 
 
 def filter_terms(flow):
-    """The flow filter as numbers for the template, or None when it keeps everything.
-
-    Only ints and ipaddress networks are read; nothing else reaches the program.
-    """
+    """The flow filter (checked: ints and ipaddress networks) as numbers for the
+    template, or None when it keeps everything."""
     if flow is None or flow.is_empty():
         return None
-    flowfilter.check_values(flow)
-    family = flow.family
-    if family not in (None, 4, 6):
-        raise UsageError("flow filter: family {!r} is not 4 or 6".format(family))
     addrs = []
     for var, net in (("s", flow.saddr), ("d", flow.daddr)):
-        if net is None:
-            continue
-        if not isinstance(net, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
-            raise UsageError("flow filter: address {!r} is not a network".format(net))
-        mask, value = _address_words(net)
-        addrs.append({"var": var, "mask": mask, "value": value})
-    ports = []
-    for var, port in (("sport", flow.sport), ("dport", flow.dport)):
-        if port is not None:
-            ports.append({"var": var, "value": _int(port, var)})
-    proto = None if flow.proto is None else _int(flow.proto, "protocol")
-    return {"family": family, "proto": proto, "addrs": addrs, "ports": ports}
+        if net is not None:
+            mask, value = _address_words(net)
+            addrs.append({"var": var, "mask": mask, "value": value})
+    ports = [{"var": var, "value": port} for var, port in (("sport", flow.sport),
+                                                           ("dport", flow.dport))
+             if port is not None]
+    return {"family": flow.family, "proto": flow.proto, "addrs": addrs, "ports": ports}
 
 
 def _extras(extras):
@@ -200,9 +141,8 @@ def load_types(host):
 
 
 def check_field_name(probe_name, field):
-    """A custom field name as the manifest checks it, and not one the backend prints."""
-    if not isinstance(field, str) or not FIELD_NAME_RE.match(field):
-        raise UsageError("function {}: invalid custom field name {!r}".format(probe_name, field))
+    """A custom field name that is not one of the extras this backend prints itself: the
+    extras column could not tell them apart."""
     if field in RESERVED_FIELDS:
         raise UsageError("function {}: custom field {!r} has the name of a field the backend "
                          "fills itself ({}): rename it".format(
@@ -219,9 +159,6 @@ def field_extra(probe_name, field, path, roots, types):
     enum, pointer or char array, whose type gives the printf conversion.
     """
     field = check_field_name(probe_name, field)
-    if not isinstance(path, str) or not FIELD_PATH_RE.match(path):
-        raise UsageError("function {}: invalid custom field {!r}: {!r}".format(
-            probe_name, field, path))
     root, _, rest = path.partition(".")
     if roots.get(root) is None:
         raise UsageError("function {}: field {} reads {}, which this probe does not have: "
@@ -270,7 +207,7 @@ def field_extras(probe, roots, types, warnings):
     if isinstance(types, Exception):
         warnings.append("{}: custom fields ({}) skipped: the bpf backend types them from the "
                         "target's BTF, which could not be read ({})".format(
-                            probe.name, ", ".join(check_fields(probe)), types))
+                            probe.name, ", ".join(probe.fields), types))
         return []
     return [field_extra(probe.name, field, path, roots, types)
             for field, path in probe.fields.items()]
@@ -308,24 +245,14 @@ def peek_plan(probe, types):
     the bpf backend does not run there.
     """
     peek = probe.peek
-    if not isinstance(peek, dict) or peek.get("arg") not in PEEK_ARGS:
-        raise UsageError("function {}: peek must be {{arg: msg, bytes: N}}".format(probe.name))
-    size = peek.get("bytes")
-    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= PEEK_MAX:
-        raise UsageError("function {}: peek bytes must be from 1 to {}".format(
-            probe.name, PEEK_MAX))
-    position = check_position(probe.args.get(peek["arg"]), "args: " + peek["arg"], probe.name)
-    if position is None:
-        raise UsageError("function {}: peek reads {} but the probe has no args: {{{}: N}}"
-                         .format(probe.name, peek["arg"], peek["arg"]))
     type_member, type_mask = _first_member(types, ("iter_type", "0xff"), ("type", "0xfffffffe"))
     iov_member = _first_member(types, ("__iov", None), ("iov", None))[0]
     values = types.enum("iter_type")
     ubuf = values.get("ITER_UBUF") if _has(types, "ubuf") else None
     if "ITER_IOVEC" not in values:
         raise btf.BTFError("the kernel's BTF has no enum iter_type ITER_IOVEC")
-    return PeekPlan("arg{}".format(position - 1), type_member, type_mask, ubuf,
-                    values["ITER_IOVEC"], iov_member, size)
+    return PeekPlan("arg{}".format(probe.args[peek["arg"]] - 1), type_member, type_mask, ubuf,
+                    values["ITER_IOVEC"], iov_member, peek["bytes"])
 
 
 def _has(types, member):
@@ -370,15 +297,15 @@ def _types_for(probes, host, load):
         return err
 
 
-def kprobe_extras(probe, name):
+def kprobe_extras(probe):
     """Extras of the manifest's args and caller, for a kprobe at the function's entry."""
     extras = []
-    reason = check_position(probe.args.get("reason"), "args: reason", name)
+    reason = probe.args.get("reason")
     if reason is not None:
         # enum skb_drop_reason: a 32-bit value in a 64-bit register.
         extras.append(Extra("reason", "(uint64)arg{} & 0xffffffff".format(reason - 1),
                             "%llu", None))
-    if probe.caller is True:
+    if probe.caller:
         # x86_64: at a function's first instruction the stack pointer holds the return address.
         extras.append(Extra("caller", 'ksym(*(uint64 *)reg("sp"))', "%s", None))
     return extras
@@ -389,9 +316,7 @@ def kprobe_plans(probes, types=None):
     by custom fields and peeks), None or the error that prevented reading them."""
     plans, warnings = [], []
     for probe in probes:
-        name = check_symbol(probe.name)
-        skb_pos = check_position(probe.skb_pos, "skb_pos", name)
-        sk_pos = check_position(probe.sk_pos, "sk_pos", name)
+        name, skb_pos, sk_pos = probe.name, probe.skb_pos, probe.sk_pos
         if probe.kind != "entry":
             warnings.append("{}: skipped, only entry probes are supported".format(name))
             continue
@@ -400,7 +325,7 @@ def kprobe_plans(probes, types=None):
         roots = {"skb": skb and "$skb", "sk": "$sk" if sk else (skb and "$skb->sk"),
                  "skb_shinfo(skb)": skb and _SHINFO}
         peek, peek_extras = _peek(probe, types, warnings)
-        extras = (kprobe_extras(probe, name) + field_extras(probe, roots, types, warnings)
+        extras = (kprobe_extras(probe) + field_extras(probe, roots, types, warnings)
                   + peek_extras)
         extras_format, extras_args = _extras(extras)
         plans.append(ProbePlan(
@@ -416,8 +341,6 @@ _SHINFO = "((struct skb_shared_info *)($skb->head + $skb->end))"
 
 def tracepoint_plans(probes, host, types=None):
     """The tracepoint of each probe's function; returns (plans, warnings) naming the skipped."""
-    for probe in probes:
-        check_symbol(probe.name)
     chosen, warnings = tracepoints.select(probes, host)
     plans = []
     version = host.kernel.version
@@ -473,7 +396,8 @@ def render(plans, flow_terms, run_id, mode, notes):
 
 
 def program(request, types_for):
-    run_id = check_run_id(request.run_id)
+    """The Program for a checked `request`: kprobe mode where the target has kprobes."""
+    run_id = request.run_id
     host = request.host
     mode = checks.dynamic_mode(host) or checks.KPROBE
     types = _types_for(request.probes, host, types_for)

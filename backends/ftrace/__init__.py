@@ -41,7 +41,7 @@ class FtraceBackend(Backend):
     def mode(self, host):
         return checks.dynamic_mode(host)
 
-    def build(self, request):
+    def program(self, request):
         return build.program(request, self._layout_for, self._types_for)
 
     def ready(self, program, host):

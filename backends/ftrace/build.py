@@ -4,12 +4,10 @@ of a kernel without kprobes; its text, and the standalone sh script that runs it
 import collections
 import functools
 
-from legacytrace import flowfilter
 from legacytrace.backends.base import Program
 from legacytrace.backends.ftrace import kprobe
 from legacytrace.errors import UsageError
 from legacytrace.kernel import btf, tracepoints
-from legacytrace.manifest import check_symbol
 
 #: Per-CPU buffer of the own instance, in KiB.
 BUFFER_KB = 4096
@@ -49,8 +47,7 @@ def hex_types(host):
 
 
 def program(request, layout_for, types_for):
-    """The Program for `request`: kprobe mode where the target has kprobe_events."""
-    flowfilter.check_values(request.flow)
+    """The Program for a checked `request`: kprobe mode where the target has kprobe_events."""
     group = kprobe.group_name(request.run_id)
     if request.host.kprobe_events:
         part, warnings = _kprobe_part(request, group, layout_for, types_for)
@@ -75,8 +72,6 @@ def _kprobe_part(request, group, layout_for, types_for):
 
 
 def _tracepoint_part(request, group):
-    for probe in request.probes:
-        check_symbol(probe.name, "probe")
     chosen, warnings = tracepoints.select(request.probes, request.host)
     if not chosen:
         raise tracepoints.untraceable("ftrace", request)

@@ -49,7 +49,6 @@ from legacytrace.kernel import skbuff
 from legacytrace.kernel.btf import Member
 from legacytrace.kernel.x86_64 import ARG_REGISTERS
 from legacytrace.errors import LegacytraceError, UsageError
-from legacytrace.manifest import ARG_TYPES, FIELD_PATH_RE, FIELD_NAME_RE, PEEK_MAX
 from legacytrace.kernel.offsets import LayoutError
 
 MAX_ARGS = 128           # kprobe_events: arguments per probe
@@ -61,8 +60,6 @@ WINDOWS = {"l3": (0, 48), "l2": (8, 64), "l4": (-40, 8), None: (-40, 64)}
 #: Positions where the IP header's offset from skb->data is the same for every packet.
 FIXED_L3 = {"l3": 0}
 
-_SYMBOL = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z0-9_]+)*\Z")
-_RUN_ID = re.compile(r"^[a-z0-9_]+\Z")
 #: C types of the members a Layout records without types (the known-builds table and pahole
 #: layouts hold legacytrace.kernel.offsets.WANTED only): the pointers and strings a field path may
 #: follow; every other member is a number. struct sock begins with its struct sock_common in
@@ -96,18 +93,17 @@ class Definition(collections.namedtuple("Definition", "kind event symbol args fi
 
 
 def group_name(run_id):
-    """The kprobe group and tracefs instance name of a run: `legacytrace_<run_id>`."""
-    if not run_id or not _RUN_ID.match(run_id) or len(run_id) > MAX_NAME - 12:
-        raise UsageError("run id {!r} must be lower-case letters, digits and _ (e.g. lt12345)"
-                         .format(run_id))
+    """The kprobe group and tracefs instance name of a (checked) run id: `legacytrace_<id>`,
+    within MAX_NAME as legacytrace.validate.RUN_ID_RE keeps it."""
     return "legacytrace_" + run_id
 
 
 def event_name(symbol, kind):
-    """A valid event name for a probe on `symbol` ('.' of `ip_rcv.cold` becomes '_')."""
-    if not _SYMBOL.match(symbol or "") or len(symbol) > MAX_NAME - 4:
-        raise UsageError("function name {!r} is not a kernel symbol: use letters, digits, _ "
-                         "and . only (at most {} characters)".format(symbol, MAX_NAME - 4))
+    """The event name for a probe on a (checked) `symbol` ('.' of `ip_rcv.isra.0` becomes
+    '_'); kprobe_events takes names of at most MAX_NAME characters, "_ret" included."""
+    if len(symbol) > MAX_NAME - 4:
+        raise UsageError("function name {!r} is longer than the {} characters kprobe_events "
+                         "takes in an event name".format(symbol, MAX_NAME - 4))
     name = symbol.replace(".", "_")
     return name + "_ret" if kind == "return" else name
 
@@ -214,8 +210,8 @@ def sock_args(fetch, reg):
 
 
 def custom_args(fetch, probe, skb_reg, sk_reg, warnings):
-    """Fetch args `c_NAME=...` for the manifest's custom fields (validated again here: the
-    names reach kprobe_events; the members only pick offsets from the kernel's types).
+    """Fetch args `c_NAME=...` for the manifest's (checked) custom fields; the members only
+    pick offsets from the kernel's types.
 
     With the kernel's full types (BTF, pahole) a path they cannot resolve is the manifest's
     error. A table of measured offsets (EL7) knows only some members: a field it lacks is
@@ -223,10 +219,6 @@ def custom_args(fetch, probe, skb_reg, sk_reg, warnings):
     """
     args = []
     for name, path in probe.fields.items():
-        if not isinstance(name, str) or not FIELD_NAME_RE.match(name) \
-                or not isinstance(path, str) or not FIELD_PATH_RE.match(path):
-            raise UsageError("field {!r} ({!r}) of {}: not a valid field name and path".format(
-                name, path, probe.name))
         try:
             fetcharg = field_fetch(fetch, path, skb_reg, sk_reg)
         except LayoutError as err:
@@ -310,19 +302,16 @@ def _value_type(fetch, member, where):
 
 
 def extra_args(fetch, probe):
-    """`reason=` (args: {reason: N}) and `caller=` (caller: true), validated again here.
+    """`reason=` (args: {reason: N}) and `caller=` (caller: true).
 
     x86_64 passes argument N in ARG_REGISTERS[N - 1]; an enum is 4 bytes. At a function's
     entry the return address is the word on top of the stack: `+0($stack)` (3.10 and later).
     """
     args = []
     for name, position in probe.args.items():
-        if name not in ARG_TYPES or position not in range(1, len(ARG_REGISTERS) + 1):
-            raise UsageError("argument {!r} at {!r} of {}: use one of {} at 1 to {}".format(
-                name, position, probe.name, ", ".join(ARG_TYPES), len(ARG_REGISTERS)))
         if name == "reason":
             args.append("reason={}:{}".format(ARG_REGISTERS[position - 1], fetch.type(4)))
-    if probe.caller is True:
+    if probe.caller:
         args.append("caller=+0($stack):{}".format(fetch.type(8)))
     return args
 
@@ -333,11 +322,7 @@ def peek_args(fetch, probe, warnings):
     peek = probe.peek
     if not peek:
         return []
-    size = peek.get("bytes")
-    if peek.get("arg") != "msg" or "msg" not in probe.args or isinstance(size, bool) \
-            or not isinstance(size, int) or not 1 <= size <= PEEK_MAX:
-        raise UsageError("peek of {} must read 1 to {} bytes through a msg argument".format(
-            probe.name, PEEK_MAX))
+    size = peek["bytes"]
     if "user-memory" not in fetch.syntax:
         warnings.append("{}: ftrace cannot read user memory on kernel {} (kprobe_events needs "
                         "the +u fetch of 5.3): the event comes without the payload; use "
@@ -499,10 +484,6 @@ def definition(probe, fetch, flow, warnings):
     what it has to leave out is said in `warnings` ("FUNCTION: why")."""
     kind = "r" if probe.kind == "return" else "p"
     event = event_name(probe.name, probe.kind)
-    for what, pos in (("skb_pos", probe.skb_pos), ("sk_pos", probe.sk_pos)):
-        if pos is not None and pos not in range(1, len(ARG_REGISTERS) + 1):
-            raise UsageError("{} of {} is {!r}: the ftrace backend reads arguments 1 to {}".format(
-                what, probe.name, pos, len(ARG_REGISTERS)))
     skb_reg = ARG_REGISTERS[probe.skb_pos - 1] if probe.skb_pos else None
     sk_reg = ARG_REGISTERS[probe.sk_pos - 1] if probe.sk_pos else None
     filter_text = None

@@ -27,7 +27,7 @@ class StapBackend(Backend):
     def check(self, host):
         return check.check(host, cached=len(cache.cached_modules(host.release)))
 
-    def build(self, request):
+    def program(self, request):
         return build.program(request)
 
     def module_program(self, path):

@@ -2,19 +2,17 @@
 stap_templates/flows.stp.j2; and the Program of a module built elsewhere.
 """
 import collections
-import ipaddress
 import os
 import pkgutil
 import re
 
 import jinja2
 
-from legacytrace import trust
+from legacytrace import trust, validate
 from legacytrace.backends.base import Program
 from legacytrace.backends.stap.parse import PROTOCOL
 from legacytrace.errors import UsageError, warn
-from legacytrace.manifest import (ARG_TYPES, FIELD_NAME_RE, FIELD_PATH_RE, MAX_ARG_POS, PEEK_MAX,
-                                  check_symbol)
+from legacytrace.validate import ARG_TYPES
 
 TEMPLATE = "flows.stp.j2"
 
@@ -25,8 +23,6 @@ class StapPart(collections.namedtuple("StapPart", "release probes module")):
     module of the cache under a name of its own (-R), a prebuilt one as it was built."""
 
     __slots__ = ()
-#: `uname -r` text, or a build tree path for `stap -r`.
-RELEASE_RE = re.compile(r"^[A-Za-z0-9_.+~-]{1,100}$")
 #: Module names of `legacytrace build -o lt_NAME.ko`.
 BUILT_NAME_RE = re.compile(r"lt_[a-z0-9_]{1,40}")
 #: struct to cast each field path root to, with the header that declares it.
@@ -37,125 +33,38 @@ _FIELD_ROOTS = collections.OrderedDict([
 ])
 
 
-def release_name(release):
-    if not isinstance(release, str) or not RELEASE_RE.fullmatch(release):
-        raise UsageError("kernel release {!r} is not a release name such as "
-                         "3.10.0-1160.el7.x86_64".format(release))
-    return release
-
-
-def _position(value, what, probe):
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= MAX_ARG_POS:
-        raise UsageError("probe {}: {} must be an argument position from 1 to {}, got {!r}"
-                         .format(probe, what, MAX_ARG_POS, value))
-    return value
-
-
 def _probe_view(probe):
-    """A model.Probe as template values: a checked symbol, positions, field expressions."""
-    name = check_symbol(probe.name, "probe")
+    """A checked model.Probe as template values: positions, field expressions, extras."""
     if probe.kind != "entry":
         raise UsageError("probe {}: the stap backend traces function entries only, not {!r}"
-                         .format(name, probe.kind))
-    skb_pos = _position(probe.skb_pos, "skb_pos", name)
-    sk_pos = _position(probe.sk_pos, "sk_pos", name)
-    fields = []
-    for field, path in probe.fields.items():
-        if not isinstance(field, str) or not FIELD_NAME_RE.fullmatch(field):
-            raise UsageError("probe {}: custom field name {!r} must be lower-case letters, "
-                             "digits and _ (at most 32)".format(name, field))
-        fields.append({"name": field, "expr": _field_expr(name, field, path, skb_pos, sk_pos)})
-    args = _args_view(name, probe.args, skb_pos, sk_pos)
-    return {"name": name, "skb_pos": skb_pos, "sk_pos": sk_pos, "fields": fields,
-            "uses_sk": bool(sk_pos and not skb_pos)
+                         .format(probe.name, probe.kind))
+    fields = [{"name": field, "expr": _field_expr(path)} for field, path in probe.fields.items()]
+    args = [{"name": arg, "pos": at, "ctype": ARG_TYPES[arg]} for arg, at in probe.args.items()]
+    peek = probe.peek and {"pos": probe.args[probe.peek["arg"]], "bytes": probe.peek["bytes"]}
+    return {"name": probe.name, "skb_pos": probe.skb_pos, "sk_pos": probe.sk_pos,
+            "fields": fields, "args": args, "reason": probe.args.get("reason"),
+            "uses_sk": bool(probe.sk_pos and not probe.skb_pos)
             or any(f["expr"].startswith('@cast(sk,') for f in fields),
-            "args": args, "reason": next((a["pos"] for a in args if a["name"] == "reason"), None),
-            "caller": _flag(probe.caller, "caller", name),
-            "peek": _peek_view(name, probe.peek, args)}
+            "caller": probe.caller, "peek": peek}
 
 
-def _args_view(probe, args, skb_pos, sk_pos):
-    """`args` (name -> position) as [{name, pos, ctype}]: known names, free positions."""
-    views = []
-    for arg, position in (args or {}).items():
-        if arg not in ARG_TYPES:
-            raise UsageError("probe {}: argument {!r} is not one of {}".format(
-                probe, arg, ", ".join(ARG_TYPES)))
-        position = _position(position, "args: " + arg, probe)
-        if position in (skb_pos, sk_pos) or position in [v["pos"] for v in views]:
-            raise UsageError("probe {}: args: {} is at position {}, which another argument "
-                             "already has".format(probe, arg, position))
-        views.append({"name": arg, "pos": position, "ctype": ARG_TYPES[arg]})
-    return views
-
-
-def _flag(value, what, probe):
-    if not isinstance(value, bool):
-        raise UsageError("probe {}: {} must be true or false, got {!r}".format(probe, what, value))
-    return value
-
-
-def _peek_view(probe, peek, args):
-    """`peek` as {pos, bytes}: the struct msghdr * argument's position, 1..PEEK_MAX bytes."""
-    if peek is None:
-        return None
-    if not isinstance(peek, dict) or set(peek) != {"arg", "bytes"} or peek["arg"] != "msg":
-        raise UsageError("probe {}: peek must be {{arg: msg, bytes: N}}, got {!r}".format(
-            probe, peek))
-    size = peek["bytes"]
-    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= PEEK_MAX:
-        raise UsageError("probe {}: peek bytes must be an integer from 1 to {}, got {!r}".format(
-            probe, PEEK_MAX, size))
-    position = next((a["pos"] for a in args if a["name"] == "msg"), None)
-    if position is None:
-        raise UsageError("probe {}: peek reads through the msg argument: give its position "
-                         "in args (args: {{msg: N}})".format(probe))
-    return {"pos": position, "bytes": size}
-
-
-def _field_expr(probe, field, path, skb_pos, sk_pos):
-    """`skb.dev.mtu` -> @cast(skb, "sk_buff", "kernel<net/sock.h>")->dev->mtu."""
-    if not isinstance(path, str) or not FIELD_PATH_RE.fullmatch(path):
-        raise UsageError("probe {}: field {} has path {!r}: use skb.MEMBER[.MEMBER], "
-                         "sk.MEMBER or skb_shinfo(skb).MEMBER".format(probe, field, path))
-    for root, cast in _FIELD_ROOTS.items():
-        if path.startswith(root + "."):
-            if root != "sk" and skb_pos is None:
-                raise UsageError("probe {}: field {} reads the sk_buff but the probe has "
-                                 "no skb_pos".format(probe, field))
-            if root == "sk" and skb_pos is None and sk_pos is None:
-                raise UsageError("probe {}: field {} reads the sock but the probe has "
-                                 "neither sk_pos nor skb_pos".format(probe, field))
-            members = path[len(root) + 1:].split(".")
-            return "@cast({})->{}".format(cast, "->".join(members))
-    raise UsageError("probe {}: field {} has path {!r} with an unknown root".format(
-        probe, field, path))
+def _field_expr(path):
+    """`skb.dev.mtu` -> @cast(skb, "sk_buff", "kernel<net/sock.h>")->dev->mtu: stap reads
+    the types from the kernel's headers (and follows pointers and embedded structs alike)."""
+    root = validate.path_root(path)
+    members = path[len(root) + 1:].split(".")
+    return "@cast({})->{}".format(_FIELD_ROOTS[root], "->".join(members))
 
 
 def _flow_view(flow):
-    """The flow filter as numbers for lt_flow_match(); words for the script's comments."""
+    """The (checked) flow filter as numbers for lt_flow_match(); words for the comments."""
     values = dict((name, getattr(flow, name, None) if flow is not None else None)
                   for name in ("family", "proto", "saddr", "daddr", "sport", "dport"))
-    for name, what, high in (("proto", "protocol", 255), ("sport", "source port", 65535),
-                             ("dport", "destination port", 65535)):
-        value = values[name]
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)
-                                  or not 0 <= value <= high):
-            raise UsageError("flow filter: {} {!r} is not a number from 0 to {}".format(
-                what, value, high))
-    if values["family"] not in (None, 4, 6):
-        raise UsageError("flow filter: IP version {!r} must be 4 or 6".format(values["family"]))
     nets = []
     for side in ("saddr", "daddr"):
         net = values[side]
         if net is None:
             continue
-        if not isinstance(net, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
-            raise UsageError("flow filter: {} {!r} is not an IP network".format(side, net))
-        if values["family"] not in (None, net.version):
-            raise UsageError("flow filter: {} {} is not IPv{}".format(side, net, values["family"]))
         values["family"] = net.version
         nets.append({"name": side, "bytes": len(net.network_address.packed),
                      "net": _bytes16(net.network_address.packed),
@@ -180,7 +89,7 @@ def _template():
 
 def program(request):
     """Render the script for `request`; pure. Raise UsageError for anything unsafe."""
-    release = release_name(request.host.release)
+    release = request.host.release
     flow = _flow_view(request.flow)
     probes = [_probe_view(probe) for probe in request.probes]
     if not probes:

@@ -16,8 +16,8 @@ import stat
 import subprocess
 import tempfile
 
-from legacytrace import trust
-from legacytrace.backends.stap.build import BUILT_NAME_RE, release_name
+from legacytrace import trust, validate
+from legacytrace.backends.stap.build import BUILT_NAME_RE
 from legacytrace.backends.stap.parse import PROTOCOL
 from legacytrace.errors import LegacytraceError, UsageError, warn
 
@@ -99,7 +99,7 @@ def _stap_command(program, release, runtime):
     explicit, runtime = runtime, runtime or os.environ.get(RUNTIME_ENV)
     command = ["stap", "-g", "-p4"] + list(STAP_DEFINES)
     if release:
-        command += ["-r", release if os.path.isabs(release) else release_name(release)]
+        command += ["-r", release if os.path.isabs(release) else validate.release(release)]
     if runtime:
         if not os.path.isdir(runtime):
             raise UsageError("SystemTap runtime {} is not a directory (stap -R)".format(runtime))

@@ -9,7 +9,7 @@ import os
 import re
 
 #: A function's entry as a manifest names it: a C identifier, with the suffixes of GCC's
-#: clones (legacytrace.manifest.SYMBOL_RE) but not of a cold part (`ip_rcv_finish_core.cold`,
+#: clones (legacytrace.validate.SYMBOL_RE) but not of a cold part (`ip_rcv_finish_core.cold`,
 #: the code GCC moved out of the function), nor a `__pfx_` symbol (the padding before a
 #: function, 6.2+), nor an assembler label (`.E_copy`). kallsyms lists all of them.
 _ENTRY_RE = re.compile(
