@@ -15,7 +15,7 @@ import re
 
 from legacytrace import flowfilter
 from legacytrace.errors import UsageError
-from legacytrace.kernel import tracepoints
+from legacytrace.kernel import structs, tracepoints
 from legacytrace.kernel.x86_64 import ARGS_IN_REGISTERS
 
 #: A kernel symbol: a C identifier, optionally with the suffixes GCC gives clones.
@@ -136,16 +136,11 @@ def field_roots(checked, skb_pos, sk_pos, where):
     """Each field path starts at an argument the function has."""
     have = {"skb_pos": skb_pos, "sk_pos": sk_pos}
     for name, path in checked.items():
-        root = path_root(path)
+        root = structs.split(path)[0]
         if not any(have[key] is not None for key in FIELD_ROOT_NEEDS[root]):
             raise UsageError("{}: field {} reads {}, which this probe does not have: give "
                              "{}".format(where, name, root, " or ".join(FIELD_ROOT_NEEDS[root])))
 
-
-def path_root(path):
-    """The root of a checked field path: "skb", "sk" or "skb_shinfo(skb)"."""
-    return path.split(")", 1)[0] + ")" if path.startswith("skb_shinfo(") else \
-        path.split(".", 1)[0]
 
 
 def peek(value, arg_names, where):

@@ -35,10 +35,12 @@ class Recorded(object):
             self.answers = json.load(recording)
 
     def member(self, struct_name, path):
+        """The recorded C type and size (all the bpf backend reads of a member)."""
         answer = self.answers["member"]["{} {}".format(struct_name, path)]
         if isinstance(answer, dict):
             raise btf.BTFError(answer["error"])
-        return tuple(answer)
+        ctype, size = answer
+        return btf.Member(path, None, size, None, 0, ctype)
 
     def signed(self, ctype):
         return self.answers["signed"][ctype]

@@ -13,7 +13,7 @@ import pytest
 
 from conftest import golden
 from legacytrace import manifest
-from legacytrace.kernel import btf, offsets
+from legacytrace.kernel import btf, offsets, structs
 from legacytrace.backends.ftrace import FtraceBackend
 from legacytrace.errors import UsageError
 from legacytrace.flowfilter import FlowFilter
@@ -42,10 +42,20 @@ class PaholeTypes(object):
                                     re.findall(r"^\t(\w+)\s*=\s*(\d+),", body, re.M))
 
     def member(self, struct_name, path):
+        """As BTF.member: a path dotted through embedded structs ("__sk_common.skc_state"),
+        or one pahole flattened ("headers.network_header")."""
+        members = self.structs.get(struct_name)
+        if members is not None and path in members.members:
+            return members.members[path]
+        if "." in path:
+            return structs.dotted(self._direct, struct_name, path)
+        return self._direct(struct_name, path)
+
+    def _direct(self, struct_name, name):
         try:
-            return self.structs[struct_name].members[path]
+            return self.structs[struct_name].members[name]
         except KeyError:
-            raise btf.BTFError("struct {} has no member {}".format(struct_name, path))
+            raise btf.BTFError("struct {} has no member {}".format(struct_name, name))
 
     def enum_values(self, name):
         return self.enums.get(name, {})

@@ -14,7 +14,7 @@ from legacytrace.backends import checks
 from legacytrace.backends.base import Program
 from legacytrace.backends.bpf.parse import TAG
 from legacytrace.errors import LegacytraceError, UsageError
-from legacytrace.kernel import btf, tracepoints
+from legacytrace.kernel import btf, structs, tracepoints
 
 _U32 = struct.Struct("<I")
 _U64X2 = struct.Struct("<QQ")
@@ -86,11 +86,6 @@ def _extras(extras):
     return text, [extra.expr for extra in extras]
 #: Extra names the backend prints itself (and payload.fields makes); no custom field takes one.
 RESERVED_FIELDS = ("reason", "caller", "peek", "request")
-#: The struct a field path starts from (the roots of manifest.FIELD_PATH_RE).
-_ROOT_STRUCTS = collections.OrderedDict([
-    ("skb", "sk_buff"), ("sk", "sock"), ("skb_shinfo(skb)", "skb_shared_info")])
-_STRUCT_POINTER_RE = re.compile(
-    r"^(?:const |volatile )*(?:struct|union) ([A-Za-z_][A-Za-z0-9_]*) \*\Z")
 _CHAR_ARRAY_RE = re.compile(r"^(?:const |volatile )*(?:unsigned |signed )?char\[(\d+)\]\Z")
 _QUALIFIERS_RE = re.compile(r"^(?:const |volatile )+")
 #: What a custom field may print: a char array of at most this many bytes (a device name
@@ -107,10 +102,9 @@ class Types(object):
         self.blob = blob
 
     def member(self, struct_name, path):
-        """(C type, byte size) of `struct struct_name`'s member `path` (dotted through
-        embedded structs); btf.BTFError naming what is missing."""
-        found = self.blob.member(struct_name, path)
-        return found.ctype, found.size
+        """The btf.Member of `struct struct_name`'s member `path` (dotted through embedded
+        structs); btf.BTFError naming what is missing."""
+        return self.blob.member(struct_name, path)
 
     def signed(self, ctype):
         """True when the integer C type `ctype` (a typedef name, "int", "u8"...) is signed."""
@@ -154,32 +148,23 @@ def field_extra(probe_name, field, path, roots, types):
     """The Extra that prints custom field `field` = `path` (skb.M.M, sk.M, skb_shinfo(skb).M).
 
     `roots` maps a path root to the bpftrace expression of its struct pointer in this
-    probe. Each member is looked up in the target's BTF: a pointer to a struct is
-    followed with ->, an embedded struct with ., and the last member must be an integer,
-    enum, pointer or char array, whose type gives the printf conversion.
+    probe. The path is walked through the target's BTF (legacytrace.kernel.structs): a
+    pointer to a struct is followed with ->, an embedded struct with ., and the last
+    member must be an integer, enum, pointer or char array, whose type gives the printf
+    conversion.
     """
     field = check_field_name(probe_name, field)
-    root, _, rest = path.partition(".")
-    if roots.get(root) is None:
-        raise UsageError("function {}: field {} reads {}, which this probe does not have: "
-                         "use a path from {}".format(probe_name, field, root,
-                                                     " or ".join(r for r in roots if roots[r])))
-    struct_name, expr, segment = _ROOT_STRUCTS[root], roots[root], []
-    parts = rest.split(".")
-    for depth, part in enumerate(parts, 1):
-        segment.append(part)
-        try:
-            ctype, size = types.member(struct_name, ".".join(segment))
-        except btf.BTFError as err:
-            raise UsageError("function {}: field {} ({}): {}: name a member the kernel's BTF "
-                             "has (pahole -C {} /sys/kernel/btf/vmlinux)".format(
-                                 probe_name, field, path, err, struct_name))
-        pointer = _STRUCT_POINTER_RE.match(ctype)
-        if depth < len(parts) and pointer:
-            expr = "{}->{}".format(expr, ".".join(segment))
-            struct_name, segment = pointer.group(1), []
-    expr = "{}->{}".format(expr, ".".join(segment))
-    return _typed_extra(probe_name, field, path, expr, ctype, size, types)
+    try:
+        root, hops = structs.walk(types, path)
+    except (btf.BTFError, structs.FieldPathError) as err:
+        raise UsageError("function {}: field {} ({}): {}: name a member the kernel's BTF "
+                         "has (pahole -C {} /sys/kernel/btf/vmlinux)".format(
+                             probe_name, field, path, err, structs.split(path)[1]))
+    expr = roots[root]
+    for hop in hops:
+        expr = "{}->{}".format(expr, hop.path)
+    member = hops[-1].member
+    return _typed_extra(probe_name, field, path, expr, member.ctype, member.size, types)
 
 
 def _typed_extra(probe_name, field, path, expr, ctype, size, types):

@@ -7,7 +7,7 @@ import functools
 from legacytrace.backends.base import Program
 from legacytrace.backends.ftrace import kprobe
 from legacytrace.errors import UsageError
-from legacytrace.kernel import btf, tracepoints
+from legacytrace.kernel import btf, offsets, tracepoints
 
 #: Per-CPU buffer of the own instance, in KiB.
 BUFFER_KB = 4096
@@ -32,10 +32,10 @@ class FtracePart(collections.namedtuple(
 
 def kernel_types(layout):
     """The kernel's types behind `layout`: its BTF (every struct and enum) when the layout
-    came from BTF, else what the layout itself holds (kprobe.LayoutTypes)."""
+    came from BTF, else what the layout itself holds (offsets.LayoutTypes)."""
     if layout.source == "btf":
         return btf.load(layout.origin)
-    return kprobe.LayoutTypes(layout)
+    return offsets.LayoutTypes(layout)
 
 
 def hex_types(host):

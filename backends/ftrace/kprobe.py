@@ -45,11 +45,10 @@ import collections
 import re
 import struct
 
-from legacytrace.kernel import skbuff
-from legacytrace.kernel.btf import Member
+from legacytrace.kernel import skbuff, structs
 from legacytrace.kernel.x86_64 import ARG_REGISTERS
 from legacytrace.errors import LegacytraceError, UsageError
-from legacytrace.kernel.offsets import LayoutError
+from legacytrace.kernel.offsets import LayoutError, LayoutTypes
 
 MAX_ARGS = 128           # kprobe_events: arguments per probe
 MAX_ARG_TEXT = 63        # kprobe_events: characters per argument
@@ -60,14 +59,6 @@ WINDOWS = {"l3": (0, 48), "l2": (8, 64), "l4": (-40, 8), None: (-40, 64)}
 #: Positions where the IP header's offset from skb->data is the same for every packet.
 FIXED_L3 = {"l3": 0}
 
-#: C types of the members a Layout records without types (the known-builds table and pahole
-#: layouts hold legacytrace.kernel.offsets.WANTED only): the pointers and strings a field path may
-#: follow; every other member is a number. struct sock begins with its struct sock_common in
-#: every kernel (include/net/sock.h, 3.10 to 6.x).
-LAYOUT_CTYPES = {("sk_buff", "sk"): "struct sock *", ("sk_buff", "dev"): "struct net_device *",
-                 ("sk_buff", "head"): "unsigned char *", ("sk_buff", "data"): "unsigned char *",
-                 ("sk_buff", "cb"): "char[48]", ("net_device", "name"): "char[16]",
-                 ("sock", "__sk_common"): "struct sock_common"}
 # A member's C type as legacytrace.kernel.btf spells it: "struct sock_common", "const struct iovec *".
 _STRUCT_CTYPE = re.compile(r"^(?:(?:const|volatile) )*(?:struct|union) (\w+)( \*)?\Z")
 _CHARS_CTYPE = re.compile(r"^(?:(?:const|volatile) )*(?:(?:un)?signed )?char\[\d+\]\Z")
@@ -106,28 +97,6 @@ def event_name(symbol, kind):
                          "takes in an event name".format(symbol, MAX_NAME - 4))
     name = symbol.replace(".", "_")
     return name + "_ret" if kind == "return" else name
-
-
-class LayoutTypes(object):
-    """The kernel's types as far as a Layout without type information knows them: its own
-    members (typed by LAYOUT_CTYPES or as numbers) and no enums. The interface is that of
-    legacytrace.kernel.btf.BTF, which answers for every struct on a kernel with BTF."""
-
-    def __init__(self, layout):
-        self.layout = layout
-
-    def member(self, struct_name, path):
-        """A legacytrace.kernel.btf.Member; LayoutError when the layout lacks it."""
-        ctype = LAYOUT_CTYPES.get((struct_name, path))
-        if (struct_name, path) == ("sock", "__sk_common"):
-            return Member(path, 0, 0, 0, 0, ctype)
-        field = self.layout.field(struct_name, path)
-        return Member(path, field.offset, field.size, field.offset * 8, 0,
-                      ctype or "u{}".format(field.size * 8))
-
-    @staticmethod
-    def enum_values(name):
-        return {}
 
 
 class Fetch(object):
@@ -236,45 +205,25 @@ def custom_args(fetch, probe, skb_reg, sk_reg, warnings):
 
 
 def field_fetch(fetch, path, skb_reg, sk_reg):
-    """The fetch arg text (without a name) that reads the field `path` (FIELD_PATH_RE).
+    """The fetch arg text (without a name) that reads the checked field `path`.
 
-    The address of the struct being walked is `base` (a register or a dereference) plus
-    `offset` (members of embedded structs): kprobe_events adds only constants, so a pointer
-    member becomes a nested dereference `+OFF(base)` and the walk goes on from there.
+    kprobe_events adds only constants to an address: each hop of the path
+    (legacytrace.kernel.structs.walk) but the last is a pointer, fetched as a nested
+    dereference `+OFF(base)`; the last member is read at its offset from the last base.
     Raises LegacytraceError naming what the kernel's types cannot resolve.
     """
-    root, _, rest = path.partition(")." if path.startswith("skb_shinfo(") else ".")
-    if root == "skb_shinfo(skb":
+    root, hops = structs.walk(fetch.types, path)
+    if root == "skb_shinfo(skb)":
         # skb_shinfo(skb) is skb->head + skb->end (64-bit builds keep `end` as an offset):
         # a kprobe fetch cannot add two fetched values.
         raise LegacytraceError("kprobe_events cannot compute skb_shinfo(skb), which is "
                                "skb->head + skb->end (it adds no two fetched values)")
-    if root == "skb" and skb_reg:
-        struct_name, base = "sk_buff", skb_reg
-    elif root == "sk" and (sk_reg or skb_reg):
-        struct_name = "sock"
-        base = sk_reg or "+{}({})".format(fetch.offset("sk_buff", "sk"), skb_reg)
-    else:
-        raise LegacytraceError("the function has no {} argument (give {}_pos)".format(
-            root, root))
-    types, offset = fetch.types, 0
-    members = rest.split(".")
-    for depth, name in enumerate(members):
-        where = ".".join([root] + members[:depth + 1])
-        member = types.member(struct_name, name)
-        if depth == len(members) - 1:
-            at, kind = _value_type(fetch, member, where)
-            return "{}({}):{}".format(_signed(offset + at), base, kind)
-        inner = _STRUCT_CTYPE.match(member.ctype)
-        if inner is None or member.bit_size:
-            raise LegacytraceError("{} is {}, not a struct or a pointer to one".format(
-                where, member.ctype))
-        struct_name = inner.group(1)
-        if inner.group(2):          # a pointer: dereference it, go on at its target
-            base, offset = "{}({})".format(_signed(offset + member.offset), base), 0
-        else:                       # an embedded struct: its members are further in
-            offset += member.offset
-    raise LegacytraceError("no member named")    # FIELD_PATH_RE: at least one member
+    base = skb_reg if root == "skb" else \
+        sk_reg or "+{}({})".format(fetch.offset("sk_buff", "sk"), skb_reg)
+    for hop in hops[:-1]:
+        base = "{}({})".format(_signed(hop.member.offset), base)
+    at, kind = _value_type(fetch, hops[-1].member, path)
+    return "{}({}):{}".format(_signed(at), base, kind)
 
 
 def _signed(offset):

@@ -8,10 +8,11 @@ import re
 
 import jinja2
 
-from legacytrace import trust, validate
+from legacytrace import trust
 from legacytrace.backends.base import Program
 from legacytrace.backends.stap.parse import PROTOCOL
 from legacytrace.errors import UsageError, warn
+from legacytrace.kernel import structs
 from legacytrace.validate import ARG_TYPES
 
 TEMPLATE = "flows.stp.j2"
@@ -51,8 +52,7 @@ def _probe_view(probe):
 def _field_expr(path):
     """`skb.dev.mtu` -> @cast(skb, "sk_buff", "kernel<net/sock.h>")->dev->mtu: stap reads
     the types from the kernel's headers (and follows pointers and embedded structs alike)."""
-    root = validate.path_root(path)
-    members = path[len(root) + 1:].split(".")
+    root, _, members = structs.split(path)
     return "@cast({})->{}".format(_FIELD_ROOTS[root], "->".join(members))
 
 

@@ -19,7 +19,7 @@ import re
 import shutil
 import subprocess
 
-from legacytrace.kernel import btf
+from legacytrace.kernel import btf, structs
 from legacytrace.errors import LegacytraceError
 
 # What the tracer reads, struct -> members. The header offsets (transport_header,
@@ -214,6 +214,42 @@ def find_layout(release, btf_path=None, vmlinux_paths=None, pahole=run_pahole, t
         return layout
     raise LayoutError("no struct layout for kernel {}: {}; use --backend stap, or install "
                       "kernel-debuginfo-{} and pahole (dwarves)".format(release, ", ".join(reasons), release))
+
+
+#: C types of the members a Layout records without types (the known-builds table and pahole
+#: layouts hold WANTED only): the pointers and strings a field path may
+#: follow; every other member is a number. struct sock begins with its struct sock_common in
+#: every kernel (include/net/sock.h, 3.10 to 6.x).
+LAYOUT_CTYPES = {("sk_buff", "sk"): "struct sock *", ("sk_buff", "dev"): "struct net_device *",
+                 ("sk_buff", "head"): "unsigned char *", ("sk_buff", "data"): "unsigned char *",
+                 ("sk_buff", "cb"): "char[48]", ("net_device", "name"): "char[16]",
+                 ("sock", "__sk_common"): "struct sock_common"}
+
+class LayoutTypes(object):
+    """The kernel's types as far as a Layout without type information knows them: its own
+    members (typed by LAYOUT_CTYPES or as numbers) and no enums. The interface is that of
+    legacytrace.kernel.btf.BTF, which answers for every struct on a kernel with BTF."""
+
+    def __init__(self, layout):
+        self.layout = layout
+
+    def member(self, struct_name, path):
+        """A legacytrace.kernel.btf.Member of `path` (dotted through embedded structs);
+        LayoutError when the layout lacks it."""
+        return structs.dotted(self._member, struct_name, path)
+
+    def _member(self, struct_name, name):
+        ctype = LAYOUT_CTYPES.get((struct_name, name))
+        if (struct_name, name) == ("sock", "__sk_common"):
+            return btf.Member(name, 0, 0, 0, 0, ctype)
+        field = self.layout.field(struct_name, name)
+        return btf.Member(name, field.offset, field.size, field.offset * 8, 0,
+                          ctype or "u{}".format(field.size * 8))
+
+    @staticmethod
+    def enum_values(name):
+        return {}
+
 
 
 def layout_for(facts):

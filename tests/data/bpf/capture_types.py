@@ -43,7 +43,7 @@ class Recording(bpf_build.Types):
         except btf.BTFError as err:
             self.answers["member"][key] = {"error": str(err)}
             raise
-        self.answers["member"][key] = list(answer)
+        self.answers["member"][key] = [answer.ctype, answer.size]
         return answer
 
     def signed(self, ctype):
