@@ -1,4 +1,4 @@
-"""The bpf backend without a kernel: rendered programs, validation, the LT1 parser, checks.
+"""The bpf backend without a kernel: rendered programs, validation, the LTB1 parser, checks.
 
 Golden programs live in tests/golden/bpf/ (tests/conftest.py says how to regenerate
 them). Parser input is bpftrace output captured on a real kernel
@@ -68,7 +68,7 @@ def test_kprobe_mode_reads_argument_positions_and_quotes_clone_names():
     assert 'kprobe:"ip_output"\n{\n  $skb = (struct sk_buff *)arg2;\n  $sk = (struct sock *)arg1;' \
         in text
     assert 'kprobe:"tcp_v4_rcv.isra.0"' in text
-    assert "LT1\\tkprobe\\tip_rcv\\t" in text
+    assert "LTB1\\tkprobe\\tip_rcv\\t" in text
 
 
 def test_tracepoint_mode_skips_functions_without_a_tracepoint_and_says_so():
@@ -220,9 +220,9 @@ def test_tcp_ports_in_both_directions():
 
 
 @pytest.mark.parametrize("line", [
-    "", "Attaching 10 probes...", "LT1\tBEGIN\tlt4242", "Lost 12 events", "\n", "LT1",
+    "", "Attaching 10 probes...", "LTB1\tBEGIN\tlt4242", "Lost 12 events", "\n", "LTB1",
     "LT2\ttracepoint\tx" + "\t0" * 22 + "\t-\tping",
-    "LT1\tuprobe\tx" + "\t0" * 22 + "\t-\tping",
+    "LTB1\tuprobe\tx" + "\t0" * 22 + "\t-\tping",
 ])
 def test_lines_that_are_not_events(line):
     assert backends.get("bpf").parse(line) is None
@@ -247,7 +247,7 @@ def test_truncated_and_damaged_captured_lines_never_raise():
 @settings(max_examples=300, deadline=None)
 @given(st.text())
 def test_parse_never_raises(text):
-    backends.get("bpf").parse("LT1\t" + text)
+    backends.get("bpf").parse("LTB1\t" + text)
     backends.get("bpf").parse(text)
 
 
@@ -357,7 +357,7 @@ def test_events_before_begin_are_kept_lost_events_counted_and_stop_escalates(tmp
     # Ignores SIGINT and SIGTERM: detach must go on to SIGKILL and still return.
     first = captured()[0]
     exe = stand_in(tmp_path, "trap '' INT TERM\necho 'Attaching 1 probes...'\n"
-                             "printf '%s\\n' '{}'\necho 'LT1\tBEGIN\tx'\necho 'Lost 7 events'\n"
+                             "printf '%s\\n' '{}'\necho 'LTB1\tBEGIN\tx'\necho 'Lost 7 events'\n"
                              "printf '%s\\n' '{}'\nexec sleep 60\n".format(first, first))
     with session(exe, grace=0.5) as live:
         lines = live.lines()

@@ -8,9 +8,10 @@ import struct
 from legacytrace import payload
 from legacytrace.model import FlowEvent
 
-#: The line protocol's version tag: the first field of every line the program prints.
-TAG = "LT1"
-#: Fields of an LT1 line; the last one (comm) is the rest of the line, tabs included.
+#: The line protocol's version tag: the first field of every line the program prints. Its
+#: own ("B" for bpf), so that a line is never taken for one of stap's LT1.
+TAG = "LTB1"
+#: Fields of an LTB1 line; the last one (comm) is the rest of the line, tabs included.
 FIELDS = 25
 CONTEXTS = {"0": "task", "1": "softirq", "2": "hardirq"}
 #: ICMP echo request/reply types, which carry an identifier and a sequence number.
@@ -22,7 +23,7 @@ _U64X2 = struct.Struct("<QQ")
 
 
 class LineParser(object):
-    """LT1 line -> FlowEvent; address text is cached (the same few flows repeat)."""
+    """LTB1 line -> FlowEvent; address text is cached (the same few flows repeat)."""
 
     CACHE_MAX = 65536
 
@@ -88,7 +89,7 @@ class LineParser(object):
 
 
 def extra_fields(text):
-    """FlowEvent.fields from an LT1 extras column, `name=value,...`.
+    """FlowEvent.fields from an LTB1 extras column, `name=value,...`.
 
     %rx values (\\xNN per byte: char arrays, the peek) are decoded: a char array to
     text up to its NUL, the peek through legacytrace.payload (request or peek); an

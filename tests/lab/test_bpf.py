@@ -2,7 +2,7 @@
 
 Proves: ping, a UDP datagram and a TCP connection appear with the right addresses,
 ports and protocol at receive and transmit functions; the sender's pid and comm on
-the transmit side; a flow filter shows only its flow. The raw LT1 lines are kept in
+the transmit side; a flow filter shows only its flow. The raw LTB1 lines are kept in
 LEGACYTRACE_LAB_SHARED/bpf-kprobe-raw.txt for the parser's unit tests. Through the CLI:
 events bpftrace loses (a flood into a one-page perf buffer) are counted in the summary
 line and the JSON summary, and a stop during the flood leaves no bpftrace behind.
