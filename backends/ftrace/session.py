@@ -2,7 +2,6 @@
 undoes every step, and the leftovers of runs that were killed.
 """
 import functools
-import logging
 import os
 import re
 import time
@@ -10,10 +9,8 @@ import time
 from legacytrace.backends.base import Session
 from legacytrace.backends.ftrace import tracefs
 from legacytrace.backends.ftrace.build import BUFFER_KB, CLOCKS
-from legacytrace.errors import LegacytraceError
+from legacytrace.errors import LegacytraceError, warn
 from legacytrace.kernel import tracefs as kernel_tracefs
-
-log = logging.getLogger(__name__)
 
 #: How long lines may still come after finish() stopped the instance recording.
 FINISH_TIMEOUT = 30.0
@@ -41,7 +38,7 @@ def cleanup(host):
         try:
             _remove(fs, item)
         except (LegacytraceError, OSError) as err:
-            log.warning("cleanup: %s: %s", describe(item), err)
+            warn("ftrace cleanup: {}: {}".format(describe(item), err))
             continue
         removed.append(describe(item))
     return removed
@@ -158,7 +155,7 @@ class FtraceSession(Session):
                            functools.partial(fs.add_kprobe, definition.line(group)),
                            functools.partial(fs.remove_kprobe, group, definition.event))
             except tracefs.TracefsError as err:
-                log.warning("ftrace: %s is not traced: %s", definition.symbol, err)
+                warn("ftrace: {} is not traced: {}".format(definition.symbol, err))
                 self.skipped.append(definition.symbol)
                 continue
             attached.add(definition.event)
@@ -219,7 +216,7 @@ class FtraceSession(Session):
             if not self._fs.set_option(self._instance, "tracing_on", "0"):
                 return False
         except (tracefs.TracefsError, OSError) as err:
-            log.warning("ftrace: cannot stop recording before the last read: %s", err)
+            warn("ftrace: cannot stop recording before the last read: {}".format(err))
             return False
         self._finish_by = time.monotonic() + FINISH_TIMEOUT
         return True
@@ -230,6 +227,6 @@ class FtraceSession(Session):
             try:
                 undo()
             except Exception as err:       # keep going: every later step still has to run
-                log.warning("ftrace cleanup: %s failed: %s", what, err)
+                warn("ftrace cleanup: {} failed: {}".format(what, err))
 
 
