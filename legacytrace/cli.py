@@ -278,7 +278,6 @@ def trace(manifest, backend, count, duration, rate_limit, regex, stap_module, ve
       sudo legacytrace trace -b ftrace my-manifest.yaml -T 10
       sudo legacytrace trace --stap-module lt_icmp.ko     # built on another host
     """
-    from legacytrace import enrich, procinfo, summary, trace as tracemod
     flow = _flow(opts)
     limits = Limits(count=count, duration=duration, rate=rate_limit)
     facts = _probe_mounted("stap" if stap_module else backend)
@@ -289,21 +288,37 @@ def trace(manifest, backend, count, duration, rate_limit, regex, stap_module, ve
         chosen = _load_backend("stap")
         program, probes = chosen.module_program(stap_module), []
     else:
-        chosen = _backend(backend, facts, verbose=verbose)
         functions = symbols.KernelFunctions(facts.tracefs)
         manifest_obj, probes = _manifest_probes(manifest, facts, regex, functions, live=True)
         request = TraceRequest(probes, flow, facts, limits=limits,
                                run_id="lt{}".format(os.getpid()), manifest=manifest_obj.source)
+        chosen, program = _runnable(backend, request, verbose)
+    _run_trace(chosen, program, facts, probes, (flow, limits), opts)
+
+
+def _runnable(name, request, verbose):
+    """(backend, program) for `request`: backend `name` (or the auto pick), and when the
+    pick cannot run this program here (Backend.ready), the next one that can."""
+    facts = request.host
+    chosen = _backend(name, facts, verbose=verbose)
+    program = _build(chosen, request, verbose)
+    why_not = chosen.ready(program, facts)
+    if why_not and name != "auto":
+        raise BackendUnavailable("backend {} cannot run this trace here: {}".format(
+            chosen.name, why_not))
+    if why_not:
+        click.echo("legacytrace: {} cannot run this trace here: {}".format(
+            chosen.name, why_not), err=True)
+        chosen = _backend("auto", facts, without={chosen.name: why_not}, verbose=verbose)
         program = _build(chosen, request, verbose)
-        why_not = chosen.ready(program, facts)
-        if why_not and backend != "auto":
-            raise BackendUnavailable("backend {} cannot run this trace here: {}".format(
-                chosen.name, why_not))
-        if why_not:
-            click.echo("legacytrace: {} cannot run this trace here: {}".format(
-                chosen.name, why_not), err=True)
-            chosen = _backend("auto", facts, without={chosen.name: why_not}, verbose=verbose)
-            program = _build(chosen, request, verbose)
+    return chosen, program
+
+
+def _run_trace(chosen, program, facts, probes, filters, opts):
+    """Run `program` (`filters`: its flow filter and limits) into the output the options
+    ask for; the summary goes to stderr."""
+    from legacytrace import enrich, procinfo, summary, trace as tracemod
+    flow, limits = filters
     stream = _line_buffered(sys.stdout)
     sink = _output(opts, probes, stream)
     _warn_leftovers(chosen, facts)

@@ -131,6 +131,49 @@ def _quote(text):
     return "'" + text.replace("'", "'\\''") + "'"
 
 
+#: The sh script after its header: check the kernel, find or mount tracefs, and clean up
+#: on every exit (what it enabled, its instance, its kprobes; see _shell).
+_SH_SETUP = (
+    'if [ "$(uname -r)" != "$RELEASE" ]; then',
+    '    echo "this program was built for kernel $RELEASE, not $(uname -r)" >&2; exit 1',
+    "fi",
+    "T=",
+    "for d in /sys/kernel/tracing /sys/kernel/debug/tracing; do",
+    '    if [ -e "$d/trace" ]; then T=$d; break; fi',
+    "done",
+    'if [ -z "$T" ]; then',
+    "    if mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null; then T=/sys/kernel/tracing",
+    "    elif mount -t debugfs nodev /sys/kernel/debug; then T=/sys/kernel/debug/tracing",
+    '    else echo "no tracefs (run as root)" >&2; exit 1; fi',
+    "fi",
+    "G=legacytrace_lt$$",
+    'I="$T/instances/$G"',
+    "ADDED= ENABLED= MADE= READER=",
+    "cleanup() {",
+    "    trap - EXIT INT TERM HUP",
+    '    if [ -n "$READER" ]; then kill "$READER" 2>/dev/null; wait "$READER" 2>/dev/null; fi',
+    "    for e in $ENABLED; do",
+    '        echo 0 > "$I/events/$e/enable" || echo "warning: could not disable $e" >&2',
+    "    done",
+    '    if [ -n "$MADE" ]; then rmdir "$I" || echo "warning: could not remove $I" >&2; fi',
+    "    for e in $ADDED; do",
+    '        echo "-:$G/$e" >> "$T/kprobe_events" || echo "warning: could not remove $G/$e" >&2',
+    "    done",
+    "}",
+    "trap cleanup EXIT",
+    "trap 'exit 130' INT",
+    "trap 'exit 143' TERM HUP",
+)
+#: The sh script's end: capture trace_pipe until the reader is stopped.
+_SH_CAPTURE = (
+    'echo "# legacytrace ftrace capture: kernel $RELEASE, group $G" > "$OUT"',
+    'cat "$I/trace_pipe" >> "$OUT" &',
+    "READER=$!",
+    'echo "capturing to $OUT; stop with Ctrl-C" >&2',
+    'wait "$READER"',
+)
+
+
 def _shell(mode, part):
     """A standalone POSIX sh script: set up, capture trace_pipe to a file, clean up on exit.
 
@@ -138,66 +181,39 @@ def _shell(mode, part):
     what a killed script left. The capture is plain trace_pipe output: `legacytrace parse
     --backend ftrace FILE` reads it without the program.
     """
-    kprobe = mode == "kprobe"
     out = [
         "#!/bin/sh",
         "# legacytrace ftrace program ({} mode) for kernel {}{}.".format(
-            mode, part.release, ", struct offsets from " + part.layout if kprobe else ""),
+            mode, part.release,
+            ", struct offsets from " + part.layout if mode == "kprobe" else ""),
         "# Usage: sh THIS_SCRIPT [CAPTURE_FILE]; stop with Ctrl-C; then",
         "#        legacytrace parse --backend ftrace CAPTURE_FILE",
         "set -u",
         "OUT=${1:-legacytrace-ftrace.trace}",
         "RELEASE=" + _quote(part.release),
-        'if [ "$(uname -r)" != "$RELEASE" ]; then',
-        '    echo "this program was built for kernel $RELEASE, not $(uname -r)" >&2; exit 1',
-        "fi",
-        "T=",
-        "for d in /sys/kernel/tracing /sys/kernel/debug/tracing; do",
-        '    if [ -e "$d/trace" ]; then T=$d; break; fi',
-        "done",
-        'if [ -z "$T" ]; then',
-        "    if mount -t tracefs nodev /sys/kernel/tracing 2>/dev/null; then T=/sys/kernel/tracing",
-        "    elif mount -t debugfs nodev /sys/kernel/debug; then T=/sys/kernel/debug/tracing",
-        '    else echo "no tracefs (run as root)" >&2; exit 1; fi',
-        "fi",
-        "G=legacytrace_lt$$",
-        'I="$T/instances/$G"',
-        "ADDED= ENABLED= MADE= READER=",
-        "cleanup() {",
-        "    trap - EXIT INT TERM HUP",
-        '    if [ -n "$READER" ]; then kill "$READER" 2>/dev/null; wait "$READER" 2>/dev/null; fi',
-        "    for e in $ENABLED; do",
-        '        echo 0 > "$I/events/$e/enable" || echo "warning: could not disable $e" >&2',
-        "    done",
-        '    if [ -n "$MADE" ]; then rmdir "$I" || echo "warning: could not remove $I" >&2; fi',
-        "    for e in $ADDED; do",
-        '        echo "-:$G/$e" >> "$T/kprobe_events" || echo "warning: could not remove $G/$e" >&2',
-        "    done",
-        "}",
-        "trap cleanup EXIT",
-        "trap 'exit 130' INT",
-        "trap 'exit 143' TERM HUP",
     ]
+    out.extend(_SH_SETUP)
     for definition in part.definitions:
         out += ["echo {}:\"$G\"{} >> \"$T/kprobe_events\" || exit 1".format(
                     definition.kind, _quote(definition.tail())),
                 "ADDED=\"$ADDED {}\"".format(definition.event)]
-    out += ['mkdir "$I" || exit 1', 'MADE=1']
-    out += ['for c in {}; do echo $c > "$I/trace_clock" 2>/dev/null && break; done'.format(
+    out += ['mkdir "$I" || exit 1', 'MADE=1',
+            'for c in {}; do echo $c > "$I/trace_clock" 2>/dev/null && break; done'.format(
                 " ".join(CLOCKS)),
             'echo {} > "$I/buffer_size_kb"'.format(BUFFER_KB),
             '[ -e "$I/options/hash-ptr" ] && echo 0 > "$I/options/hash-ptr"']
+    out.extend(_sh_events(mode, part))
+    out.extend(_SH_CAPTURE)
+    return "\n".join(out) + "\n"
+
+
+def _sh_events(mode, part):
+    """The script's lines that set each event's filter and enable it."""
+    out = []
     for system, event, text in part.events:
-        where = ("$G/" if kprobe else system + "/") + event     # inside double quotes
+        where = ("$G/" if mode == "kprobe" else system + "/") + event     # inside double quotes
         if text:
             out.append('echo {} > "$I/events/{}/filter" || exit 1'.format(_quote(text), where))
         out += ['echo 1 > "$I/events/{}/enable" || exit 1'.format(where),
                 'ENABLED="$ENABLED {}"'.format(where)]
-    out += [
-        'echo "# legacytrace ftrace capture: kernel $RELEASE, group $G" > "$OUT"',
-        'cat "$I/trace_pipe" >> "$OUT" &',
-        "READER=$!",
-        'echo "capturing to $OUT; stop with Ctrl-C" >&2',
-        'wait "$READER"',
-    ]
-    return "\n".join(out) + "\n"
+    return out

@@ -307,45 +307,65 @@ def parse_pahole(text):
             if opened:
                 current = PaholeStruct(opened.group(1), None, collections.OrderedDict())
                 stack = [(None, [])]
-            continue
-        if line.startswith("}"):
-            if len(stack) != 1:
-                raise PaholeFormatError("line {}: struct {} ends inside a nested block".format(
-                    number, current.name))
-            for found in stack[0][1]:
-                current.members.setdefault(found.path, found)
-            result[current.name] = current
+        elif line.startswith("}"):
+            result[current.name] = _ended(current, stack, number)
             current = None
-            continue
-        size = _SIZE.search(line)
-        if size:
-            current = current._replace(size=int(size.group(1)))
-            continue
-        if _COMMENT.match(line):
-            continue
-        opened = _NESTED_OPEN.match(line)
-        if opened:
-            stack.append((opened.group(1), []))
-            continue
-        closed = _NESTED_CLOSE.match(line)
-        if closed:
-            name, dims, offset, nbytes = closed.group(1), closed.group(2), int(closed.group(3)), int(closed.group(4))
-            kind, inner = stack.pop()
-            if inner and inner[0].offset != offset:
-                raise PaholeFormatError("line {}: block at offset {} starts with a member at {}: "
-                                        "not absolute offsets".format(number, offset, inner[0].offset))
-            members = stack[-1][1]
-            if name:
-                members.append(btf.Member(name, offset, nbytes, offset * 8, 0, kind + " {...}" + dims))
-                inner = [m._replace(path=name + "." + m.path) for m in inner]
-            members.extend(inner)
-            continue
-        member = _MEMBER.match(line)
-        if not member:
-            raise PaholeFormatError("line {}: cannot read {!r}".format(number, line.strip()))
-        name, ctype, width = _declaration(member.group(1))
-        bits = int(member.group(2)) * 8 + int(member.group(3) or 0)
-        stack[-1][1].append(btf.Member(name, bits // 8, int(member.group(4)), bits, width, ctype))
+        else:
+            current = _struct_line(current, stack, line, number)
     if current is not None:
         raise PaholeFormatError("struct {} has no closing line".format(current.name))
     return result
+
+
+def _ended(current, stack, number):
+    """The struct `current` with the members on `stack`, at its closing line."""
+    if len(stack) != 1:
+        raise PaholeFormatError("line {}: struct {} ends inside a nested block".format(
+            number, current.name))
+    for found in stack[0][1]:
+        current.members.setdefault(found.path, found)
+    return current
+
+
+def _struct_line(current, stack, line, number):
+    """Read one line inside struct `current` onto `stack` (its innermost open block last);
+    return the struct, with its size once the line giving it is read."""
+    size = _SIZE.search(line)
+    if size:
+        return current._replace(size=int(size.group(1)))
+    if _COMMENT.match(line):
+        return current
+    opened = _NESTED_OPEN.match(line)
+    closed = _NESTED_CLOSE.match(line)
+    if opened:
+        stack.append((opened.group(1), []))
+    elif closed:
+        _close_block(closed, stack, number)
+    else:
+        stack[-1][1].append(_member(line, number))
+    return current
+
+
+def _close_block(closed, stack, number):
+    """A nested block ends: its members join the enclosing one (prefixed when it is named)."""
+    name, dims = closed.group(1), closed.group(2)
+    offset, nbytes = int(closed.group(3)), int(closed.group(4))
+    kind, inner = stack.pop()
+    if inner and inner[0].offset != offset:
+        raise PaholeFormatError("line {}: block at offset {} starts with a member at {}: "
+                                "not absolute offsets".format(number, offset, inner[0].offset))
+    members = stack[-1][1]
+    if name:
+        members.append(btf.Member(name, offset, nbytes, offset * 8, 0, kind + " {...}" + dims))
+        inner = [m._replace(path=name + "." + m.path) for m in inner]
+    members.extend(inner)
+
+
+def _member(line, number):
+    """The btf.Member of one member line of pahole's text."""
+    member = _MEMBER.match(line)
+    if not member:
+        raise PaholeFormatError("line {}: cannot read {!r}".format(number, line.strip()))
+    name, ctype, width = _declaration(member.group(1))
+    bits = int(member.group(2)) * 8 + int(member.group(3) or 0)
+    return btf.Member(name, bits // 8, int(member.group(4)), bits, width, ctype)
