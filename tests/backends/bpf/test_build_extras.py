@@ -1,28 +1,26 @@
-"""The bpf backend's manifest extras: custom fields, args (reason), caller, peek.
+"""The bpf backend's program with the manifest extras (backends/bpf/build.py): custom
+fields, args (reason), caller, peek.
 
 Builds are typed with what a real kernel's BTF answered (tests/data/bpf/types-*.json,
 recorded by tests/data/bpf/capture_types.py from the 6.1 lab kernel's and this machine's
-6.18 BTF); parser input is bpftrace output captured on a real kernel
-(tests/data/bpf/README.md). Golden programs regenerate as tests/conftest.py says.
+6.18 BTF). Golden programs regenerate as tests/conftest.py says.
 """
 import json
 import os
 
 import pytest
 
+from conftest import golden
+from . import DATA, DEV_618, LAB_61
 from legacytrace import backends, manifest
-
-from legacytrace.kernel import btf
 from legacytrace.backends import bpf
 from legacytrace.backends.bpf import build as bpf_build
-from legacytrace.backends.bpf import parse as bpf_parse
 from legacytrace.errors import UsageError
 from legacytrace.flowfilter import FlowFilter
+from legacytrace.kernel import btf
 from legacytrace.kernel.host import HostFacts
 from legacytrace.model import Probe, TraceRequest
 
-from conftest import golden
-from test_bpf import DATA, DEV_618, LAB_61
 
 LAB_618 = dict(DEV_618, kprobe_events=True, kprobe_pmu=True)
 
@@ -151,8 +149,6 @@ def test_the_backend_says_it_peeks():
     assert "peek" in backends.get("bpf").features
 
 
-# --- custom fields ------------------------------------------------------------------------
-
 def field(path, name="f", release="6.1.0-56-amd64", roots=None):
     roots = roots or {"skb": "$skb", "sk": "$sk", "skb_shinfo(skb)": bpf_build._SHINFO}
     return bpf_build.field_extra("fn", name, path, roots, Recorded(release))
@@ -169,6 +165,8 @@ def field(path, name="f", release="6.1.0-56-amd64", roots=None):
     ("sk.__sk_common.skc_state", "(uint64)$sk->__sk_common.skc_state & 0xff", "%llu"),
     ("sk.__sk_common.skc_dport", "(uint64)$sk->__sk_common.skc_dport & 0xffff", "%llu"),
 ])
+
+
 def test_field_paths_compile_to_btf_typed_expressions(path, expr, conversion):
     extra = field(path)
     assert (extra.name, extra.expr, extra.conversion) == ("f", expr, conversion)
@@ -181,6 +179,8 @@ def test_field_paths_compile_to_btf_typed_expressions(path, expr, conversion):
     ("skb.len.value", "sk_buff.len has type unsigned int, not a struct"),
     ("sk.__sk_common", "field f (sk.__sk_common) is a struct sock_common, not a number"),
 ])
+
+
 def test_a_path_the_kernel_lacks_is_a_usage_error_naming_the_field(path, words):
     with pytest.raises(UsageError) as err:
         field(path)
@@ -191,12 +191,16 @@ def test_a_path_the_kernel_lacks_is_a_usage_error_naming_the_field(path, words):
     ("f", 'skb.len); system("id"'), ("f", "skb.len\n}"), ("f", "skb->len"), ("f", "$skb.len"),
     ("f", "skb"), ("f", None), ('f"x', "skb.len"), ("F", "skb.len"), (None, "skb.len"),
     ("f\n", "skb.len")])
+
+
 def test_hostile_fields_never_reach_the_program(name, path):
     with pytest.raises(UsageError, match=r"field (name .* must be lower-case|\S+ has path)"):
         build(LAB_61, [Probe("ip_rcv", 1, fields={name: path})])
 
 
 @pytest.mark.parametrize("name", ["reason", "caller", "peek", "request"])
+
+
 def test_a_field_may_not_take_a_name_the_backend_fills(name):
     with pytest.raises(UsageError, match="custom field '{}' has the name".format(name)):
         build(LAB_61, [Probe("ip_rcv", 1, fields={name: "skb.len"})])
@@ -251,46 +255,6 @@ def test_btf_is_read_only_when_a_probe_needs_it():
         raise AssertionError("BTF read for a manifest without fields or peeks")
     request = TraceRequest([Probe("ip_rcv", 1)], FlowFilter(), HostFacts(**LAB_61), run_id="lt1")
     bpf.BpfBackend(types_for=refuse).build(request)
-
-
-# --- the parser, on lines captured from a real kernel ---------------------------------------
-
-def captured(name):
-    with open(os.path.join(DATA, name)) as capture:
-        return [line.rstrip("\n") for line in capture if not line.startswith("#")]
-
-
-def test_captured_custom_fields_become_ints_and_text():
-    parser = backends.get("bpf")
-    events = [parser.parse(line) for line in captured("fields-6.18.txt")]
-    assert events and all(events)
-    xmit = [e for e in events if e.func == "net:net_dev_queue"]
-    assert xmit and all(e.fields["dev"] == "lo" and e.fields["ifindex"] == 1 for e in xmit)
-    assert {e.fields["family"] for e in xmit} == {2, 10}
-    assert all(e.fields["family"] == {4: 2, 6: 10}[e.family] for e in xmit)
-    assert all(isinstance(e.fields["tstamp"], int) and e.fields["gso"] == 0 for e in xmit)
-    drops = [e for e in events if e.func == "skb:kfree_skb"]
-    assert {e.fields["caller"] for e in drops} >= {"__udp4_lib_rcv"}
-    assert all(isinstance(e.fields["reason"], int) for e in drops)
-
-
-@pytest.mark.parametrize("text, fields", [
-    ("peek=\\x47\\x45\\x54\\x20\\x2f\\x20\\x48\\x54\\x54\\x50\\x2f\\x31\\x2e\\x31\\x0d\\x0a",
-     {"request": "GET / HTTP/1.1"}),
-    ("peek=\\x00\\x01\\x5c", {"peek": "\\x00\\x01\\\\"}),
-    ("peek=", {}),
-    ("reason=2,caller=__udp4_lib_rcv,mark=0", {"reason": 2, "caller": "__udp4_lib_rcv", "mark": 0}),
-    ("dev=\\x6c\\x6f\\x00\\x00", {"dev": "lo"}),
-])
-def test_extras_column_decoding(text, fields):
-    assert bpf_parse.extra_fields(text) == fields
-
-
-@pytest.mark.parametrize("text", ["peek=\\x4", "peek=\\y41", "peek=x41x", "dev=\\x6"])
-def test_a_damaged_hex_value_is_not_an_event(text):
-    line = captured("fields-6.18.txt")[0].split("\t")
-    line[23] = text
-    assert backends.get("bpf").parse("\t".join(line)) is None
 
 
 def test_recorded_facts_of_another_kernel_do_not_read_this_machines_btf():
