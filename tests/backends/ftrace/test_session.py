@@ -6,13 +6,13 @@ import shutil
 
 import pytest
 
-from legacytrace.backends.ftrace import tracefs
 from legacytrace.backends.base import Program
-from legacytrace.backends.ftrace import FtraceBackend
+from legacytrace.backends.ftrace import FtraceBackend, tracefs
 from legacytrace.backends.ftrace.build import FtracePart
 from legacytrace.backends.ftrace.kprobe import Definition
 from legacytrace.backends.ftrace.session import FtraceSession, stale
 from legacytrace.kernel.host import HostFacts
+
 
 FOREIGN = "p:otherTool/ip_rcv ip_rcv\n"
 
@@ -66,6 +66,8 @@ def program(group="legacytrace_lt77"):
 
 
 @pytest.fixture
+
+
 def fake(tmp_path, monkeypatch):
     (tmp_path / "kprobe_events").write_text(FOREIGN)
     (tmp_path / "instances").mkdir()
@@ -175,27 +177,3 @@ def test_cleanup_removes_dead_runs_only(tmp_path, monkeypatch):
     assert (tmp_path / "events" / dead / "ip_rcv" / "enable").read_text().startswith("0")
     assert (tmp_path / "events" / alive / "ip_rcv" / "enable").read_text() == "1\n"
     assert not (tmp_path / "instances" / dead).exists()
-
-
-def test_read_lines_splits_chunks_and_reports_idle(tmp_path):
-    read, write = os.pipe()
-    os.set_blocking(read, False)                      # as open_pipe() opens trace_pipe
-    os.write(write, b"one\ntw")
-    lines = tracefs.read_lines(read, idle=0.01)
-    assert next(lines) == "one"
-    assert next(lines) == ""                          # idle: nothing complete yet
-    os.write(write, b"o\n")
-    assert next(lines) == "two"
-    os.close(write)
-    assert list(lines) == []
-    os.close(read)
-
-
-def test_cpu_stats(tmp_path):
-    cpu = tmp_path / "per_cpu" / "cpu0"
-    cpu.mkdir(parents=True)
-    cpu.joinpath("stats").write_text("entries: 0\noverrun: 7\ncommit overrun: 0\nbytes: 0\n"
-                                     "oldest event ts:     0.000000\ndropped events: 2\n")
-    stats = tracefs.Tracefs(str(tmp_path)).cpu_stats(None)
-    assert stats == {"cpu0": {"entries": 0, "overrun": 7, "commit overrun": 0, "bytes": 0,
-                              "dropped events": 2}}

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
+from conftest import DATA as ALL_DATA
 from legacytrace.backends.ftrace.parse import FLOW_FIELDS, LineParser, decode_ip, parse_line
 from legacytrace.model import FlowEvent
 
-DATA = Path(__file__).parent / "data" / "ftrace"
+DATA = Path(ALL_DATA) / "ftrace"
 
 # Observed on 3.10.0-1160.el7 before the lab had it (kprobe `r` on ip_rcv, len=+104(%di):u32)
 EL7_LINES = [

@@ -9,18 +9,20 @@ from pathlib import Path
 
 import pytest
 
-from conftest import golden
-from legacytrace.backends.ftrace import kprobe as ftrace_kprobe
-from legacytrace.kernel import offsets
-from legacytrace.backends.ftrace import FtraceBackend
-from legacytrace.backends.ftrace.build import hex_types
-from legacytrace.errors import LegacytraceError, UsageError
+from conftest import DATA as ALL_DATA
+from legacytrace.backends.ftrace import FtraceBackend, kprobe as ftrace_kprobe
+from legacytrace.errors import UsageError
 from legacytrace.flowfilter import FlowFilter
+from legacytrace.kernel import offsets
 from legacytrace.kernel.host import HostFacts
 from legacytrace.model import Probe, TraceRequest
 
-DATA = Path(__file__).parent / "data" / "ftrace"
+
+DATA = Path(ALL_DATA) / "ftrace"
+
+
 EL7 = "3.10.0-1160.el7.x86_64"
+
 
 # The generic manifest's functions as resolved for EL7 (docs/kernel-facts.md positions).
 EL7_PROBES = [Probe("ip_rcv", 1), Probe("ip_local_deliver", 1), Probe("tcp_v4_rcv", 1),
@@ -44,24 +46,6 @@ def build(flow=None, probes=EL7_PROBES, host=None, backend=None, run_id="lt4242"
     return (backend or el7_backend()).build(request)
 
 
-def test_golden_el7_udp_flow_text_and_sh():
-    backend = el7_backend()
-    program = build(FlowFilter.parse(proto="udp", daddr="127.0.0.1", dport="9999"), backend=backend)
-    golden("ftrace/el7-udp.txt", program.text)
-    golden("ftrace/el7-udp.sh", backend.export(program, "sh"))
-
-
-def test_golden_tracepoint_mode():
-    host = HostFacts(release="6.18.44-fc-v669", root=True, tracefs="/sys/kernel/tracing",
-                     instances=True, tracepoints=["net:netif_receive_skb", "net:net_dev_queue",
-                                                  "skb:kfree_skb", "skb:consume_skb"])
-    backend = FtraceBackend(layout_for=None)          # tracepoint mode needs no layout
-    program = build(FlowFilter.parse(proto="icmp"), host=host, backend=backend)
-    assert program.mode == "tracepoint"
-    golden("ftrace/tracepoints.txt", program.text)
-    golden("ftrace/tracepoints.sh", backend.export(program, "sh"))
-
-
 def test_el7_uses_baseline_syntax_only_within_limits():
     program = build(FlowFilter.parse(proto="tcp", saddr="10.0.0.1", dport="80"))
     for definition in program.part.definitions:
@@ -72,13 +56,6 @@ def test_el7_uses_baseline_syntax_only_within_limits():
         assert all(re.match(r"^\w+=(%(di|si|dx|cx|r8|r9)|[-+]\d+\(|\$retval)", arg)
                    for arg in definition.args), line
     assert program.part.group == "legacytrace_lt4242"
-
-
-def test_hex_types_where_the_readme_lists_them():
-    host = el7_host(kprobe_syntax=["comm", "x-types"])
-    assert hex_types(host) and not hex_types(el7_host())
-    text = build(host=host).text
-    assert ":x64" in text and ":u64" not in text.split("f_ver")[0]
 
 
 def test_offsets_come_from_the_layout():
@@ -93,6 +70,8 @@ def test_offsets_come_from_the_layout():
     (Probe("kfree_skb", 1), ["dm40", "dm32", "dm24", "dm16", "dm8"] +
      ["dp{}".format(n) for n in range(0, 64, 8)]),
 ])
+
+
 def test_window_placed_by_where_data_points(probe, words):
     args = build(probes=[probe]).part.definitions[0].args
     assert [a.split("=")[0] for a in args if re.match(r"d[mp]\d+=", a)] == words
@@ -102,6 +81,8 @@ def test_window_placed_by_where_data_points(probe, words):
     Probe("ip_rcv; rm -rf /", 1), Probe("ip_rcv", 7), Probe("", 1), Probe("ip rcv", 1),
     Probe("ip_rcv", 1, fields={"x": "skb->len"}), Probe("ip_rcv", 1, fields={"x; rm": "skb.len"}),
 ])
+
+
 def test_bad_probes_are_one_line_usage_errors(probe):
     with pytest.raises(UsageError) as err:
         build(probes=[probe])
@@ -109,46 +90,18 @@ def test_bad_probes_are_one_line_usage_errors(probe):
 
 
 @pytest.mark.parametrize("path", ["skb.nosuchmember", "sk.len"])
+
+
 def test_members_the_offsets_table_lacks_are_left_out(path):
     program = build(probes=[Probe("ip_rcv", 1, fields={"x": path})])
     assert not [a for a in program.part.definitions[0].args if a.startswith("c_x=")]
     assert [w for w in program.warnings if "field x ({}) left out".format(path) in w]
 
 
-@pytest.mark.parametrize("run_id", ["", None, "lt1; echo", "LT1", "a" * 60])
-def test_bad_run_id(run_id):
-    with pytest.raises(UsageError, match="invalid run id"):
-        build(probes=[Probe("ip_rcv", 1)], run_id=run_id)
-
-
 def test_custom_field_of_the_layout():
     program = build(probes=[Probe("ip_rcv", 1, fields={"dlen": "skb.data_len"})])
     assert "c_dlen=+108(%di):u32" in program.part.definitions[0].args
 
-
-def test_no_layout_is_a_clear_error_naming_stap():
-    backend = FtraceBackend(layout_for=lambda host: offsets.find_layout(
-        "4.19.0-99-unknown", btf_path=None, vmlinux_paths=[], table="builds: []"))
-    host = el7_host(release="4.19.0-99-unknown")
-    with pytest.raises(LegacytraceError) as err:
-        build(host=host, backend=backend)
-    assert "stap" in str(err.value)
-    assert not backend.check(host).available and "stap" in backend.check(host).reason
-
-
-def test_check_modes():
-    backend = el7_backend()
-    assert backend.check(el7_host()).available
-    assert "table el7" in backend.check(el7_host()).reason
-    assert not backend.check(el7_host(root=False)).available
-    tp = HostFacts(release="6.18.44", root=True, tracefs="/sys/kernel/tracing",
-                   tracepoints=["net:netif_receive_skb"])
-    answer = backend.check(tp)
-    assert answer.available and "tracepoint mode" in answer.reason
-    assert not backend.check(HostFacts(release="6.18.44", root=True, tracefs="/x")).available
-
-
-# -- the in-kernel filter never rejects an event that the user-space filter keeps ----------
 
 def _pcap_l3_packets():
     blob = (DATA / "lo-packets-6.18.pcap").read_bytes()
@@ -218,6 +171,8 @@ def test_sock_filter_and_cidr_left_to_user_space():
 
 @pytest.mark.parametrize("probe", [Probe("ip_rcv", True), Probe("tcp_sendmsg", sk_pos=True),
                                    Probe("kfree_skb_reason", 1, args={"reason": True})])
+
+
 def test_a_boolean_is_no_argument_position(probe):
     """`True in range(1, 7)` holds in Python: a position True once built `skb=%di`."""
     with pytest.raises(UsageError, match="must be an integer from 1 to 6, got True"):

@@ -5,24 +5,21 @@ The 6.1 types come from `tests/data/ftrace/pahole-6.1.0-56-amd64.txt` (pahole ov
 kernel's own BTF, see tests/data/ftrace/README.md); EL7's from its known-builds table.
 The golden files regenerate as tests/conftest.py says.
 """
-import json
 import re
 from pathlib import Path
 
 import pytest
 
-from conftest import golden
+from conftest import DATA, golden, saved_host
 from legacytrace import manifest
-from legacytrace.kernel import btf, offsets, structs
 from legacytrace.backends.ftrace import FtraceBackend
 from legacytrace.errors import UsageError
 from legacytrace.flowfilter import FlowFilter
+from legacytrace.kernel import btf, offsets, structs
 from legacytrace.kernel.x86_64 import ARG_REGISTERS
-from legacytrace.kernel.host import HostFacts
 from legacytrace.model import Probe, TraceRequest
 
-HERE = Path(__file__).parent
-PAHOLE_61 = HERE / "data" / "ftrace" / "pahole-6.1.0-56-amd64.txt"
+PAHOLE_61 = Path(DATA) / "ftrace" / "pahole-6.1.0-56-amd64.txt"
 
 
 def pahole_61():
@@ -59,10 +56,6 @@ class PaholeTypes(object):
 
     def enum_values(self, name):
         return self.enums.get(name, {})
-
-
-def saved_host(name):
-    return HostFacts.from_dict(json.loads((HERE / "data" / "hosts" / name).read_text()))
 
 
 def backend_61():
