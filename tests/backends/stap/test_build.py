@@ -1,34 +1,29 @@
-"""The stap backend's program: golden scripts, validation of hostile input, the module cache.
-
-Golden scripts live in tests/golden/stap/ (tests/conftest.py says how to regenerate them).
-Whether the scripts compile and run is proved in the lab
+"""The stap backend's program (backends/stap/build.py): golden scripts (tests/golden/stap/,
+regenerated as tests/conftest.py says), hostile input refused, extras where asked, a
+module built elsewhere. Whether the scripts compile and run is proved in the lab
 (tests/lab/test_stap.py).
 """
 import collections
 import ipaddress
-import json
-import os
-import stat
 
 import pytest
 
-from conftest import golden
+from conftest import golden, saved_host
 from legacytrace import manifest
 from legacytrace.backends import stap
-from legacytrace.backends.stap import cache as stap_cache
-from legacytrace.backends.stap import session as stap_session
-from legacytrace.errors import LegacytraceError, UsageError
+from legacytrace.errors import UsageError
 from legacytrace.flowfilter import FlowFilter
 from legacytrace.kernel.host import HostFacts
 from legacytrace.model import Probe, TraceRequest
 
-DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
 
 #: 6.1 positions (docs/kernel-facts.md): ip_output/ip_finish_output (net, sk, skb).
 PROBES_61 = [
     Probe("ip_rcv", 1), Probe("ip_local_deliver", 1), Probe("tcp_v4_rcv", 1),
     Probe("ip_output", 3, 2), Probe("ip_finish_output", 3, 2), Probe("__dev_queue_xmit", 1),
 ]
+
+
 #: EL7 3.10.0-1160 positions: ip_output/ip_finish_output (sk, skb), ip_local_out_sk.
 PROBES_EL7 = [
     Probe("ip_rcv", 1), Probe("ip_local_out_sk", 2, 1), Probe("ip_output", 2, 1),
@@ -63,12 +58,6 @@ CASES = collections.OrderedDict([
 ])
 
 
-def saved_host(name):
-    """HostFacts saved from a real host or constructed from documented facts (tests/data/hosts)."""
-    with open(os.path.join(DATA, "hosts", name)) as handle:
-        return HostFacts.from_dict(json.load(handle))
-
-
 def build_manifest(name, host, flow):
     """A bundled manifest resolved for a saved host, as `legacytrace generate` builds it."""
     facts = saved_host(host)
@@ -77,6 +66,8 @@ def build_manifest(name, host, flow):
 
 
 @pytest.mark.parametrize("case", list(CASES))
+
+
 def test_golden(case):
     golden("stap/{}.stp".format(case), CASES[case]().text)
 
@@ -117,8 +108,6 @@ def test_empty_filter_keeps_everything():
     assert "lt_saddr_net" not in text
 
 
-# --- hostile input: nothing reaches the guru-mode script -------------------------
-
 HOSTILE_TEXT = [
     'ip_rcv") { system("id") } probe begin { x = ("',
     "ip_rcv%}",
@@ -137,12 +126,16 @@ HOSTILE_TEXT = [
 
 
 @pytest.mark.parametrize("name", HOSTILE_TEXT)
+
+
 def test_hostile_function_name_is_refused(name):
     with pytest.raises(UsageError):
         build([Probe(name, 1)])
 
 
 @pytest.mark.parametrize("field", HOSTILE_TEXT + ["Len", "x" * 33, "9len"])
+
+
 def test_hostile_field_name_is_refused(field):
     with pytest.raises(UsageError):
         build([Probe("ip_rcv", 1, fields={field: "skb.len"})])
@@ -153,12 +146,16 @@ def test_hostile_field_name_is_refused(field):
     "skb->len", "skb.len + 1", "skb", "skb.", "current.pid", "skb.a.b.c.d.e",
     "skb." + "a" * 65, "sk.sk_mark; system", "skb_shinfo(sk).gso_size", "SKB.len",
 ])
+
+
 def test_hostile_field_path_is_refused(path):
     with pytest.raises(UsageError):
         build([Probe("ip_rcv", 1, fields={"f": path})])
 
 
 @pytest.mark.parametrize("position", [0, 7, -1, True, "1", 1.0, "1) + system(\"id\""])
+
+
 def test_bad_argument_positions_are_refused(position):
     with pytest.raises(UsageError):
         build([Probe("ip_rcv", position)])
@@ -223,6 +220,8 @@ def test_extras_only_where_asked():
     Probe("kfree_skb_reason", 1, args={"reason": 2, "msg": 2}),
     Probe("kfree_skb", 1, caller="yes"),
 ])
+
+
 def test_hostile_extras_are_refused(probe):
     with pytest.raises(UsageError):
         build([probe])
@@ -244,12 +243,16 @@ class RawFilter(object):
     {"saddr": "10.0.0.1"}, {"daddr": "10.0.0.0/8\n%}"},
     {"family": 6, "saddr": ipaddress.ip_network("10.0.0.0/8")},
 ])
+
+
 def test_hostile_filter_values_are_refused(values):
     with pytest.raises(UsageError):
         build(PROBES_61, RawFilter(**values))
 
 
 @pytest.mark.parametrize("release", ["6.1\n%{ system %}", "6.1 */", "", "../../etc", None, "x" * 101])
+
+
 def test_hostile_release_is_refused(release):
     with pytest.raises(UsageError):
         build(PROBES_61, release=release)
@@ -258,148 +261,6 @@ def test_hostile_release_is_refused(release):
 def test_no_probe_is_a_usage_error():
     with pytest.raises(UsageError):
         build([])
-
-
-# --- the module cache: a fake stap proves hashing without a 30 s compile --------
-
-FAKE_STAP = """#!/bin/sh
-# stands in for stap: -V prints a version; otherwise writes NAME.ko for -m NAME
-if [ "$1" = "-V" ]; then echo "Systemtap translator/driver (version 9.9/test)"; exit 0; fi
-echo "$@" >> "{log}"
-while [ $# -gt 0 ]; do
-  if [ "$1" = "-m" ]; then name="$2"; fi
-  shift
-done
-echo module > "$name.ko"
-"""
-
-
-@pytest.fixture
-def fake_stap(tmp_path, monkeypatch):
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    log = tmp_path / "stap.log"
-    script = bindir / "stap"
-    script.write_text(FAKE_STAP.format(log=log))
-    script.chmod(script.stat().st_mode | stat.S_IXUSR)
-    monkeypatch.setenv("PATH", "{}:{}".format(bindir, os.environ["PATH"]))
-    monkeypatch.setenv(stap_cache.CACHE_ENV, str(tmp_path / "cache"))
-    monkeypatch.delenv(stap_cache.RUNTIME_ENV, raising=False)
-    return log
-
-
-def calls(log):
-    return log.read_text().splitlines() if log.exists() else []
-
-
-def test_second_compile_of_the_same_program_is_cached(fake_stap, tmp_path):
-    backend = stap.StapBackend()
-    program = build(PROBES_61, FlowFilter.parse(proto="icmp"))
-    first = backend.compile(program)
-    assert len(calls(fake_stap)) == 1
-    assert os.path.basename(first).startswith("lt_") and first.endswith(".ko")
-    assert backend.compile(program) == first
-    assert len(calls(fake_stap)) == 1, "the second compile ran stap again"
-    assert os.path.isfile(first[:-3] + ".stp"), "the cache keeps the script next to the module"
-    assert os.path.basename(os.path.dirname(first)) == os.path.basename(first)[3:-3]
-    command = calls(fake_stap)[0].split()
-    assert command[:3] == ["-g", "-p4", "-DSTP_NO_OVERLOAD"]
-    assert command[command.index("-r") + 1] == "6.1.0-56-amd64"
-
-
-def test_a_different_program_or_runtime_is_a_different_module(fake_stap, tmp_path):
-    backend = stap.StapBackend()
-    icmp = build(PROBES_61, FlowFilter.parse(proto="icmp"))
-    udp = build(PROBES_61, FlowFilter.parse(proto="udp"))
-    runtime = tmp_path / "runtime"
-    runtime.mkdir()
-    names = {backend.compile(icmp), backend.compile(udp),
-             backend.compile(icmp, runtime=str(runtime)),
-             backend.compile(icmp, release="6.1.0-99-amd64")}
-    assert len(names) == 4
-    assert "-R {}".format(runtime) in calls(fake_stap)[2]
-
-
-def test_compile_out_builds_under_the_file_name(fake_stap, tmp_path):
-    out = tmp_path / "lt_icmp.ko"
-    path = stap.StapBackend().compile(build(PROBES_61), out=str(out))
-    assert path == str(out) and out.read_text() == "module\n"
-    command = calls(fake_stap)[0].split()
-    assert command[command.index("-m") + 1] == "lt_icmp"
-
-
-@pytest.mark.parametrize("name", ["icmp.ko", "lt_icmp", "lt_ICMP.ko", "lt_a;b.ko", "lt_.ko",
-                                  "lt_" + "a" * 41 + ".ko", "lt_a\n.ko"])
-def test_compile_out_name_must_be_a_module_name(fake_stap, tmp_path, name):
-    with pytest.raises(UsageError):
-        stap.StapBackend().compile(build(PROBES_61), out=str(tmp_path / name))
-
-
-def test_compile_out_in_a_missing_folder_is_refused_before_stap_runs(fake_stap, tmp_path):
-    with pytest.raises(UsageError, match="there is no folder"):
-        stap.StapBackend().compile(build(PROBES_61), out=str(tmp_path / "no" / "lt_icmp.ko"))
-    assert calls(fake_stap) == []
-
-
-def test_compile_out_that_cannot_be_written_says_where_the_module_is(fake_stap, tmp_path):
-    (tmp_path / "lt_icmp.ko").mkdir()             # a folder where the file should go
-    with pytest.raises(LegacytraceError, match="cannot write the module to .*lt_icmp.ko: .* in "):
-        stap.StapBackend().compile(build(PROBES_61), out=str(tmp_path / "lt_icmp.ko"))
-
-
-def test_compile_failure_names_the_error(tmp_path, monkeypatch):
-    bindir = tmp_path / "bin"
-    bindir.mkdir()
-    script = bindir / "stap"
-    script.write_text('#!/bin/sh\n[ "$1" = "-V" ] && { echo v; exit 0; }\n'
-                      'echo "x.c:1:2: error: unknown type name" >&2\n'
-                      'echo "Pass 4: compilation failed." >&2\nexit 1\n')
-    script.chmod(0o755)
-    monkeypatch.setenv("PATH", "{}:{}".format(bindir, os.environ["PATH"]))
-    monkeypatch.setenv(stap_cache.CACHE_ENV, str(tmp_path / "cache"))
-    with pytest.raises(LegacytraceError) as info:
-        stap.StapBackend().compile(build(PROBES_61))
-    assert "error: unknown type name" in str(info.value)
-    assert ("this program's module is not in the cache" in str(info.value)
-            and "legacytrace build -r 6.1.0-56-amd64 -o lt_NAME.ko" in str(info.value)
-            and "--stap-module" in str(info.value))
-    assert os.listdir(str(tmp_path / "cache")) == [], "a failed compile leaves nothing behind"
-
-
-# --- leftovers of killed runs --------------------------------------------------
-
-LIVE = {200: "staprun -R /root/.cache/legacytrace/stap/0123/lt_0123456789abcdef.ko",
-        300: "stapio /tmp/lt_icmp.ko"}
-
-
-def test_leftovers_are_our_modules_that_no_staprun_runs(monkeypatch):
-    loaded = ["lt_0123456789ab_100", "lt_0123456789ab_200", "lt_icmp", "lt_udp",
-              "nf_tables", "stap_0123456789abcdef_400"]
-    monkeypatch.setattr(stap_session, "_loaded_modules", lambda: list(loaded))
-    monkeypatch.setattr(stap_session, "_stapruns", lambda: dict(LIVE))
-    assert stap.StapBackend().leftovers(HostFacts(release="6.1.0-56-amd64")) == [
-        "lt_0123456789ab_100", "lt_udp"]
-
-
-def test_cleanup_unloads_only_leftovers(monkeypatch):
-    loaded = ["lt_0123456789ab_100", "lt_0123456789ab_200"]
-    commands = []
-
-    def fake_call(argv, cwd=None):
-        commands.append(argv)
-        loaded.remove(argv[-1])
-        return stap_cache._Result(0, "")
-
-    monkeypatch.setattr(stap_session, "_loaded_modules", lambda: list(loaded))
-    monkeypatch.setattr(stap_session, "_stapruns", lambda: dict(LIVE))
-    monkeypatch.setattr(stap_cache, "call", fake_call)
-    removed = stap.StapBackend().cleanup(HostFacts(release="6.1.0-56-amd64"))
-    assert removed == ["lt_0123456789ab_100"]
-    assert commands == [["staprun", "-d", "lt_0123456789ab_100"]]
-
-
-def test_stapruns_reads_proc():
-    assert os.getpid() not in stap_session._stapruns()   # this is python, not staprun
 
 
 def test_module_program_needs_a_module_built_under_its_name(tmp_path):
