@@ -55,3 +55,17 @@ def saved_host(name, **changes):
         facts = json.load(handle)
     facts.update(changes)
     return HostFacts.from_dict(facts)
+
+
+def recorded(name, **changes):
+    """saved_host of tests/data/hosts/`name`.json."""
+    return saved_host(name + ".json", **changes)
+
+
+def pure_checks():
+    """{name: check(host)} of the backends' own checks, judged by the host's facts alone
+    (no struct layout, no module cache): recorded hosts give stable answers."""
+    from legacytrace.backends.bpf import check as bpf_check
+    from legacytrace.backends.ftrace import check as ftrace_check
+    from legacytrace.backends.stap import check as stap_check
+    return {"stap": stap_check.check, "ftrace": ftrace_check.check, "bpf": bpf_check.check}

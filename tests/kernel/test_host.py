@@ -1,4 +1,6 @@
-"""Host probing: the pure parsers on real captured files, and probe_host() on this machine."""
+"""Host facts (legacytrace.kernel.host): the pure parsers on real captured files, recorded
+facts, and probe_host() on this machine.
+"""
 import glob
 import json
 import os
@@ -8,8 +10,9 @@ import subprocess
 import pytest
 
 from conftest import DATA, require
-from legacytrace.kernel import features, host, tracefs
+from legacytrace.kernel import features, host
 from legacytrace.kernel.host import HostFacts
+
 
 HOSTS = os.path.join(DATA, "hosts")
 
@@ -18,46 +21,6 @@ def _text(name):
     with open(os.path.join(HOSTS, name)) as handle:
         return handle.read()
 
-
-# ---- tracing/README -> kprobe syntax ------------------------------------------------
-
-def test_readme_without_kprobe_section_is_baseline():
-    """6.18 without CONFIG_KPROBE_EVENTS: uprobe text lists $comm, $arg<N>... but no kprobe section."""
-    readme = _text("README-6.18.44-fc.txt")
-    assert "$arg<N>" in readme and "r[maxactive]" in readme and "uprobe_events" in readme
-    assert features.readme_kprobe_syntax(readme) == []
-
-
-def test_readme_6_1_kprobe_section():
-    path = os.path.join(HOSTS, "README-6.1.0-56-amd64.txt")
-    if not os.path.exists(path):
-        pytest.skip("6.1 lab README not recorded")
-    found = features.readme_kprobe_syntax(_text("README-6.1.0-56-amd64.txt"))
-    # 6.1 has everything up to 5.10 (sym%return), not char (6.3) nor BTF args (6.5).
-    assert found == features.kprobe_syntax_for((6, 1))
-    assert "sym%return" in found and "char" not in found and "btf-args" not in found
-
-
-def test_readme_features_need_the_kprobe_section():
-    """The same text with the kprobe_events line of a kprobe kernel's README added counts."""
-    readme = _text("README-6.18.44-fc.txt").replace(
-        "  uprobe_events\t\t-", "  kprobe_events\t\t- kernel dynamic events\n  uprobe_events\t\t-")
-    found = features.readme_kprobe_syntax(readme)
-    assert {"comm", "x-types", "maxactive", "argN", "symbol", "array", "user-memory",
-            "char"} <= set(found)
-    # %return on this README is the uprobe place only, not `place (kretprobe)`.
-    assert "sym%return" not in found
-
-
-def test_feature_names_are_documented_and_ordered():
-    assert tuple(features.KPROBE_SYNTAX_SINCE) == features.KPROBE_SYNTAX
-    versions = list(features.KPROBE_SYNTAX_SINCE.values())
-    assert versions == sorted(versions)
-    assert features.kprobe_syntax_for((3, 10)) == []
-    assert features.kprobe_syntax_for((4, 19, 0)) == ["comm", "x-types", "maxactive"]
-
-
-# ---- the other parsers, on captured files --------------------------------------------
 
 def test_parse_config_6_18():
     config = host.parse_config(_text("config-6.18-excerpt.txt"))
@@ -97,27 +60,9 @@ def test_parse_cap_sys_admin():
     assert host.parse_cap_sys_admin(cleared) is False
 
 
-def test_tracing_dir():
-    mounts = tracefs.parse_mounts(_text("proc-mounts-6.18.txt"))
-    filesystems = tracefs.parse_filesystems(_text("proc-filesystems-6.18.txt"))
-    assert {"tracefs", "debugfs"} <= filesystems
-    assert tracefs.tracing_dir(mounts, filesystems) == "/sys/kernel/tracing"
-    # Without a tracefs mount, debugfs/tracing on a 4.1+ kernel is an automount: not mounted.
-    debugfs_only = [(p, t) for p, t in mounts if t != "tracefs"] + [("/sys/kernel/debug", "debugfs")]
-    assert tracefs.tracing_dir(debugfs_only, filesystems) is None
-    # A kernel without tracefs (3.10): tracing lives inside debugfs.
-    assert tracefs.tracing_dir(debugfs_only, filesystems - {"tracefs"}) == "/sys/kernel/debug/tracing"
-
-
-def test_parse_mounts_decodes_spaces():
-    line = _text("proc-mounts-6.18.txt").splitlines()[-1].replace(
-        "/sys/kernel/tracing", "/mnt/my\\040trace")
-    assert tracefs.parse_mounts(line) == [("/mnt/my trace", "tracefs")]
-
-
-# ---- recorded facts ------------------------------------------------------------------
-
 @pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(HOSTS, "*.json"))))
+
+
 def test_recorded_facts_round_trip(path):
     with open(path) as handle:
         data = json.load(handle)
@@ -137,8 +82,6 @@ def test_old_constructor_still_works():
     with pytest.raises(TypeError):
         HostFacts(release="6.1.0", bogus=1)
 
-
-# ---- probing this machine --------------------------------------------------------------
 
 def _mounts():
     with open("/proc/mounts") as handle:
@@ -181,11 +124,3 @@ def test_probe_host_can_skip_the_bpftrace_trial():
     facts = host.probe_host(try_bpftrace=False)
     assert facts.bpftrace is not None  # the version is still read
     assert facts.bpftrace_loads is None and facts.bpftrace_error is None
-
-
-def test_ensure_tracefs_returns_mounted_dir_without_mounting():
-    facts = host.probe_host()
-    require(facts.tracefs is not None and facts.root, "needs a mounted tracefs and root")
-    before = _mounts()
-    assert tracefs.ensure() == facts.tracefs
-    assert _mounts() == before

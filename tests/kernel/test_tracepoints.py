@@ -7,12 +7,11 @@ import pytest
 from click.testing import CliRunner
 
 from legacytrace import backends, manifest
-
-from legacytrace.kernel import symbols, tracepoints
+from legacytrace.backends.ftrace.parse import LineParser
 from legacytrace.cli import cli
 from legacytrace.errors import LegacytraceError, UsageError
 from legacytrace.flowfilter import FlowFilter
-from legacytrace.backends.ftrace.parse import LineParser
+from legacytrace.kernel import symbols, tracepoints
 from legacytrace.kernel.host import HostFacts
 from legacytrace.model import Probe, TraceRequest
 
