@@ -1,11 +1,11 @@
-"""The filter expression as an ftrace event filter (legacytrace.ftrace_filter).
+"""The filter expression as an ftrace event filter (backends/ftrace/eventfilter.py).
 
 The property that matters: the kernel never drops an event that user space keeps. It is
 checked on packets built here, read as the kernel reads them (the fields at their places
 from skb->data or the struct sock, little-endian, bitfields), the filter text evaluated by a
 model of ftrace's filter (comparisons, &&, ||, parentheses: what 3.10 takes), against the
 reference evaluator on the event user space decodes from the same bytes
-(legacytrace.ftrace_parse). Expressions and packets are drawn from small pools of addresses
+(backends/ftrace/parse.py). Expressions and packets are drawn from small pools of addresses
 and ports, with fixed seeds, so that primitives match often and a run is the same every time.
 """
 import ipaddress
@@ -16,8 +16,8 @@ import struct
 import pytest
 
 from legacytrace import filterexpr as fx
-from legacytrace import ftrace_filter as ff
-from legacytrace.ftrace_parse import FLOW_FIELDS, _sock, decode_ip
+from legacytrace.backends.ftrace import eventfilter as ff
+from legacytrace.backends.ftrace.parse import FLOW_FIELDS, _sock, decode_ip
 from legacytrace.model import FlowEvent
 
 # --- a model of ftrace's event filter ---------------------------------------------------------
@@ -255,7 +255,7 @@ def sock(rng):
 
 
 def sock_event(memory, func):
-    """The event user space decodes from the socket's fields (ftrace_parse._sock)."""
+    """The event user space decodes from the socket's fields (parse._sock)."""
     family, dport, num = struct.unpack_from("<H", memory, 16)[0], \
         struct.unpack_from("<H", memory, 12)[0], struct.unpack_from("<H", memory, 14)[0]
     words = dict(skc_family=family, skc_saddr=struct.unpack_from("<I", memory, 4)[0],

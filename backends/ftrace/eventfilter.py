@@ -28,7 +28,7 @@ import struct
 from legacytrace import filterexpr as fx
 
 #: The IPv6 extension headers user space walks past (hop-by-hop, routing, fragment,
-#: destination options; legacytrace.ftrace_parse.decode_ip): behind them the kernel's
+#: destination options; parse.decode_ip): behind them the kernel's
 #: view of the protocol and the ports is unknown.
 IPV6_EXTENSIONS = (0, 43, 44, 60)
 #: skb->protocol (__be16) as a little-endian u16 fetch reads it; 0 before the IP layer sets it.
