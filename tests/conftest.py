@@ -69,3 +69,24 @@ def pure_checks():
     from legacytrace.backends.ftrace import check as ftrace_check
     from legacytrace.backends.stap import check as stap_check
     return {"stap": stap_check.check, "ftrace": ftrace_check.check, "bpf": bpf_check.check}
+
+
+#: Tests that give a file to another user need root.
+ROOT = os.geteuid() == 0
+needs_root = pytest.mark.skipif(not ROOT, reason="gives a file to another user: needs root")
+#: The user nobody, whom such a test gives a file.
+NOBODY = 65534
+
+
+@pytest.fixture
+def folder(tmp_path):
+    """A private folder (pytest's are 0700) whose parents are safe for this user."""
+    path = tmp_path / "safe"
+    path.mkdir(mode=0o700)
+    return path
+
+
+def host_text(name):
+    """The text of a file recorded from a host (tests/data/hosts/`name`)."""
+    with open(os.path.join(DATA, "hosts", name)) as handle:
+        return handle.read()

@@ -1,6 +1,7 @@
 """A packet journey of FlowEvents for the renderer and summary tests: built here, so that
 what is under test is the output, not a parser."""
 from legacytrace.model import FlowEvent
+from legacytrace.summary import Summary
 
 SKB_OUT = 0xffff8dcf81335800
 SKB_IN = 0xffff8dcf81336a00
@@ -62,3 +63,11 @@ def journey():
            pid=666, tid=666, comm="evil\x1b[2Jcomm", fields={"note": "a b\x07\"c\""},
            cmdline="sh -c 'printf \x1b]0;pwned\x07'", length=None, cpu=None),
     ]
+
+
+def summary_of(events):
+    """A Summary of `events`, counted one by one as a live trace does."""
+    summary = Summary()
+    for event in events:
+        summary.add(event)
+    return summary

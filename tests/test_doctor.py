@@ -49,8 +49,6 @@ def test_doctor_json():
 
 
 @pytest.mark.parametrize("name", RECORDED)
-
-
 def test_doctor_golden(name):
     golden("doctor/{}.txt".format(name), doctor.format_doctor(facts(name), SHARED) + "\n")
 

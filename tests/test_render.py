@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from conftest import GOLDEN, golden
-from journeys import SKB_OUT, ev, journey, ping_in, ping_out
+from journeys import SKB_OUT, ev, journey, ping_in, ping_out, summary_of
 from legacytrace.model import FlowEvent
 from legacytrace.render import FlowsRenderer, JsonRenderer, LiveRenderer
 from legacytrace.summary import Summary
@@ -190,18 +190,10 @@ def test_flows_event_without_skb_is_its_own_block():
 
 
 @pytest.mark.parametrize("name", ["live.txt", "flows.txt", "events.jsonl"])
-
-
 def test_plain_output_has_no_escape_sequences(name):
     with io.open(os.path.join(GOLDEN, "render", name), encoding="utf-8") as saved:
         assert "\x1b" not in saved.read()
 
-
-def summary_of(events):
-    summary = Summary()
-    for event in events:
-        summary.add(event)
-    return summary
 
 
 def test_json_odd_values_still_give_what_to_dict_says():
@@ -242,8 +234,6 @@ _events = st.builds(
 
 
 @settings(max_examples=100, deadline=None)
-
-
 @given(st.lists(_events, max_size=8))
 
 

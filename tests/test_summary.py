@@ -4,15 +4,9 @@ the JSON object, on a journey built in tests/journeys.py.
 import json
 
 from conftest import golden
-from journeys import ev, journey
+from journeys import ev, journey, summary_of
 from legacytrace.summary import Summary
 
-
-def summary_of(events):
-    summary = Summary()
-    for event in events:
-        summary.add(event)
-    return summary
 
 
 def test_summary_counts():

@@ -4,26 +4,8 @@ import os
 
 import pytest
 
+from conftest import NOBODY, needs_root
 from legacytrace import trust
-
-
-ROOT = os.geteuid() == 0
-
-
-needs_root = pytest.mark.skipif(not ROOT, reason="gives a file to another user: needs root")
-
-
-NOBODY = 65534
-
-
-@pytest.fixture
-
-
-def folder(tmp_path):
-    """A private folder (pytest's are 0700) whose parents are safe for this user."""
-    path = tmp_path / "safe"
-    path.mkdir(mode=0o700)
-    return path
 
 
 def test_a_folder_others_can_write_is_named(folder):
@@ -57,8 +39,6 @@ def test_a_symlink_is_as_safe_as_the_folder_that_holds_it_and_its_target(folder)
 
 
 @needs_root
-
-
 def test_a_file_of_another_user_is_named(folder):
     module = folder / "lt_x.ko"
     module.write_bytes(b"module")
@@ -67,8 +47,6 @@ def test_a_file_of_another_user_is_named(folder):
 
 
 @needs_root
-
-
 def test_root_runs_no_program_another_user_can_change(folder, monkeypatch):
     program = folder / "bin" / "bpftrace"
     program.parent.mkdir()

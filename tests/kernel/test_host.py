@@ -9,21 +9,13 @@ import subprocess
 
 import pytest
 
-from conftest import DATA, require
+from conftest import DATA, host_text, require
 from legacytrace.kernel import features, host
 from legacytrace.kernel.host import HostFacts
 
 
-HOSTS = os.path.join(DATA, "hosts")
-
-
-def _text(name):
-    with open(os.path.join(HOSTS, name)) as handle:
-        return handle.read()
-
-
 def test_parse_config_6_18():
-    config = host.parse_config(_text("config-6.18-excerpt.txt"))
+    config = host.parse_config(host_text("config-6.18-excerpt.txt"))
     assert set(config) == set(host.CONFIG_OPTIONS)
     assert config["CONFIG_KPROBES"] == "n"        # "# CONFIG_KPROBES is not set"
     assert config["CONFIG_KPROBE_EVENTS"] == "n"  # absent: depends on KPROBES
@@ -32,7 +24,7 @@ def test_parse_config_6_18():
 
 
 def test_parse_config_6_1_and_old_name():
-    text = _text("config-6.1.0-56-amd64-excerpt.txt")
+    text = host_text("config-6.1.0-56-amd64-excerpt.txt")
     config = host.parse_config(text)
     assert all(value == "y" for value in config.values())
     # 3.10's configs spell it CONFIG_KPROBE_EVENT (renamed in 4.11).
@@ -41,28 +33,26 @@ def test_parse_config_6_1_and_old_name():
 
 
 def test_parse_versions():
-    assert host.parse_stap_version(_text("stap-V-4.8.txt")) == "4.8/0.188"
-    assert host.parse_bpftrace_version(_text("bpftrace-version-0.17.txt")) == "0.17.0"
-    assert host.parse_stap_version(_text("bpftrace-version-0.17.txt")) is None
+    assert host.parse_stap_version(host_text("stap-V-4.8.txt")) == "4.8/0.188"
+    assert host.parse_bpftrace_version(host_text("bpftrace-version-0.17.txt")) == "0.17.0"
+    assert host.parse_stap_version(host_text("bpftrace-version-0.17.txt")) is None
     assert host.parse_bpftrace_version("") is None
 
 
 def test_parse_os_release():
-    assert host.parse_os_release(_text("os-release-debian12.txt")) == (
+    assert host.parse_os_release(host_text("os-release-debian12.txt")) == (
         "Debian GNU/Linux 12 (bookworm)", ["debian"])
 
 
 def test_parse_cap_sys_admin():
-    status = _text("proc-self-status-6.18.txt")
+    status = host_text("proc-self-status-6.18.txt")
     assert host.parse_cap_sys_admin(status) is True
     cleared = "\n".join(line if not line.startswith("CapEff") else "CapEff:\t0000000000000000"
                         for line in status.splitlines())
     assert host.parse_cap_sys_admin(cleared) is False
 
 
-@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(HOSTS, "*.json"))))
-
-
+@pytest.mark.parametrize("path", sorted(glob.glob(os.path.join(DATA, "hosts", "*.json"))))
 def test_recorded_facts_round_trip(path):
     with open(path) as handle:
         data = json.load(handle)

@@ -1,23 +1,13 @@
 """Where tracefs is (legacytrace.kernel.tracefs): mounts and filesystems read from real
 /proc files, and this machine's tracing directory.
 """
-import os
-
-from conftest import DATA, require
+from conftest import host_text, require
 from legacytrace.kernel import host, tracefs
 
 
-HOSTS = os.path.join(DATA, "hosts")
-
-
-def _text(name):
-    with open(os.path.join(HOSTS, name)) as handle:
-        return handle.read()
-
-
 def test_tracing_dir():
-    mounts = tracefs.parse_mounts(_text("proc-mounts-6.18.txt"))
-    filesystems = tracefs.parse_filesystems(_text("proc-filesystems-6.18.txt"))
+    mounts = tracefs.parse_mounts(host_text("proc-mounts-6.18.txt"))
+    filesystems = tracefs.parse_filesystems(host_text("proc-filesystems-6.18.txt"))
     assert {"tracefs", "debugfs"} <= filesystems
     assert tracefs.tracing_dir(mounts, filesystems) == "/sys/kernel/tracing"
     # Without a tracefs mount, debugfs/tracing on a 4.1+ kernel is an automount: not mounted.
@@ -28,7 +18,7 @@ def test_tracing_dir():
 
 
 def test_parse_mounts_decodes_spaces():
-    line = _text("proc-mounts-6.18.txt").splitlines()[-1].replace(
+    line = host_text("proc-mounts-6.18.txt").splitlines()[-1].replace(
         "/sys/kernel/tracing", "/mnt/my\\040trace")
     assert tracefs.parse_mounts(line) == [("/mnt/my trace", "tracefs")]
 

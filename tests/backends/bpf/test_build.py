@@ -100,16 +100,12 @@ def test_invalid_function_names_are_usage_errors_never_program_text(name):
 
 
 @pytest.mark.parametrize("pos", [0, 7, -1, "1", 1.0, True])
-
-
 def test_invalid_argument_positions_are_usage_errors(pos):
     with pytest.raises(UsageError, match="skb_pos must be (an integer )?from 1 to 6"):
         build(LAB_61, probes=[Probe("ip_rcv", pos)])
 
 
 @pytest.mark.parametrize("run_id", ["lt12 3", "LT123", "lt1;x", "", None, "a" * 40])
-
-
 def test_invalid_run_ids_are_usage_errors(run_id):
     with pytest.raises(UsageError, match="invalid run id"):
         build(LAB_61, run_id=run_id)

@@ -199,8 +199,6 @@ def test_hostile_fields_never_reach_the_program(name, path):
 
 
 @pytest.mark.parametrize("name", ["reason", "caller", "peek", "request"])
-
-
 def test_a_field_may_not_take_a_name_the_backend_fills(name):
     with pytest.raises(UsageError, match="custom field '{}' has the name".format(name)):
         build(LAB_61, [Probe("ip_rcv", 1, fields={name: "skb.len"})])

@@ -103,8 +103,6 @@ def test_truncated_and_damaged_captured_lines_never_raise():
 
 
 @settings(max_examples=300, deadline=None)
-
-
 @given(st.text())
 
 
@@ -142,8 +140,6 @@ def test_extras_column_decoding(text, fields):
 
 
 @pytest.mark.parametrize("text", ["peek=\\x4", "peek=\\y41", "peek=x41x", "dev=\\x6"])
-
-
 def test_a_damaged_hex_value_is_not_an_event(text):
     line = captured("fields-6.18.txt")[0].split("\t")
     line[23] = text

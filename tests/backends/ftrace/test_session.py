@@ -66,8 +66,6 @@ def program(group="legacytrace_lt77"):
 
 
 @pytest.fixture
-
-
 def fake(tmp_path, monkeypatch):
     (tmp_path / "kprobe_events").write_text(FOREIGN)
     (tmp_path / "instances").mkdir()

@@ -66,8 +66,6 @@ def build_manifest(name, host, flow):
 
 
 @pytest.mark.parametrize("case", list(CASES))
-
-
 def test_golden(case):
     golden("stap/{}.stp".format(case), CASES[case]().text)
 
@@ -126,16 +124,12 @@ HOSTILE_TEXT = [
 
 
 @pytest.mark.parametrize("name", HOSTILE_TEXT)
-
-
 def test_hostile_function_name_is_refused(name):
     with pytest.raises(UsageError):
         build([Probe(name, 1)])
 
 
 @pytest.mark.parametrize("field", HOSTILE_TEXT + ["Len", "x" * 33, "9len"])
-
-
 def test_hostile_field_name_is_refused(field):
     with pytest.raises(UsageError):
         build([Probe("ip_rcv", 1, fields={field: "skb.len"})])
@@ -154,8 +148,6 @@ def test_hostile_field_path_is_refused(path):
 
 
 @pytest.mark.parametrize("position", [0, 7, -1, True, "1", 1.0, "1) + system(\"id\""])
-
-
 def test_bad_argument_positions_are_refused(position):
     with pytest.raises(UsageError):
         build([Probe("ip_rcv", position)])
@@ -251,8 +243,6 @@ def test_hostile_filter_values_are_refused(values):
 
 
 @pytest.mark.parametrize("release", ["6.1\n%{ system %}", "6.1 */", "", "../../etc", None, "x" * 101])
-
-
 def test_hostile_release_is_refused(release):
     with pytest.raises(UsageError):
         build(PROBES_61, release=release)

@@ -7,7 +7,7 @@ import stat
 
 import pytest
 
-from conftest import saved_host
+from conftest import NOBODY, needs_root, saved_host
 from legacytrace import trust
 from legacytrace.backends import stap
 from legacytrace.backends.stap import cache as stap_cache
@@ -45,8 +45,6 @@ echo module > "$name.ko"
 
 
 @pytest.fixture
-
-
 def fake_stap(tmp_path, monkeypatch):
     bindir = tmp_path / "bin"
     bindir.mkdir()
@@ -194,28 +192,7 @@ def test_ready_for_a_request_whose_module_is_cached_or_can_be_built(tmp_path, mo
     assert backend.ready(backend.module_program(module), host) is None          # --stap-module
 
 
-ROOT = os.geteuid() == 0
-
-
-needs_root = pytest.mark.skipif(not ROOT, reason="gives a file to another user: needs root")
-
-
-NOBODY = 65534
-
-
 @pytest.fixture
-
-
-def folder(tmp_path):
-    """A private folder (pytest's are 0700) whose parents are safe for this user."""
-    path = tmp_path / "safe"
-    path.mkdir(mode=0o700)
-    return path
-
-
-@pytest.fixture
-
-
 def cache(folder, monkeypatch):
     monkeypatch.setenv(stap_cache.CACHE_ENV, str(folder / "cache"))
     monkeypatch.setattr(stap_cache, "_stap_version", lambda: "Systemtap translator/driver (test)")
@@ -272,8 +249,6 @@ def test_a_cached_module_others_can_write_is_refused_and_not_counted(cache):
 
 
 @needs_root
-
-
 def test_a_cache_folder_of_another_user_is_refused(cache):
     backend, program, module = cached(cache)
     os.chown(os.path.dirname(module), NOBODY, NOBODY)

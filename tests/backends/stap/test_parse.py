@@ -12,15 +12,11 @@ CAPTURE = "explore-6.1.0-56-amd64.txt"
 
 
 @pytest.fixture
-
-
 def lines(datadir):
     return (datadir / "stap" / CAPTURE).read_text().splitlines()
 
 
 @pytest.fixture
-
-
 def events(lines):
     parse = stap.StapBackend().parse
     return [parse(line) for line in lines]
@@ -130,8 +126,6 @@ def test_lab_run_with_fields_and_local_clock(datadir):
 
 
 @pytest.mark.parametrize("name, protos", [("udp", {17}), ("prebuilt", {1})])
-
-
 def test_lab_filtered_runs_hold_only_their_flow(datadir, name, protos):
     parse = stap.StapBackend().parse
     lines = (datadir / "stap" / "lab-{}-6.1.0-56-amd64.txt".format(name)).read_text().splitlines()

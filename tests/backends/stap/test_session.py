@@ -18,8 +18,6 @@ CAPTURE = "explore-6.1.0-56-amd64.txt"
 
 
 @pytest.fixture
-
-
 def lines(datadir):
     return (datadir / "stap" / CAPTURE).read_text().splitlines()
 
@@ -43,8 +41,6 @@ def test_the_backlog_between_staprun_and_the_parser_counts_what_it_drops(monkeyp
 
 
 @pytest.mark.parametrize("value", ["lots", "-5", "0", "1e3"])
-
-
 def test_a_bad_backlog_setting_is_a_clear_error(monkeypatch, value):
     monkeypatch.setenv(stap_session.BACKLOG_ENV, value)
     with pytest.raises(UsageError, match="LEGACYTRACE_STAP_BACKLOG"):
