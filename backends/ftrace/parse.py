@@ -405,8 +405,7 @@ def _kprobe(who, symbol, returned_from, layout, values, window):
 
 
 def _peeked(values):
-    """The fields of a peek's request line (or escaped bytes) (legacytrace.ftrace_kprobe.
-    msg_iter_args): the `pu` words when the iov_iter's type `itN` equals N (ITER_UBUF), else
+    """The fields of a peek's request line (or escaped bytes) (kprobe.msg_iter_args): the `pu` words when the iov_iter's type `itN` equals N (ITER_UBUF), else
     the `pi` words (ITER_IOVEC), each word 8 little-endian bytes at its offset; a faulted word
     ends the data."""
     view = "pi"
@@ -424,7 +423,7 @@ def _peeked(values):
 
 
 def _skb(values, window, start):
-    """FLOW_FIELDS of an sk_buff probe's arguments (legacytrace.ftrace_kprobe): the window
+    """FLOW_FIELDS of an sk_buff probe's arguments (kprobe.py): the window
     bytes from skb->data + `start` on, and where the network header is in them."""
     head, nh, data = values.get("head"), values.get("nh"), values.get("data")
     if head is None or nh is None or data is None:   # not fetched, or faulted

@@ -1,7 +1,4 @@
-"""Building ftrace programs: kprobe definitions, filters, the sh export (pure, golden files).
-
-The golden files regenerate as tests/conftest.py says.
-"""
+"""Whether a host can run the ftrace backend (backends/ftrace/check.py)."""
 import pytest
 
 from . import build, el7_backend, el7_host

@@ -1,6 +1,6 @@
-"""Building ftrace programs: kprobe definitions, filters, the sh export (pure, golden files).
-
-The golden files regenerate as tests/conftest.py says.
+"""kprobe_events definitions and event filters (backends/ftrace/kprobe.py): the baseline
+syntax of 3.10, offsets from the layout, the packet window by where skb->data points, the
+filters against real packets.
 """
 import ipaddress
 import re

@@ -1,6 +1,7 @@
-"""tracefs writes and the ftrace session's setup/teardown, on a directory that stands in for
-tracefs (plain files: what matters here is which file is written how, and in what order).
-The real kernel's side is proved in tests/lab/test_ftrace.py."""
+"""Reading tracefs (backends/ftrace/tracefs.py): trace_pipe's lines and the per-CPU
+statistics, on files that stand in for tracefs. The real kernel's side is proved in
+tests/lab/test_ftrace.py.
+"""
 import os
 
 from legacytrace.backends.ftrace import tracefs
