@@ -9,7 +9,10 @@ and parses each raw line into a `FlowEvent` (pure, so captures replay).
 import collections
 import ctypes
 import itertools
+import pkgutil
 import signal
+
+import jinja2
 
 from legacytrace import validate
 from legacytrace.errors import UsageError
@@ -23,6 +26,16 @@ def die_with_parent():
     """In a child before it runs its program (a Popen preexec_fn): get SIGTERM when
     legacytrace dies, so that no tracer (bpftrace, staprun) outlives a killed run."""
     ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def template(package, name):
+    """The Jinja2 template `name` of installed `package` (package data): undefined values
+    are errors, blocks leave no blank lines, nothing is escaped (the backend checked every
+    value: legacytrace.validate)."""
+    source = pkgutil.get_data(package, name).decode("utf-8")
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True,
+                             lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
+    return env.from_string(source)
 
 
 class Availability(collections.namedtuple("Availability", "available reason")):

@@ -3,15 +3,12 @@ fields and peeks typed from the target's BTF, the flow filter as numbers, render
 templates/bpftrace.bt.j2.
 """
 import collections
-import pkgutil
 import platform
 import re
 import struct
 
-import jinja2
-
 from legacytrace.backends import checks
-from legacytrace.backends.base import Program
+from legacytrace.backends.base import Program, template
 from legacytrace.backends.bpf.parse import TAG
 from legacytrace.errors import LegacytraceError, UsageError
 from legacytrace.kernel import btf, structs, tracepoints
@@ -367,17 +364,10 @@ def _comment(text):
     return re.sub(r"[^ -~]", " ", text or "")[:120]
 
 
-def _template():
-    source = pkgutil.get_data("legacytrace.backends.bpf", "templates/bpftrace.bt.j2")
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, autoescape=False,
-                             trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
-    return env.from_string(source.decode("utf-8"))
-
-
 def render(plans, flow_terms, run_id, mode, notes):
     """The bpftrace script text for validated plans and filter numbers."""
-    return _template().render(tag=TAG, probes=plans, filter=flow_terms, run_id=run_id,
-                              mode=mode, notes=notes)
+    return template("legacytrace.backends.bpf", "templates/bpftrace.bt.j2").render(
+        tag=TAG, probes=plans, filter=flow_terms, run_id=run_id, mode=mode, notes=notes)
 
 
 def program(request, types_for):

@@ -59,7 +59,8 @@ WINDOWS = {"l3": (0, 48), "l2": (8, 64), "l4": (-40, 8), None: (-40, 64)}
 #: Positions where the IP header's offset from skb->data is the same for every packet.
 FIXED_L3 = {"l3": 0}
 
-# A member's C type as legacytrace.kernel.btf spells it: "struct sock_common", "const struct iovec *".
+# A member's C type as legacytrace.kernel.btf spells it: "struct sock_common",
+# "const struct iovec *".
 _STRUCT_CTYPE = re.compile(r"^(?:(?:const|volatile) )*(?:struct|union) (\w+)( \*)?\Z")
 _CHARS_CTYPE = re.compile(r"^(?:(?:const|volatile) )*(?:(?:un)?signed )?char\[\d+\]\Z")
 

@@ -405,9 +405,9 @@ def _kprobe(who, symbol, returned_from, layout, values, window):
 
 
 def _peeked(values):
-    """The fields of a peek's request line (or escaped bytes) (kprobe.msg_iter_args): the `pu` words when the iov_iter's type `itN` equals N (ITER_UBUF), else
-    the `pi` words (ITER_IOVEC), each word 8 little-endian bytes at its offset; a faulted word
-    ends the data."""
+    """The fields of a peek's request line (or escaped bytes) (kprobe.msg_iter_args): the
+    `pu` words when the iov_iter's type `itN` equals N (ITER_UBUF), else the `pi` words
+    (ITER_IOVEC), each word 8 little-endian bytes at its offset; a faulted word ends the data."""
     view = "pi"
     for name, value in values.items():
         if name[:2] == "it" and name[2:].isdigit() and value == int(name[2:]):

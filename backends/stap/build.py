@@ -3,13 +3,10 @@ stap_templates/flows.stp.j2; and the Program of a module built elsewhere.
 """
 import collections
 import os
-import pkgutil
 import re
 
-import jinja2
-
 from legacytrace import trust
-from legacytrace.backends.base import Program
+from legacytrace.backends.base import Program, template
 from legacytrace.backends.stap.parse import PROTOCOL
 from legacytrace.errors import UsageError, warn
 from legacytrace.kernel import structs
@@ -80,12 +77,6 @@ def _bytes16(packed):
     return [b for b in bytearray(packed)] + [0] * (16 - len(packed))
 
 
-def _template():
-    source = pkgutil.get_data("legacytrace.stap_templates", TEMPLATE).decode("utf-8")
-    env = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True,
-                             lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
-    return env.from_string(source)
-
 
 def program(request):
     """Render the script for `request`; pure. Raise UsageError for anything unsafe."""
@@ -95,8 +86,8 @@ def program(request):
     if not probes:
         raise UsageError("no functions to probe: the manifest resolved to nothing on {}"
                          .format(release))
-    text = _template().render(protocol=PROTOCOL, release=release, flow=flow,
-                              filter_words=flow["words"], probes=probes)
+    text = template("legacytrace.stap_templates", TEMPLATE).render(
+        protocol=PROTOCOL, release=release, flow=flow, filter_words=flow["words"], probes=probes)
     return Program("stap", text, run_id=request.run_id,
                    part=StapPart(release, [probe["name"] for probe in probes], None))
 
