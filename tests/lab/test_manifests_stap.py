@@ -296,7 +296,8 @@ def flood_program(release):
     probes = labkit.manifest_probes("generic", "ip_output", "ip_finish_output", "ip_rcv", "udp_rcv")
     probes += [p for p in labkit.manifest_probes("generic") if "dev_queue_xmit" in p.name]
     return stap.StapBackend().build(TraceRequest(
-        probes, FlowFilter.parse(proto="udp", dport=str(FLOOD_PORT)), HostFacts(release=release)))
+        probes, FlowFilter.parse(proto="udp", dport=str(FLOOD_PORT)), HostFacts(release=release),
+        run_id="lt{}".format(os.getpid())))
 
 
 @pytest.mark.host
