@@ -7,7 +7,35 @@ and parses each raw line into a `FlowEvent` (pure, so captures replay).
     request --build()--> Program --run()--> Session (raw lines) --parse()--> FlowEvent
 """
 import collections
+import ctypes
 import itertools
+import pkgutil
+import signal
+
+import jinja2
+
+from legacytrace import validate
+from legacytrace.errors import UsageError
+
+
+#: prctl(2) option: the signal a child gets when its parent dies.
+PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent():
+    """In a child before it runs its program (a Popen preexec_fn): get SIGTERM when
+    legacytrace dies, so that no tracer (bpftrace, staprun) outlives a killed run."""
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+
+
+def template(package, name):
+    """The Jinja2 template `name` of installed `package` (package data): undefined values
+    are errors, blocks leave no blank lines, nothing is escaped (the backend checked every
+    value: legacytrace.validate)."""
+    source = pkgutil.get_data(package, name).decode("utf-8")
+    env = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True,
+                             lstrip_blocks=True, keep_trailing_newline=True, autoescape=False)
+    return env.from_string(source)
 
 
 class Availability(collections.namedtuple("Availability", "available reason")):
@@ -28,16 +56,21 @@ class Program(object):
     """A built program: the text its mechanism runs, printable by `legacytrace generate`.
 
     `text` is the program as a user would review it (a .stp script, kprobe_events
-    lines with filters, a bpftrace script); `data` holds what `run()` and `parse()`
-    need beyond the text (event names, the field order of the line protocol).
+    lines with filters, a bpftrace script); `run_id` names what it attaches; `mode` is
+    how it attaches ("kprobe", "tracepoint", or None where a backend has one way);
+    `warnings` are "FUNCTION: why" texts about what it had to leave out; `part` is the
+    backend's own typed value with what `run()` and `export()` need beyond the text.
     """
 
-    __slots__ = ("backend", "text", "data")
+    __slots__ = ("backend", "text", "run_id", "mode", "warnings", "part")
 
-    def __init__(self, backend, text, data=None):
+    def __init__(self, backend, text, run_id=None, mode=None, warnings=(), part=None):
         self.backend = backend
         self.text = text
-        self.data = dict(data or {})
+        self.run_id = run_id
+        self.mode = mode
+        self.warnings = list(warnings)
+        self.part = part
 
 
 class Session(object):
@@ -82,7 +115,8 @@ class Session(object):
 
 
 class Backend(object):
-    """One tracing mechanism. Subclasses set `name` and implement the four steps."""
+    """One tracing mechanism: the whole contract, with defaults where a backend may have
+    nothing to add. A backend sets `name` and implements check, build, run and parse."""
 
     #: the name used by `--backend` and in every event's `backend` field
     name = None
@@ -90,13 +124,25 @@ class Backend(object):
     summary = ""
     #: optional manifest features the backend implements ("peek": payload bytes)
     features = ()
+    #: what `generate --format` can write (export)
+    formats = ("text",)
 
     def check(self, host):
-        """Return an `Availability` for `host` (a `legacytrace.host.HostFacts`)."""
+        """Return an `Availability` for `host` (a `legacytrace.kernel.host.HostFacts`)."""
         raise NotImplementedError
 
+    def mode(self, host):
+        """How it attaches on `host` ("kprobe", "tracepoint"), or None: it has one way."""
+        return None
+
     def build(self, request):
-        """Return the `Program` for a `TraceRequest`. Pure: no I/O, same input, same text."""
+        """Return the `Program` for a `TraceRequest`. Pure: no I/O, same input, same text.
+        Every value of the request is checked first (legacytrace.validate), so `program`
+        checks only what its mechanism cannot take."""
+        return self.program(validate.request(request))
+
+    def program(self, request):
+        """The `Program` of a checked request (see build)."""
         raise NotImplementedError
 
     def ready(self, program, host):
@@ -125,3 +171,18 @@ class Backend(object):
         """
         events = map(self.parse, lines, itertools.repeat(program, len(lines)))
         return [event for event in events if event is not None]
+
+    def export(self, program, fmt):
+        """The program in format `fmt` (one of `formats`); "text" is the program's text."""
+        if fmt != "text":
+            raise UsageError("backend {} has no format {!r}: choose one of {}".format(
+                self.name, fmt, ", ".join(self.formats)))
+        return program.text
+
+    def leftovers(self, host):
+        """Descriptions of what killed runs of this backend left attached."""
+        return []
+
+    def cleanup(self, host):
+        """Remove what killed runs left (only runs whose process is gone); return what went."""
+        return []

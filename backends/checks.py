@@ -1,17 +1,14 @@
-"""What each mechanism needs from a host, in one place, worded for the user.
+"""What the backends' checks share, worded for the user: how to install a package on
+this distribution, why there are no kprobe_events, and how ftrace and bpf attach.
 
-`stap(host)`, `ftrace(host)` and `bpf(host)` take a `legacytrace.host.HostFacts`
-and return an `Availability` whose reason says what works, or everything that is
-missing and how to get it. They are pure, so selection can be tested with recorded
-hosts, and they import no backend module: the backends' `check()` delegates here.
-
+Each backend's own check is `backends/<name>/check.py`: pure given a
+`legacytrace.kernel.host.HostFacts`, so selection can be tested with recorded hosts.
 `dynamic_mode(host)` says how the ftrace and bpf backends attach on a host:
 "kprobe" (kernel functions), "tracepoint" (static net/skb tracepoints only, on a
 kernel without kprobes), or None.
 """
 import collections
 
-from legacytrace import features
 from legacytrace.backends.base import Availability
 
 KPROBE = "kprobe"
@@ -60,7 +57,7 @@ def dynamic_mode(host):
     return None
 
 
-def _mode_words(host):
+def mode_words(host):
     """The attach mode of ftrace/bpf in words, or None when neither kprobes nor tracepoints exist."""
     mode = dynamic_mode(host)
     if mode == KPROBE:
@@ -75,96 +72,7 @@ def _mode_words(host):
     return None
 
 
-def _answer(missing, works):
+def answer(missing, works):
     if missing:
         return Availability.no("; ".join(missing))
     return Availability.yes(works)
-
-
-def stap(host, cached=0):
-    """SystemTap: stap, kprobes, modules, root; and to compile, the kernel's headers and a C compiler.
-
-    `cached` counts the modules already compiled for this release (the stap backend's
-    module cache): without headers or compiler here, stap still runs those, and modules
-    built elsewhere with `legacytrace build` (`trace --stap-module`) need staprun alone.
-    """
-    missing = []
-    if not host.stap:
-        missing.append("stap not installed ({})".format(install_hint(host, "systemtap")))
-    kernel = []             # what no package or module built elsewhere can change
-    if host.kprobes is False:
-        kernel.append("kernel built without CONFIG_KPROBES")
-    if host.modules is False:
-        kernel.append("kernel cannot load modules (built without CONFIG_MODULES)")
-    if host.lockdown in ("integrity", "confidentiality"):
-        kernel.append("kernel lockdown ({}) refuses unsigned modules".format(host.lockdown))
-    if kernel:
-        return Availability.no("; ".join(missing + kernel))
-    if not host.root:
-        missing.append("loading a module needs root (run with sudo)")
-    compiler = []
-    if not host.kernel_build:
-        compiler.append("no kernel headers for {} ({})".format(
-            host.release, install_hint(host, "headers")))
-    if not host.cc:
-        compiler.append("no C compiler ({})".format(install_hint(host, "gcc")))
-    if compiler and cached and not missing:
-        return Availability.yes("stap {} runs the {} module(s) compiled before for {}, and modules "
-                                "built elsewhere (--stap-module); it cannot compile new ones: {}"
-                                .format(host.stap, cached, host.release, "; ".join(compiler)))
-    if compiler and not missing:
-        compiler.append("or build the module on a host that has them (`legacytrace build -r {} "
-                        "-o lt_NAME.ko`) and run it here with `trace --stap-module lt_NAME.ko`"
-                        .format(host.release))
-    return _answer(missing + compiler, "stap {} builds against {} with {}".format(
-        host.stap, host.kernel_build, host.cc))
-
-
-def ftrace(host):
-    """ftrace: a tracefs (mounted, or mountable as root), root to write it, kprobe_events or tracepoints."""
-    missing = []
-    if not host.tracefs and not host.tracefs_mountable:
-        missing.append("no tracefs mounted, and mounting one needs root" if not host.root
-                       else "kernel has neither tracefs nor debugfs (built without CONFIG_FTRACE)")
-    elif not host.root:
-        missing.append("writing to tracefs needs root (run with sudo)")
-    if host.lockdown == "confidentiality":
-        missing.append("kernel lockdown (confidentiality) closes tracefs")
-    mode = _mode_words(host)
-    if mode is None:
-        missing.append("no kprobe_events ({}) and no net/skb tracepoints".format(
-            kprobe_events_why(host)))
-    where = host.tracefs or "tracefs mounted when the trace starts"
-    return _answer(missing, "{}, {}".format(where, mode))
-
-
-def bpf(host):
-    """bpf: a bpftrace that loads programs, root, 4.9+, BTF or headers, kprobes or tracepoints."""
-    missing = []
-    if not host.bpftrace:
-        missing.append("bpftrace not installed ({})".format(install_hint(host, "bpftrace")))
-    if host.kernel.version < features.BPFTRACE_KERNEL_MIN:
-        missing.append("kernel {} is older than bpftrace's minimum {}.{}{}".format(
-            host.release, features.BPFTRACE_KERNEL_MIN[0], features.BPFTRACE_KERNEL_MIN[1],
-            " (EL7's backported eBPF runs bpftrace's kprobes, but the bpf backend is not proven "
-            "there: use stap or ftrace)" if host.kernel.el == 7 else ""))
-    if not host.root:
-        missing.append("loading BPF programs needs root (run with sudo)")
-    if not host.btf and not host.kernel_build:
-        missing.append("no BTF and no kernel headers ({}): bpftrace cannot read struct "
-                       "sk_buff".format(install_hint(host, "headers")))
-    if host.bpftrace_loads is False:
-        missing.append("bpftrace cannot load a program here: {}".format(host.bpftrace_error))
-    if host.lockdown == "confidentiality":
-        missing.append("kernel lockdown (confidentiality) refuses BPF reads of kernel memory")
-    mode = _mode_words(host)
-    if mode is None:
-        missing.append("no kprobes ({}) and no net/skb tracepoints".format(
-            kprobe_events_why(host)))
-    types = "BTF at {}".format(host.btf) if host.btf else "headers at {}".format(host.kernel_build)
-    loads = {True: "loads programs", None: "not tried (not root)"}.get(host.bpftrace_loads)
-    return _answer(missing, "bpftrace {} ({}), {}; {}".format(host.bpftrace, loads, types, mode))
-
-
-#: name -> check, in the registry's order.
-CHECKS = collections.OrderedDict([("stap", stap), ("ftrace", ftrace), ("bpf", bpf)])

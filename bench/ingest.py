@@ -31,14 +31,15 @@ CAPTURES = {
                "tests/data/ftrace/lab-tracepoints-hashptr-6.1.0-56-amd64.trace_pipe"],
 }
 
-#: Columns of the LT1 line protocols (backends/templates/bpftrace.bt.j2, stap_templates/flows.stp.j2).
+#: Columns of the line protocols (backends/bpf/templates/bpftrace.bt.j2: LTB1,
+#: stap_templates/flows.stp.j2: LT1).
 BPF_COLUMNS = ("tag source func time_ns cpu pid tid context skb len dev family proto saddr0 saddr1 "
                "daddr0 daddr1 sport dport icmp_type icmp_code icmp_id icmp_seq extras comm").split()
 STAP_COLUMNS = ("tag kind time_ns cpu pid tid context func skb family proto saddr daddr sport "
                 "dport icmp_type icmp_code icmp_id icmp_seq len dev comm cmdline").split()
 
 
-def awk_lt1(columns, rest):
+def awk_columns(columns, rest):
     """A tab-splitting one-liner printing each named column as "name":"value" (`rest`: more)."""
     pairs = ",".join('\\"{}\\":\\"%s\\"'.format(name) for name in columns)
     args = ", ".join("${}".format(i) for i in range(1, len(columns) + 1))
@@ -47,8 +48,8 @@ def awk_lt1(columns, rest):
 
 #: awk programs that split a line into the fields legacytrace reads and print them.
 AWK = {
-    "bpf": awk_lt1(BPF_COLUMNS, ""),
-    "stap": awk_lt1(STAP_COLUMNS, 'for (i = {}; i <= NF; i++) printf ",\\"f%d\\":\\"%s\\"", i, $i;'
+    "bpf": awk_columns(BPF_COLUMNS, ""),
+    "stap": awk_columns(STAP_COLUMNS, 'for (i = {}; i <= NF; i++) printf ",\\"f%d\\":\\"%s\\"", i, $i;'
                     .format(len(STAP_COLUMNS) + 1)),
     # COMM-PID [CPU] FLAGS SECS: EVENT: [(SYMBOL+off/size)] name=value ...: comm and pid apart
     # (a comm may hold "-" and spaces), the CPU without brackets, time and event without

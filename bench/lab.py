@@ -141,7 +141,8 @@ class Workload(object):
 def generic_functions():
     """The functions `legacytrace trace` probes here: the default manifest resolved against
     this kernel's available_filter_functions, as the CLI resolves it."""
-    from legacytrace import host as hostmod, manifest as manifestmod, symbols
+    from legacytrace import manifest as manifestmod
+    from legacytrace.kernel import host as hostmod, symbols
     facts = hostmod.probe_host()
     functions = symbols.KernelFunctions(facts.tracefs)
     result = manifestmod.resolve(manifestmod.load("generic"), facts.kernel,

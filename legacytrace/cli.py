@@ -13,13 +13,15 @@ import sys
 
 import click
 
-from legacytrace import __version__, host as hostmod, manifest as manifestmod, symbols
-from legacytrace import tracepoints
+from legacytrace import __version__, backends, manifest as manifestmod
+
+from legacytrace.kernel import host as hostmod, skbuff, symbols, tracepoints
+from legacytrace.kernel import tracefs as kernel_tracefs
 from legacytrace.errors import BackendUnavailable, LegacytraceError, UsageError
 from legacytrace.flowfilter import FlowFilter
-from legacytrace.model import SKB_FREE_FUNCTIONS, Limits, TraceRequest
+from legacytrace.model import Limits, TraceRequest
 
-BACKEND_CHOICES = ("auto", "stap", "ftrace", "bpf")
+BACKEND_CHOICES = ("auto",) + tuple(backends.names())
 CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=100)
 
 
@@ -165,7 +167,7 @@ def _manifest_probes(spec, host, regex, functions=None, live=False):
 
 def _btf_skb_position(host):
     """skb_position(name) from the host's BTF, or None without BTF (EL7)."""
-    from legacytrace import btf
+    from legacytrace.kernel import btf
     if not host.btf:
         return None
     try:
@@ -186,19 +188,18 @@ def _backend(name, facts, without=None, verbose=False):
     `without`: {name: why} of backends that cannot run this trace (Backend.ready). The
     pick is one short line; the reasons for it with `verbose`."""
     from legacytrace import select
-    from legacytrace import backends
-    from legacytrace.backends import checks
     check = select.backend_checks()
     for other, why in (without or {}).items():
         check[other] = select.unavailable(why)
     chosen, reason, _ = select.choose(facts, None if name == "auto" else name, check)
     if name == "auto" and verbose:
         click.echo("legacytrace: using {}: {}".format(chosen, reason), err=True)
-    elif name == "auto":
-        mode = checks.dynamic_mode(facts) if chosen in ("ftrace", "bpf") else None
+    chosen = backends.get(chosen)
+    if name == "auto" and not verbose:
+        mode = chosen.mode(facts)
         click.echo("legacytrace: using {}{} (-v or `legacytrace doctor` says why)".format(
-            chosen, " in {} mode".format(mode) if mode else ""), err=True)
-    return backends.get(chosen)
+            chosen.name, " in {} mode".format(mode) if mode else ""), err=True)
+    return chosen
 
 
 verbose_option = click.option(
@@ -238,7 +239,7 @@ def _output(opts, probes, stream, replay=False):
     if as_json:
         return render.JsonRenderer(stream, summary=True)
     if flows:
-        egress = SKB_FREE_FUNCTIONS.union(tracepoints.FREEING, *(
+        egress = skbuff.FREE_FUNCTIONS.union(tracepoints.FREEING, *(
             tracepoints.names(p.name, p.tracepoint) for p in probes if p.egress))
         return render.FlowsRenderer(stream, color=use_color, egress=egress,
                                     cmdline=not replay, max_functions=length)
@@ -277,7 +278,6 @@ def trace(manifest, backend, count, duration, rate_limit, regex, stap_module, ve
       sudo legacytrace trace -b ftrace my-manifest.yaml -T 10
       sudo legacytrace trace --stap-module lt_icmp.ko     # built on another host
     """
-    from legacytrace import enrich, procinfo, summary, trace as tracemod
     flow = _flow(opts)
     limits = Limits(count=count, duration=duration, rate=rate_limit)
     facts = _probe_mounted("stap" if stap_module else backend)
@@ -288,21 +288,37 @@ def trace(manifest, backend, count, duration, rate_limit, regex, stap_module, ve
         chosen = _load_backend("stap")
         program, probes = chosen.module_program(stap_module), []
     else:
-        chosen = _backend(backend, facts, verbose=verbose)
         functions = symbols.KernelFunctions(facts.tracefs)
         manifest_obj, probes = _manifest_probes(manifest, facts, regex, functions, live=True)
         request = TraceRequest(probes, flow, facts, limits=limits,
                                run_id="lt{}".format(os.getpid()), manifest=manifest_obj.source)
+        chosen, program = _runnable(backend, request, verbose)
+    _run_trace(chosen, program, facts, probes, (flow, limits), opts)
+
+
+def _runnable(name, request, verbose):
+    """(backend, program) for `request`: backend `name` (or the auto pick), and when the
+    pick cannot run this program here (Backend.ready), the next one that can."""
+    facts = request.host
+    chosen = _backend(name, facts, verbose=verbose)
+    program = _build(chosen, request, verbose)
+    why_not = chosen.ready(program, facts)
+    if why_not and name != "auto":
+        raise BackendUnavailable("backend {} cannot run this trace here: {}".format(
+            chosen.name, why_not))
+    if why_not:
+        click.echo("legacytrace: {} cannot run this trace here: {}".format(
+            chosen.name, why_not), err=True)
+        chosen = _backend("auto", facts, without={chosen.name: why_not}, verbose=verbose)
         program = _build(chosen, request, verbose)
-        why_not = chosen.ready(program, facts)
-        if why_not and backend != "auto":
-            raise BackendUnavailable("backend {} cannot run this trace here: {}".format(
-                chosen.name, why_not))
-        if why_not:
-            click.echo("legacytrace: {} cannot run this trace here: {}".format(
-                chosen.name, why_not), err=True)
-            chosen = _backend("auto", facts, without={chosen.name: why_not}, verbose=verbose)
-            program = _build(chosen, request, verbose)
+    return chosen, program
+
+
+def _run_trace(chosen, program, facts, probes, filters, opts):
+    """Run `program` (`filters`: its flow filter and limits) into the output the options
+    ask for; the summary goes to stderr."""
+    from legacytrace import enrich, procinfo, summary, trace as tracemod
+    flow, limits = filters
     stream = _line_buffered(sys.stdout)
     sink = _output(opts, probes, stream)
     _warn_leftovers(chosen, facts)
@@ -352,8 +368,8 @@ def _build(backend, request, verbose=False):
     """Build the program, and say which probes the backend had to leave out: one line per
     reason, naming the functions when they are few or `verbose` asks."""
     program = backend.build(request)
-    warnings = list(program.data.get("warnings", ()))
-    if "peek" not in getattr(backend, "features", ()):
+    warnings = list(program.warnings)
+    if "peek" not in backend.features:
         warnings.extend("{}: the {} backend does not read payloads (peek) yet: the event comes "
                         "without them".format(p.name, backend.name)
                         for p in request.probes if p.peek)
@@ -376,19 +392,23 @@ def _grouped(warnings):
 def _probe_mounted(backend):
     """HostFacts read after mounting tracefs where it is not mounted yet (as root): ftrace and
     bpf need it, and probe_host() alone, which mounts nothing, would find no tracepoints.
-    A failed mount is left to the backend checks, which say what is missing. Only the bpf
-    backend and automatic selection (`backend`) need a trial bpftrace load."""
+    A failed mount makes the facts say that tracefs cannot be mounted, which the backend
+    checks word. Only the bpf backend and automatic selection (`backend`) need a trial
+    bpftrace load."""
+    failed = False
     if hostmod.is_root():
         try:
-            hostmod.ensure_tracefs()
+            kernel_tracefs.ensure()
         except LegacytraceError:
-            pass
-    return hostmod.probe_host(try_bpftrace=backend in ("auto", "bpf"))
+            failed = True
+    facts = hostmod.probe_host(try_bpftrace=backend in ("auto", "bpf"))
+    if failed:
+        facts.tracefs_mountable = False
+    return facts
 
 
 def _warn_leftovers(backend, facts):
-    leftovers = getattr(backend, "leftovers", None)
-    found = leftovers(facts) if leftovers else []
+    found = backend.leftovers(facts)
     if found:
         click.echo("legacytrace: warning: probes of runs that were killed are still attached "
                    "({}): remove them with `legacytrace cleanup`".format(", ".join(found)),
@@ -431,11 +451,10 @@ def generate(manifest, backend, fmt, regex, host_facts, verbose, **opts):
     request = TraceRequest(probes, flow, facts, run_id="lt{}".format(os.getpid()),
                            manifest=manifest_obj.source)
     program = _build(chosen, request, verbose)
-    formats = getattr(chosen, "formats", ("text",))
-    if fmt not in formats:
+    if fmt not in chosen.formats:
         raise UsageError("backend {} has no format {!r}: choose one of {}".format(
-            chosen.name, fmt, ", ".join(formats)))
-    click.echo(program.text if fmt == "text" else chosen.export(program, fmt), nl=False)
+            chosen.name, fmt, ", ".join(chosen.formats)))
+    click.echo(chosen.export(program, fmt), nl=False)
 
 
 @cli.command(context_settings=CONTEXT)
@@ -462,7 +481,7 @@ def build(manifest, backend, release, runtime, output, **opts):
       legacytrace build -p icmp -r 3.10.0-1160.el7.x86_64 -o lt_icmp.ko icmp-senders
       scp lt_icmp.ko el7host: && ssh el7host sudo legacytrace trace --stap-module lt_icmp.ko
     """
-    from legacytrace.kernel import KernelRelease
+    from legacytrace.kernel.release import KernelRelease
     flow = _flow(opts)
     if release:
         facts = hostmod.HostFacts(release=KernelRelease.parse(release).raw)
@@ -491,7 +510,6 @@ def _recorded_host(handle):
 
 
 def _load_backend(name):
-    from legacytrace import backends
     return backends.get(name)
 
 
@@ -564,7 +582,6 @@ def _comment(line):
 def _format_of(lines, backend):
     """`: it looks like ... (--backend B)` for the backend that parses some of `lines`, else
     that it looks like no capture."""
-    from legacytrace import backends
     for other in backends.names():
         if other != backend and backends.get(other).parse_lines(lines):
             return ": it looks like a capture of the {0} backend (--backend {0})".format(other)
@@ -680,7 +697,6 @@ def cleanup(backend):
     Example:
       sudo legacytrace cleanup
     """
-    from legacytrace import backends
     facts = _probe_mounted(backend)
     names = backends.names() if backend == "auto" else [backend]
     removed, failed = [], []
@@ -690,8 +706,6 @@ def cleanup(backend):
         except LegacytraceError:
             if backend != "auto":
                 raise
-            continue
-        if not hasattr(instance, "cleanup"):
             continue
         try:
             removed.extend(instance.cleanup(facts))

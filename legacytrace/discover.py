@@ -9,7 +9,7 @@ function's prototype, so on such a kernel the positions need not be read from so
     legacytrace manifest --from-btf '^tcp_v4_'     -> manifest_from_btf()
 
 Only functions that can also be probed (available_filter_functions or kallsyms, see
-`legacytrace.symbols`) are listed: BTF knows static functions the compiler inlined
+`legacytrace.kernel.symbols`) are listed: BTF knows static functions the compiler inlined
 everywhere only when they kept an address, and a probe needs a symbol.
 Kernels without BTF (EL7 3.10) get a message saying so; their positions are in the
 bundled manifests, read from the sources.
@@ -19,9 +19,10 @@ import re
 
 import yaml
 
-from legacytrace import btf as btfmod
+from legacytrace.kernel import btf as btfmod
 from legacytrace.errors import LegacytraceError, UsageError
-from legacytrace.manifest import MAX_ARG_POS, SYMBOL_RE, parse
+from legacytrace.manifest import parse
+from legacytrace.validate import MAX_ARG_POS, SYMBOL_RE
 
 #: A parameter type that is a pointer to the struct (qualifiers as BTF spells them).
 #: `struct sk_buff **` (e.g. __netif_receive_skb_core from 5.8) does not match: a probe
@@ -64,7 +65,7 @@ def _position(params, pattern):
 
 
 def skb_functions(btf, regex=None, probeable=None):
-    """SkbFunctions of `btf` (a `legacytrace.btf.BTF`) whose name matches `regex`, by name.
+    """SkbFunctions of `btf` (a `legacytrace.kernel.btf.BTF`) whose name matches `regex`, by name.
 
     `probeable` is a container of probe-able names (`symbols.KernelFunctions`, a set)
     or None when unknown (generating for another host: every BTF function counts).

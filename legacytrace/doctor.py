@@ -2,7 +2,7 @@
 
 Both functions are pure given `HostFacts`; the CLI probes the host and prints:
 
-    host = legacytrace.host.probe_host()
+    host = legacytrace.kernel.host.probe_host()
     click.echo(format_doctor(host))                 # for people
     click.echo(json.dumps(doctor_json(host)))       # --json, for scripts
 """

@@ -10,7 +10,7 @@ in user space, once per value rather than once per event:
 The tables are read on first need, so a trace that never sees such a field pays nothing.
 Only for live traces: a replayed capture may come from another kernel.
 """
-from legacytrace import skb_drop_reason, symbols
+from legacytrace.kernel import skb_drop_reason, symbols
 
 
 class Enricher(object):

@@ -1,4 +1,6 @@
-"""Errors a user sees: one line that names the problem and what to do, never a traceback."""
+"""Errors a user sees: one line that names the problem and what to do, never a traceback;
+and warnings: one line about what goes on without a part of what was asked."""
+import sys
 
 
 class LegacytraceError(Exception):
@@ -15,3 +17,8 @@ class UsageError(LegacytraceError):
 
 class BackendUnavailable(LegacytraceError):
     """The chosen backend cannot run here; the message says why and what would fix it."""
+
+
+def warn(message):
+    """One warning line on stderr, as every part of legacytrace words it."""
+    sys.stderr.write("legacytrace: warning: {}\n".format(message))

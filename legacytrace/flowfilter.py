@@ -76,6 +76,8 @@ def check_values(flow):
         net = getattr(flow, name)
         if net is not None and not isinstance(net, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
             raise UsageError("flow filter: {} {!r} is not a network".format(name, net))
+        if net is not None and flow.family not in (None, net.version):
+            raise UsageError("flow filter: {} {} is not IPv{}".format(name, net, flow.family))
 
 class FlowFilter(object):
     """Which flows to keep; an attribute left None matches anything.

@@ -33,7 +33,7 @@ asks for the return address (where a drop happened)::
 
 `tracepoint: SYSTEM:EVENT` names the static tracepoint that fires in the function with
 the same sk_buff, traced instead of it on a kernel without kprobes (one of those
-legacytrace.tracepoints knows; without the key, the one it knows for the function)::
+legacytrace.kernel.tracepoints knows; without the key, the one it knows for the function)::
 
       - {name: __dev_queue_xmit, skb_pos: 1, tracepoint: "net:net_dev_queue"}
 
@@ -49,29 +49,11 @@ import re
 
 import yaml
 
-from legacytrace import tracepoints
+from legacytrace import validate
+from legacytrace.kernel import tracepoints
 from legacytrace.errors import UsageError
-from legacytrace.kernel import VersionRange, parse_version
+from legacytrace.kernel.release import VersionRange, parse_version
 from legacytrace.model import Probe
-
-#: A kernel symbol: a C identifier, optionally with the suffixes GCC gives clones.
-SYMBOL_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*(\.(isra|constprop|part|cold|llvm)\.[0-9]+)*\Z")
-#: kallsyms keeps names up to KSYM_NAME_LEN - 1 = 127 characters (before 6.1).
-SYMBOL_MAX = 127
-#: A custom field name: what it is called in the output.
-FIELD_NAME_RE = re.compile(r"^[a-z_][a-z0-9_]{0,31}\Z")
-#: A custom field path: an argument and its members, or skb_shinfo(skb) and its members.
-FIELD_PATH_RE = re.compile(
-    r"^(skb|sk|skb_shinfo\(skb\))(\.[a-z_][a-z0-9_]{0,63}){1,4}\Z")
-#: x86_64 passes the first six arguments in registers; kprobes read them from there.
-MAX_ARG_POS = 6
-
-#: Extra arguments a variant may name (`args`), with the C type a backend reads them as.
-ARG_TYPES = collections.OrderedDict([("msg", "struct msghdr *"),
-                                     ("reason", "enum skb_drop_reason")])
-#: `peek` reads user data through this kind of argument, at most this many bytes.
-PEEK_ARGS = ("msg",)
-PEEK_MAX = 128
 
 _FUNCTION_KEYS = {"name", "skb_pos", "sk_pos", "args", "egress", "description", "fields",
                   "variants", "peek", "caller", "tracepoint"}
@@ -171,83 +153,44 @@ def parse(text, source="<manifest>"):
         raise UsageError("{}: 'functions' must be a non-empty list".format(source))
     parsed = [_function(entry, "{}: functions[{}]".format(source, i))
               for i, entry in enumerate(functions)]
-    return Manifest(_text(data.get("name", ""), "name", source),
-                    _text(data.get("description", ""), "description", source),
+    return Manifest(validate.text(data.get("name", ""), "name", source),
+                    validate.text(data.get("description", ""), "description", source),
                     tuple(parsed), source)
 
 
 def _function(entry, where):
     if not isinstance(entry, dict):
         raise UsageError("{}: an entry must be a mapping with a name and skb_pos".format(where))
-    if isinstance(entry.get("name"), str) and SYMBOL_RE.match(entry["name"]):
+    if isinstance(entry.get("name"), str) and validate.SYMBOL_RE.match(entry["name"]):
         where = "{} ({})".format(where, entry["name"])
     _no_unknown(entry, _FUNCTION_KEYS, where)
-    if "variants" in entry:
-        if any(key in entry for key in ("name", "skb_pos", "sk_pos", "args")):
-            raise UsageError("{}: give either name/skb_pos/sk_pos/args or variants, not both"
-                             .format(where))
-        raw = entry["variants"]
-        if not isinstance(raw, list) or not raw:
-            raise UsageError("{}: 'variants' must be a non-empty list".format(where))
-        variants = tuple(_variant(v, "{}.variants[{}]".format(where, i))
-                         for i, v in enumerate(raw))
-    else:
-        variants = (_variant(dict((k, entry[k]) for k in ("name", "skb_pos", "sk_pos", "args")
-                                  if k in entry), where),)
-    egress, caller = (_flag(entry, key, where) for key in ("egress", "caller"))
+    variants = _variants(entry, where)
+    fields = validate.fields(entry.get("fields", {}), where)
+    for variant in variants:
+        validate.field_roots(fields, variant.skb_pos, variant.sk_pos,
+                             "{} ({})".format(where, variant.name))
+    egress, caller = (validate.flag(entry.get(key, False), key, where)
+                      for key in ("egress", "caller"))
+    peek = validate.peek(entry.get("peek"), [(v.name, v.args) for v in variants], where)
     tracepoint = entry.get("tracepoint")
     return ManifestFunction(variants, egress,
-                            _text(entry.get("description", ""), "description", where),
-                            _fields(entry.get("fields", {}), where),
-                            _peek(entry.get("peek"), variants, where), caller,
+                            validate.text(entry.get("description", ""), "description", where),
+                            fields, peek, caller,
                             None if tracepoint is None else tracepoints.check(tracepoint, where))
 
 
-def _flag(entry, key, where):
-    value = entry.get(key, False)
-    if not isinstance(value, bool):
-        raise UsageError("{}: {} must be true or false, got {!r}".format(where, key, value))
-    return value
-
-
-def _args(value, taken, where):
-    """Validate `args: {name: position}`; `taken` are the skb/sk positions."""
-    if value is None:
-        return collections.OrderedDict()
-    if not isinstance(value, dict) or not value:
-        raise UsageError("{}: args must be a mapping of name: position, e.g. {{msg: 2}}"
+def _variants(entry, where):
+    """The entry's variants: its `variants` list, or the one its own name and positions make."""
+    if "variants" not in entry:
+        return (_variant(dict((k, entry[k]) for k in ("name", "skb_pos", "sk_pos", "args")
+                              if k in entry), where),)
+    if any(key in entry for key in ("name", "skb_pos", "sk_pos", "args")):
+        raise UsageError("{}: give either name/skb_pos/sk_pos/args or variants, not both"
                          .format(where))
-    args = collections.OrderedDict()
-    for name in sorted(value, key=str):
-        if name not in ARG_TYPES:
-            raise UsageError("{}: args: unknown argument {!r} (known: {})".format(
-                where, name, ", ".join(ARG_TYPES)))
-        position = _position(value[name], "args: " + name, where)
-        if position in taken or position in args.values():
-            raise UsageError("{}: args: {} is at position {}, which another argument "
-                             "already has".format(where, name, position))
-        args[name] = position
-    return args
-
-
-def _peek(value, variants, where):
-    """Validate `peek: {arg: NAME, bytes: N}`; every variant must say where NAME is."""
-    if value is None:
-        return None
-    if not isinstance(value, dict) or set(value) != {"arg", "bytes"}:
-        raise UsageError("{}: peek must be {{arg: msg, bytes: N}}".format(where))
-    if value["arg"] not in PEEK_ARGS:
-        raise UsageError("{}: peek reads through {}, not {!r}".format(
-            where, " or ".join(PEEK_ARGS), value["arg"]))
-    size = value["bytes"]
-    if isinstance(size, bool) or not isinstance(size, int) or not 1 <= size <= PEEK_MAX:
-        raise UsageError("{}: peek bytes must be an integer from 1 to {}, got {!r}".format(
-            where, PEEK_MAX, size))
-    for variant in variants:
-        if value["arg"] not in variant.args:
-            raise UsageError("{}: peek reads {} but variant {} has no args: {{{}: N}}"
-                             .format(where, value["arg"], variant.name, value["arg"]))
-    return {"arg": value["arg"], "bytes": size}
+    raw = entry["variants"]
+    if not isinstance(raw, list) or not raw:
+        raise UsageError("{}: 'variants' must be a non-empty list".format(where))
+    return tuple(_variant(v, "{}.variants[{}]".format(where, i)) for i, v in enumerate(raw))
 
 
 def _variant(entry, where):
@@ -257,38 +200,11 @@ def _variant(entry, where):
     name = entry.get("name")
     if name is None:
         raise UsageError("{}: 'name' is missing".format(where))
-    check_symbol(name, where)
-    skb_pos = _position(entry.get("skb_pos"), "skb_pos", where)
-    sk_pos = _position(entry.get("sk_pos"), "sk_pos", where)
-    if skb_pos is None and sk_pos is None:
-        raise UsageError("{}: give skb_pos (or sk_pos for a socket-level function)"
-                         .format(where))
-    if skb_pos is not None and skb_pos == sk_pos:
-        raise UsageError("{}: skb_pos and sk_pos are both {}".format(where, skb_pos))
+    validate.symbol(name, where)
+    skb_pos, sk_pos = validate.positions(entry.get("skb_pos"), entry.get("sk_pos"), where)
     versions, el = _kernel_condition(entry.get("kernel"), where)
-    args = _args(entry.get("args"), (skb_pos, sk_pos), where)
+    args = validate.args(entry.get("args"), (skb_pos, sk_pos), where)
     return Variant(name, skb_pos, sk_pos, versions, el, args)
-
-
-def check_symbol(name, where):
-    """Raise UsageError unless `name` is a plausible kernel function symbol."""
-    if not isinstance(name, str) or not SYMBOL_RE.match(name) or len(name) > SYMBOL_MAX:
-        raise UsageError("{}: {!r} is not a kernel function name (a C identifier, optionally "
-                         "with .isra.N/.constprop.N/.part.N, at most {} characters)"
-                         .format(where, name, SYMBOL_MAX))
-    return name
-
-
-def _position(value, key, where):
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise UsageError("{}: {} must be an integer from 1 to {}, got {!r}".format(
-            where, key, MAX_ARG_POS, value))
-    if not 1 <= value <= MAX_ARG_POS:
-        raise UsageError("{}: {} must be from 1 to {} (x86_64 register arguments), got {}"
-                         .format(where, key, MAX_ARG_POS, value))
-    return value
 
 
 def _kernel_condition(value, where):
@@ -313,29 +229,6 @@ def _kernel_condition(value, where):
     if low is not None and high is not None and low >= high:
         raise UsageError("{}: kernel range {!r} is empty".format(where, value))
     return VersionRange(low, high), el
-
-
-def _fields(value, where):
-    if not isinstance(value, dict):
-        raise UsageError("{}: fields must be a mapping of name: path (e.g. len: skb.len)"
-                         .format(where))
-    fields = collections.OrderedDict()
-    for name in sorted(value, key=str):
-        path = value[name]
-        if not isinstance(name, str) or not FIELD_NAME_RE.match(name):
-            raise UsageError("{}: field name {!r} must be lower-case letters, digits and _ "
-                             "(at most 32)".format(where, name))
-        if not isinstance(path, str) or not FIELD_PATH_RE.match(path):
-            raise UsageError("{}: field {} has path {!r}: use skb.MEMBER[.MEMBER], "
-                             "sk.MEMBER or skb_shinfo(skb).MEMBER".format(where, name, path))
-        fields[name] = path
-    return fields
-
-
-def _text(value, key, where):
-    if not isinstance(value, str):
-        raise UsageError("{}: {} must be text, got {!r}".format(where, key, value))
-    return value
 
 
 def _no_unknown(entry, allowed, where):
@@ -381,10 +274,10 @@ def resolve(manifest, kernel, exists=None, skb_position=None):
                     "{}: {} takes its struct sk_buff * as argument {}, not {} (from the "
                     "kernel's BTF): set skb_pos: {}".format(
                         manifest.source, variant.name, actual, variant.skb_pos, actual))
-        probes.append(Probe(variant.name, variant.skb_pos, variant.sk_pos, function.egress,
-                            function.description, function.fields, args=variant.args,
-                            peek=function.peek, caller=function.caller,
-                            tracepoint=function.tracepoint))
+        probes.append(validate.probe(Probe(
+            variant.name, variant.skb_pos, variant.sk_pos, function.egress,
+            function.description, function.fields, args=variant.args, peek=function.peek,
+            caller=function.caller, tracepoint=function.tracepoint)))
     return Resolution(probes, missing, unread)
 
 

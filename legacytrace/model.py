@@ -11,13 +11,6 @@ import operator
 #: whatever task was interrupted: that task is not the packet's owner.
 CONTEXTS = ("task", "softirq", "hardirq", "nmi")
 
-#: Functions that free an sk_buff (legacytrace.tracepoints.FREEING: the tracepoints). After
-#: them its address can be reused by another packet, so a packet's journey always ends
-#: there, whatever the manifest marks as egress. kfree_skb wraps kfree_skb_reason from 5.17,
-#: which wraps sk_skb_reason_drop from 6.11; consume_skb frees a packet that was delivered.
-SKB_FREE_FUNCTIONS = frozenset(("kfree_skb", "kfree_skb_reason", "sk_skb_reason_drop",
-                                "__kfree_skb", "consume_skb"))
-
 #: IP protocol numbers by the names the CLI and output use.
 PROTO_NUMBERS = {"icmp": 1, "tcp": 6, "udp": 17, "icmp6": 58}
 PROTO_NAMES = dict((v, k) for k, v in PROTO_NUMBERS.items())
@@ -145,11 +138,11 @@ class Probe(object):
     `egress` marks a function that ends a packet's journey (kfree_skb).
     `fields` are the manifest's custom fields (name -> validated field path).
     `args` are extra arguments to report (name -> 1-based position; names and C types
-    in `legacytrace.manifest.ARG_TYPES`, e.g. reason -> enum skb_drop_reason), `peek`
+    in `legacytrace.validate.ARG_TYPES`, e.g. reason -> enum skb_drop_reason), `peek`
     is None or {"arg": "msg", "bytes": N} (the first N bytes of the user data behind
     that struct msghdr * argument), `caller` asks for the return address.
     `tracepoint` names the static tracepoint ("net:net_dev_queue") that stands for the
-    function where it cannot be probed (None: the one legacytrace.tracepoints knows).
+    function where it cannot be probed (None: the one legacytrace.kernel.tracepoints knows).
     """
 
     __slots__ = ("name", "skb_pos", "sk_pos", "egress", "description", "fields", "kind",

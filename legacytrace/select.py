@@ -11,26 +11,26 @@ Preference order (first guess from the kernel; the first that can run wins):
   with the kernel's headers knows the struct layouts exactly (SystemTap, then bpftrace
   which parses the headers); ftrace would need offsets from a table or guessed.
 
-Each backend is judged by its own `Backend.check(host)` (`backend_checks()`), which starts
-from the mechanism's requirements in `legacytrace.backends.checks` and adds what its
-program needs (the ftrace backend, for one, needs struct offsets for the kernel). A
-backend module that cannot load is reported unavailable with the reason, and the rest
-still work. Pass `check=checks.CHECKS` to judge by the shared requirements alone: that
-is pure given `HostFacts` (the unit tests feed it recorded hosts).
+The orders themselves are the registry's (legacytrace.backends.REGISTRY). Each backend is
+judged by its own `Backend.check(host)` (`backend_checks()`). A backend module that
+cannot load is reported unavailable with the reason, and the rest still work. Pass
+`check` ({name: check(host)}) to judge otherwise: the backends' pure checks
+(backends/<name>/check.py) with recorded hosts in the unit tests.
 """
 import collections
 
-from legacytrace import backends, features
-from legacytrace.backends import checks
+from legacytrace import backends
+
+from legacytrace.kernel import features
 from legacytrace.backends.base import Availability
 from legacytrace.errors import BackendUnavailable
 
-_OLD = (("stap", "ftrace", "bpf"),
+_OLD = (backends.OLD,
         "kernel before 4.1: SystemTap first (exact layouts from the kernel's headers), then ftrace")
-_BTF = (("bpf", "ftrace", "stap"),
+_BTF = (backends.BTF,
         "kernel with BTF: bpf first (typed access and in-kernel filter, no compiler), "
         "then ftrace, then SystemTap")
-_NO_BTF = (("stap", "bpf", "ftrace"),
+_NO_BTF = (backends.NO_BTF,
            "kernel without BTF: SystemTap first (exact layouts from the kernel's headers), "
            "then bpf (also from headers), then ftrace (known or guessed offsets)")
 
@@ -38,10 +38,12 @@ _NO_BTF = (("stap", "bpf", "ftrace"),
 def preference(host):
     """(backend names in preference order, why) for `host`."""
     if host.kernel.version < features.TRACEFS_SINCE:
-        return _OLD
-    if host.btf:
-        return _BTF
-    return _NO_BTF
+        kind, why = _OLD
+    elif host.btf:
+        kind, why = _BTF
+    else:
+        kind, why = _NO_BTF
+    return tuple(backends.preferred(kind)), why
 
 
 def unavailable(reason):
@@ -84,7 +86,7 @@ def choose(host, requested=None, check=None):
     if requested is not None:
         if requested not in found:
             raise BackendUnavailable("unknown backend {!r}: choose one of {}".format(
-                requested, ", ".join(checks.CHECKS)))
+                requested, ", ".join(backends.names())))
         if not found[requested].available:
             raise BackendUnavailable("backend {} cannot run here: {}".format(
                 requested, found[requested].reason))

@@ -88,29 +88,7 @@ def run(backend, program, flow, limits, sink, stats, enrich=None, attached=None)
     duration) a session that can `finish()` stops producing and what it already
     produced still comes out. Returns the reason the trace ended, in words.
     """
-    rate = RateLimit(limits.rate) if limits.rate else None
-    parse = backend.parse
-
-    def consume(lines):
-        """Events of `lines` to the sink; the reason when --count is reached, else None."""
-        for line in lines:
-            event = parse(line, program)
-            if event is None:
-                continue
-            if not flow.matches(event):
-                stats.filtered += 1
-                continue
-            if rate is not None and not rate.allow():
-                stats.lost["rate limit"] += 1
-                continue
-            if enrich is not None:
-                event = enrich(event)
-            stats.add(event)
-            sink.event(event)
-            if limits.count and stats.events >= limits.count:
-                return "count of {} events reached".format(limits.count)
-        return None
-
+    consume = _consumer(backend.parse, program, flow, limits, sink, stats, enrich)
     ended = "the tracer ended"
     with stop_on_signals(limits.duration) as start:
         session = backend.run(program)
@@ -130,3 +108,29 @@ def run(backend, program, flow, limits, sink, stats, enrich=None, attached=None)
         finally:
             stats.lost.update(session.lost)
     return ended
+
+
+def _consumer(parse, program, flow, limits, sink, stats, enrich):
+    """consume(lines): their events to the sink, through the flow filter, the rate limit
+    and `enrich`; the reason when --count is reached, else None."""
+    rate = RateLimit(limits.rate) if limits.rate else None
+
+    def consume(lines):
+        for line in lines:
+            event = parse(line, program)
+            if event is None:
+                continue
+            if not flow.matches(event):
+                stats.filtered += 1
+                continue
+            if rate is not None and not rate.allow():
+                stats.lost["rate limit"] += 1
+                continue
+            if enrich is not None:
+                event = enrich(event)
+            stats.add(event)
+            sink.event(event)
+            if limits.count and stats.events >= limits.count:
+                return "count of {} events reached".format(limits.count)
+        return None
+    return consume

@@ -3,17 +3,20 @@
 The rule is ssh's StrictModes: a file, and every folder above it, is owned by the effective
 user or root and writable by neither group nor others; above our own folders, a folder
 others may write is accepted when its sticky bit keeps each entry to its owner (/tmp).
-What legacytrace keeps for itself (the stap module cache) must be the effective user's own.
+What legacytrace keeps for itself (the stap module cache, backends/stap/cache.py) must be
+the effective user's own.
 Without this, root under `sudo -E`, or with the HOME or XDG_CACHE_HOME of another user,
 would load a kernel module that user planted in the cache: kernel code execution.
 """
 import os
 import shutil
 import stat
+import subprocess
 
 from legacytrace.errors import LegacytraceError
 
-_WRITABLE = stat.S_IWGRP | stat.S_IWOTH
+#: Mode bits that let group or others write.
+WRITABLE = stat.S_IWGRP | stat.S_IWOTH
 
 
 class Untrusted(LegacytraceError):
@@ -40,9 +43,9 @@ def problem(path, own_below=None):
         if st.st_uid != os.geteuid() and (mine or st.st_uid != 0):
             return "{} is owned by uid {}".format(candidate, st.st_uid)
         sticky = stat.S_ISDIR(st.st_mode) and st.st_mode & stat.S_ISVTX and not mine
-        if st.st_mode & _WRITABLE and not sticky:
+        if st.st_mode & WRITABLE and not sticky:
             return "{} is writable by {} (mode {:04o})".format(
-                candidate, "group and others" if st.st_mode & _WRITABLE == _WRITABLE
+                candidate, "group and others" if st.st_mode & WRITABLE == WRITABLE
                 else "group" if st.st_mode & stat.S_IWGRP else "others",
                 stat.S_IMODE(st.st_mode))
     return None
@@ -60,25 +63,6 @@ def _chain(path):
     return found
 
 
-def tree_problem(folder):
-    """problem() of `folder`, else of the first file or folder in it that fails the rule."""
-    found = problem(folder)
-    if found:
-        return found
-    for parent, folders, files in os.walk(folder):
-        for name in folders + files:
-            path = os.path.join(parent, name)
-            try:
-                st = os.lstat(path)
-            except OSError as exc:
-                return "cannot check {}: {}".format(path, exc.strerror)
-            if st.st_uid not in (os.geteuid(), 0):
-                return "{} is owned by uid {}".format(path, st.st_uid)
-            if st.st_mode & _WRITABLE and not stat.S_ISLNK(st.st_mode):
-                return "{} is writable by group or others (mode {:04o})".format(
-                    path, stat.S_IMODE(st.st_mode))
-    return None
-
 
 def program(name):
     """The path of program `name` on PATH for a subprocess. As root, LegacytraceError when
@@ -91,3 +75,21 @@ def program(name):
         raise Untrusted("refusing to run {} as root: {}: another user could change "
                                "what root runs; fix its permissions or PATH".format(path, found))
     return path
+
+
+def run(argv, timeout):
+    """Run `argv` (its program from PATH, checked by program()) -> (exit status, stdout,
+    stderr); the status is None when it could not run or timed out, and stderr says why."""
+    try:
+        proc = subprocess.Popen([program(argv[0])] + argv[1:], stdin=subprocess.DEVNULL,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                universal_newlines=True)
+    except (OSError, Untrusted) as exc:
+        return None, "", str(exc)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        return None, out, "{} timed out after {} s".format(argv[0], timeout)
+    return proc.returncode, out, err

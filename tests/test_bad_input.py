@@ -288,7 +288,7 @@ def test_a_kernel_without_modules_or_kprobes_is_named_without_packages_to_instal
 
 def stap_kernel():
     """Whether the running kernel has what stap needs of a kernel: kprobes and modules."""
-    from legacytrace.host import probe_host
+    from legacytrace.kernel.host import probe_host
     facts = probe_host(try_bpftrace=False)
     return facts.kprobes is not False and facts.modules is not False
 

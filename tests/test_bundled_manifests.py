@@ -11,8 +11,9 @@ import os
 import pytest
 
 from conftest import DATA, require
-from legacytrace import btf, manifest, symbols
-from legacytrace.kernel import KernelRelease
+from legacytrace import manifest
+from legacytrace.kernel import btf, symbols
+from legacytrace.kernel.release import KernelRelease
 
 EL7 = "3.10.0-1160.el7.x86_64"
 U310 = "3.10.105"

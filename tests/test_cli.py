@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from legacytrace import symbols
+from legacytrace.kernel import symbols
 from legacytrace.cli import cli
 
 LEGACYTRACE = str(Path(sys.executable).parent / "legacytrace")

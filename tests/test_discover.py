@@ -2,7 +2,7 @@
 
 Recorded prototypes (tests/data/discover/, from the BTF of the 6.1 lab kernel and of
 this machine's 6.18 kernel) drive the pure logic; the live BTF, when present, checks
-it against legacytrace.btf's own position lookup.
+it against legacytrace.kernel.btf's own position lookup.
 """
 import json
 import os
@@ -10,13 +10,14 @@ import os
 import pytest
 
 from conftest import DATA, require
-from legacytrace import btf, discover, manifest, symbols
+from legacytrace import discover, manifest
+from legacytrace.kernel import btf, symbols
 from legacytrace.errors import LegacytraceError, UsageError
-from legacytrace.kernel import KernelRelease
+from legacytrace.kernel.release import KernelRelease
 
 
 class RecordedBTF(object):
-    """The part of legacytrace.btf.BTF that discovery uses, over a recorded capture."""
+    """The part of legacytrace.kernel.btf.BTF that discovery uses, over a recorded capture."""
 
     def __init__(self, release):
         with open(os.path.join(DATA, "discover", "functions-{}.json".format(release))) as handle:

@@ -1,11 +1,15 @@
-"""legacytrace.enrich and what it uses: drop reason names (BTF) and return address symbols."""
+"""legacytrace.enrich: what live events get in user space (drop reason names, return
+address symbols, command lines).
+"""
 import os
 
-from legacytrace import skb_drop_reason, symbols
+from conftest import DATA
 from legacytrace.enrich import Enricher
+from legacytrace.kernel import symbols
 from legacytrace.model import FlowEvent
 
-TINY_BTF = os.path.join(os.path.dirname(__file__), "data", "btf", "tiny.btf")
+
+TINY_BTF = os.path.join(DATA, "btf", "tiny.btf")
 
 
 class NoCmdlines(object):
@@ -16,18 +20,6 @@ class NoCmdlines(object):
 def kallsyms(datadir):
     with open(str(datadir / "hosts" / "kallsyms-6.18-excerpt.txt")) as handle:
         return symbols.Kallsyms(l for l in handle if not l.startswith("#"))
-
-
-def test_short_names_follow_the_tracepoint():
-    assert skb_drop_reason.short_name("SKB_DROP_REASON_NO_SOCKET") == "NO_SOCKET"
-    assert skb_drop_reason.short_name("SKB_CONSUMED") == "CONSUMED"
-    assert skb_drop_reason.short_name("OTHER") == "OTHER"
-
-
-def test_reason_names_from_btf():
-    assert skb_drop_reason.load(TINY_BTF)[3] == "NO_SOCKET"
-    assert skb_drop_reason.load(None) == {}
-    assert skb_drop_reason.load("/nonexistent/btf") == {}
 
 
 def test_kallsyms_names_addresses_with_offsets(datadir):

@@ -5,7 +5,7 @@ Random expressions from the supported grammar (in every spelling the parser take
 forms) and random IPv4/IPv6 packets (TCP, UDP, SCTP, ICMP, ICMPv6 and a few others,
 no extension headers, no fragments: where the evaluator claims to be exact) go into a
 pcap file. `tcpdump -r FILE -w - EXPR` picks packets; `filterexpr.evaluate()` must pick
-exactly the same ones from the events legacytrace's own decoder (ftrace_parse.decode_ip)
+exactly the same ones from the events legacytrace's own decoder (the ftrace parser's decode_ip)
 makes of those packets, for the expression and for its normalised text. Random token
 sequences check the other direction: whatever the parser accepts, tcpdump accepts and
 reads the same way. Fixed seeds: every run compares the same cases.
@@ -25,7 +25,7 @@ import pytest
 from conftest import require
 from legacytrace import filterexpr
 from legacytrace.errors import UsageError
-from legacytrace.ftrace_parse import decode_ip
+from legacytrace.backends.ftrace.parse import decode_ip
 from legacytrace.model import FlowEvent
 
 LINKTYPE_RAW = 101          # the packet starts at its IP header

@@ -3,7 +3,7 @@ import pytest
 
 from legacytrace import manifest
 from legacytrace.errors import UsageError
-from legacytrace.kernel import KernelRelease
+from legacytrace.kernel.release import KernelRelease
 
 EL7 = KernelRelease.parse("3.10.0-1160.el7.x86_64")
 UPSTREAM_310 = KernelRelease.parse("3.10.105")

@@ -12,7 +12,8 @@ import subprocess
 import pytest
 
 from conftest import require
-from legacytrace.host import ensure_tracefs, probe_host
+from legacytrace.kernel.host import probe_host
+from legacytrace.kernel.tracefs import ensure as ensure_tracefs
 from test_bad_input import LEGACYTRACE, check, leftovers_of, run
 
 
@@ -136,7 +137,7 @@ def test_a_bpf_run_says_little_before_it_traces(host, bpftrace, ping):
 
 
 def test_list_functions_lists_only_what_tracepoint_mode_traces(host):
-    from legacytrace import tracepoints
+    from legacytrace.kernel import tracepoints
     result = run(["list-functions"])
     assert result.code == 0, result.err
     names = result.out.split()

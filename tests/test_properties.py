@@ -22,11 +22,14 @@ import struct
 import yaml
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
-from legacytrace import backends, flowfilter, ftrace_parse, manifest, offsets
+from legacytrace import backends, flowfilter, manifest, validate
+from legacytrace.backends.ftrace import parse as ftrace_parse
+
+from legacytrace.kernel import offsets
 from legacytrace.backends.ftrace import FtraceBackend
 from legacytrace.errors import LegacytraceError, UsageError
 from legacytrace.flowfilter import FlowFilter
-from legacytrace.host import HostFacts
+from legacytrace.kernel.host import HostFacts
 from legacytrace.model import FlowEvent, Probe, TraceRequest
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -92,9 +95,9 @@ def check_manifest(parsed):
     for function in parsed.functions:
         assert isinstance(function.egress, bool)
         for variant in function.variants:
-            assert SAFE_SYMBOL.match(variant.name) and len(variant.name) <= manifest.SYMBOL_MAX
+            assert SAFE_SYMBOL.match(variant.name) and len(variant.name) <= validate.SYMBOL_MAX
             for pos in (variant.skb_pos, variant.sk_pos):
-                assert pos is None or (type(pos) is int and 1 <= pos <= manifest.MAX_ARG_POS)
+                assert pos is None or (type(pos) is int and 1 <= pos <= validate.MAX_ARG_POS)
         for name, path in function.fields.items():
             assert SAFE_FIELD_NAME.match(name) and SAFE_FIELD_PATH.match(path), (name, path)
 
@@ -400,8 +403,8 @@ def check_build(name, probes, flow, run_id):
     assert request_is_safe(request, run_id_used=name != "stap"), \
         "built from unvalidated input:\n" + program.text
     if name == "ftrace":
-        for definition in program.data["definitions"]:
-            assert "\n" not in definition.line(program.data["group"])
+        for definition in program.part.definitions:
+            assert "\n" not in definition.line(program.part.group)
 
 
 @settings(BOUNDED, max_examples=100)

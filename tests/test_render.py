@@ -1,97 +1,26 @@
 """Renderers: the output formats, column by column, against golden files.
 
 The events are built here (the format is what is under test, not a parser).
-Regenerate the golden files after an intended format change with
-    LEGACYTRACE_REGEN_GOLDEN=1 .venv/bin/pytest -q tests/test_render.py
-and review the diff.
+The golden files regenerate as tests/conftest.py says.
 """
 import io
 import json
 import os
 
 import pytest
+from hypothesis import given, settings, strategies as st
 
+from conftest import GOLDEN, golden
+from journeys import SKB_OUT, ev, journey, ping_in, ping_out, summary_of
 from legacytrace.model import FlowEvent
 from legacytrace.render import FlowsRenderer, JsonRenderer, LiveRenderer
 from legacytrace.summary import Summary
-
-GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden", "render")
-
-SKB_OUT = 0xffff8dcf81335800
-SKB_IN = 0xffff8dcf81336a00
-SKB_TCP = 0xffff8dcf8133c100
-
-
-def ev(**values):
-    base = dict(backend="ftrace", source="kprobe", cpu=0, family=4, proto=1,
-                saddr="10.0.2.15", daddr="10.0.2.2")
-    base.update(values)
-    return FlowEvent(**base)
-
-
-def ping_out(t, func, **more):
-    values = dict(time_ns=t, pid=4242, tid=4242, comm="ping", func=func, skb=SKB_OUT,
-                  icmp_type=8, icmp_code=0, icmp_id=7, icmp_seq=1, length=84,
-                  cmdline="ping -c 1 10.0.2.2")
-    values.update(more)
-    return ev(**values)
-
-
-def ping_in(t, func, **more):
-    values = dict(time_ns=t, pid=0, tid=0, comm="swapper/1", cpu=1, context="softirq",
-                  func=func, skb=SKB_IN, saddr="10.0.2.2", daddr="10.0.2.15",
-                  icmp_type=0, icmp_code=0, icmp_id=7, icmp_seq=1, length=84, dev="eth0")
-    values.update(more)
-    return ev(**values)
-
-
-def tcp6(t, func, **more):
-    values = dict(time_ns=t, pid=1187, tid=1190, comm="curl", func=func, skb=SKB_TCP, family=6,
-                  proto=6, saddr="fd00::15", daddr="2001:db8::80", sport=41862, dport=80,
-                  length=94, cmdline="curl -6 http://[2001:db8::80]/")
-    values.update(more)
-    return ev(**values)
-
-
-def journey():
-    """A ping and its reply, an IPv6 TCP connect, and the odd cases a renderer must survive."""
-    return [
-        ping_out(3607100000, "ip_output"),
-        ping_out(3607103210, "ip_finish_output", dev="eth0"),
-        tcp6(3607150000, "ip6_output", fields={"sk_state": 2}),
-        ping_out(3607155500, "__dev_queue_xmit", dev="eth0"),
-        ping_in(3607227000, "ip_rcv"),
-        tcp6(3607230000, "ip6_finish_output", kind="return", retval=-1, source="kretprobe"),
-        ping_in(3607231500, "icmp_rcv"),
-        # NAT on the way in: the reply's destination changed between two functions.
-        ping_in(3607233000, "ip_local_deliver", daddr="192.168.7.1"),
-        ping_in(3607240250, "kfree_skb", daddr="192.168.7.1", fields={"reason": "NOT_SPECIFIED"}),
-        # A tracepoint that knows only the sk_buff; a task whose process is gone;
-        # a comm and a field value holding terminal escapes.
-        ev(time_ns=3607300000, source="tracepoint", func="net:net_dev_queue", skb=SKB_TCP,
-           family=None, proto=None, saddr=None, daddr=None, pid=1187, tid=1190, comm="curl",
-           length=94, dev="eth0"),
-        ping_out(3607400000, "ip_output", pid=4250, tid=4250, cmdline=None, icmp_seq=2,
-                 skb=0xffff8dcf81339000),
-        ev(time_ns=3607500000, func="udp_sendmsg", proto=17, sport=5353, dport=53, skb=None,
-           pid=666, tid=666, comm="evil\x1b[2Jcomm", fields={"note": "a b\x07\"c\""},
-           cmdline="sh -c 'printf \x1b]0;pwned\x07'", length=None, cpu=None),
-    ]
 
 
 def render(renderer, events, summary=None):
     for event in events:
         renderer.event(event)
     renderer.close(summary or Summary())
-
-
-def check_golden(name, text):
-    path = os.path.join(GOLDEN, name)
-    if os.environ.get("LEGACYTRACE_REGEN_GOLDEN") == "1":
-        with io.open(path, "w", encoding="utf-8") as out:
-            out.write(text)
-    with io.open(path, encoding="utf-8") as golden:
-        assert text == golden.read(), "output differs from " + path
 
 
 def live_text(events, **options):
@@ -101,11 +30,11 @@ def live_text(events, **options):
 
 
 def test_live_golden():
-    check_golden("live.txt", live_text(journey()))
+    golden("render/live.txt", live_text(journey()))
 
 
 def test_live_color_golden():
-    check_golden("live_color.txt", live_text(journey(), color=True))
+    golden("render/live_color.txt", live_text(journey(), color=True))
 
 
 def test_live_replay_has_no_command_lines():
@@ -174,7 +103,7 @@ def test_json_lines_are_to_dict_and_nothing_else():
         assert json.loads(line) == json.loads(json.dumps(event.to_dict()))
         assert "type" not in json.loads(line)
     assert "\x1b" not in out.getvalue()
-    check_golden("events.jsonl", out.getvalue())
+    golden("render/events.jsonl", out.getvalue())
 
 
 def test_json_summary_only_when_asked():
@@ -199,11 +128,11 @@ def flows_text(events, summary=None, **options):
 
 
 def test_flows_golden():
-    check_golden("flows.txt", flows_text(journey()))
+    golden("render/flows.txt", flows_text(journey()))
 
 
 def test_flows_color_golden():
-    check_golden("flows_color.txt", flows_text(journey(), color=True))
+    golden("render/flows_color.txt", flows_text(journey(), color=True))
 
 
 def test_flows_block_printed_at_egress_not_before():
@@ -262,56 +191,9 @@ def test_flows_event_without_skb_is_its_own_block():
 
 @pytest.mark.parametrize("name", ["live.txt", "flows.txt", "events.jsonl"])
 def test_plain_output_has_no_escape_sequences(name):
-    with io.open(os.path.join(GOLDEN, name), encoding="utf-8") as golden:
-        assert "\x1b" not in golden.read()
+    with io.open(os.path.join(GOLDEN, "render", name), encoding="utf-8") as saved:
+        assert "\x1b" not in saved.read()
 
-
-def summary_of(events):
-    summary = Summary()
-    for event in events:
-        summary.add(event)
-    return summary
-
-
-def test_summary_counts():
-    events = journey()
-    summary = summary_of(events)
-    summary.filtered += 5
-    summary.add_lost({"ftrace overrun": 2})
-    summary.add_lost({"ftrace overrun": 1, "rate limit": 4})
-    data = summary.to_dict()
-    assert data["events"] == len(events) == 12
-    assert data["functions"]["ip_output"] == 2 and data["functions"]["kfree_skb"] == 1
-    # ping out (seq 1 and 2 are one flow), ping in, NAT'd ping in, tcp6, udp; one without a tuple
-    assert data["flows"] == 5 and data["no_flow_events"] == 1
-    assert data["top_flows"][0] == dict(family=4, proto="icmp", saddr="10.0.2.15", sport=None,
-                                        daddr="10.0.2.2", dport=None, events=4)
-    assert data["lost"] == {"ftrace overrun": 3, "rate limit": 4} and data["lost_total"] == 7
-    assert data["filtered"] == 5 and data["evicted"] == 0
-    assert (data["first_ns"], data["last_ns"]) == (3607100000, 3607500000)
-    json.dumps(data)
-
-
-def test_summary_bounds_flows():
-    summary = Summary(max_flows=2)
-    for port in range(5):
-        summary.add(ev(func="udp_sendmsg", proto=17, sport=port, dport=53))
-    summary.add(ev(func="udp_sendmsg", proto=17, sport=0, dport=53))
-    assert len(summary.flows) == 2 and summary.other_flow_events == 3
-    assert summary.to_dict()["flows_capped"] is True
-    assert summary.to_text().startswith("6 events in 2+ flows.")
-
-
-def test_summary_text_golden():
-    summary = summary_of(journey())
-    summary.add_lost({"ftrace overrun cpu1": 3})
-    summary.filtered = 2
-    summary.evicted = 1
-    check_golden("summary.txt", summary.to_text() + "\n")
-
-
-def test_summary_text_says_when_nothing_was_lost():
-    assert summary_of([]).to_text() == "0 events in 0 flows.\nlost events: none"
 
 
 def test_json_odd_values_still_give_what_to_dict_says():
@@ -330,12 +212,12 @@ def test_json_odd_values_still_give_what_to_dict_says():
     assert max(map(ord, out.getvalue())) < 128
 
 
-# --- any event a backend can make renders, in every format --------------------------
-
-from hypothesis import given, settings, strategies as st  # noqa: E402
-
 _text = st.text(max_size=20)
+
+
 _maybe_int = st.none() | st.integers(min_value=-2 ** 63, max_value=2 ** 64)
+
+
 _events = st.builds(
     FlowEvent, backend=st.sampled_from(["stap", "ftrace", "bpf"]),
     source=st.sampled_from(["kprobe", "kretprobe", "tracepoint"]),
@@ -353,6 +235,8 @@ _events = st.builds(
 
 @settings(max_examples=100, deadline=None)
 @given(st.lists(_events, max_size=8))
+
+
 def test_any_events_render_in_every_format(events):
     summary = summary_of(events)
     live, lines, flows = io.StringIO(), io.StringIO(), io.StringIO()

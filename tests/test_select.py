@@ -1,31 +1,17 @@
-"""Backend selection and the doctor report, fed with recorded host facts.
-
-The doctor texts are golden files under tests/golden/doctor/; regenerate them with
-`LEGACYTRACE_REGEN_GOLDEN=1 .venv/bin/pytest -q tests/test_select.py` and review the diff.
-"""
-import json
+"""Which backend `trace` picks (legacytrace.select), fed with recorded host facts."""
 import os
 
 import pytest
 
-from conftest import DATA
-from legacytrace import backends, doctor, select
+from conftest import DATA, pure_checks, recorded as facts
+from legacytrace import doctor, select
 from legacytrace.backends import checks
-from legacytrace.backends.base import Availability
 from legacytrace.errors import BackendUnavailable
-from legacytrace.host import HostFacts, probe_host
-
-GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), "golden", "doctor")
-RECORDED = ("el7-3.10", "deb10-4.19", "lab-6.1", "fc-6.18")
-#: The mechanisms' requirements alone: pure, so recorded hosts give stable answers.
-SHARED = checks.CHECKS
+from legacytrace.kernel.host import probe_host
 
 
-def facts(name, **changes):
-    with open(os.path.join(DATA, "hosts", name + ".json")) as handle:
-        data = json.load(handle)
-    data.update(changes)
-    return HostFacts.from_dict(data)
+SHARED = pure_checks()
+
 
 
 def availability(host):
@@ -116,87 +102,6 @@ def test_requested_backend():
     with pytest.raises(BackendUnavailable) as info:
         select.choose(host, check=SHARED, requested="dtrace")
     assert "choose one of stap, ftrace, bpf" in str(info.value)
-
-
-def test_tracefs_not_mounted_but_mountable():
-    host = facts("deb10-4.19", tracefs=None, kprobe_events=None, kprobe_syntax=[], tracepoints=[],
-                 kernel_build=None)
-    name, reason, _ = select.choose(host, check=SHARED)
-    assert name == "ftrace"
-    assert "tracefs mounted when the trace starts" in reason
-    host = facts("deb10-4.19", tracefs=None, tracefs_mountable=False, root=False)
-    assert availability(host)["ftrace"] is False
-
-
-def test_kprobe_events_why():
-    assert checks.kprobe_events_why(facts("fc-6.18")) == (
-        "kernel built without CONFIG_KPROBES, so without CONFIG_KPROBE_EVENTS (/proc/config.gz)")
-    host = facts("fc-6.18", kernel_config=None, kernel_config_source=None)
-    assert checks.kprobe_events_why(host) == "no kprobe_events file in /sys/kernel/tracing"
-
-
-def test_install_hints_follow_the_distribution():
-    assert checks.install_hint(facts("el7-3.10"), "systemtap") == "yum install systemtap systemtap-runtime"
-    assert checks.install_hint(facts("fc-6.18"), "headers") == (
-        "apt-get install linux-headers-6.18.44-fc-v669")
-
-
-def test_doctor_text_on_fc_6_18():
-    text = doctor.format_doctor(facts("fc-6.18"), SHARED)
-    lines = text.splitlines()
-    assert any(line.split() == ["tracefs", "/sys/kernel/tracing", "(instances:", "yes)"] for line in lines)
-    kprobe_line = [line for line in lines if line.strip().startswith("kprobe_events")][0]
-    assert "no: kernel built without CONFIG_KPROBES, so without CONFIG_KPROBE_EVENTS" in kprobe_line
-    rows = dict((line.split()[0], line.split()[1]) for line in lines
-                if line.startswith("  ") and line.split()[0] in ("stap", "ftrace", "bpf")
-                and line.split()[1] in ("yes", "no"))
-    assert rows == {"bpf": "yes", "ftrace": "yes", "stap": "no"}
-    assert lines[-1].startswith("trace would use: bpf (") and "tracepoint mode" in lines[-1]
-
-
-def test_doctor_text_when_nothing_runs():
-    text = doctor.format_doctor(facts("el7-3.10", root=False, tracefs_mountable=False), SHARED)
-    assert "trace would use: nothing; no backend can run here" in text
-
-
-def test_doctor_json():
-    report = doctor.doctor_json(facts("el7-3.10"), SHARED)
-    again = json.loads(json.dumps(report))
-    assert again["pick"]["name"] == "stap"
-    assert [b["name"] for b in again["backends"]] == ["stap", "ftrace", "bpf"]
-    assert [b["available"] for b in again["backends"]] == [True, True, False]
-    assert again["host"]["release"] == "3.10.0-1160.el7.x86_64"
-    assert again["preference"]["order"] == ["stap", "ftrace", "bpf"]
-    none = doctor.doctor_json(facts("el7-3.10", root=False, tracefs_mountable=False), SHARED)
-    assert none["pick"]["name"] is None and "no backend can run here" in none["pick"]["reason"]
-
-
-@pytest.mark.parametrize("name", RECORDED)
-def test_doctor_golden(name):
-    text = doctor.format_doctor(facts(name), SHARED) + "\n"
-    path = os.path.join(GOLDEN, name + ".txt")
-    if os.environ.get("LEGACYTRACE_REGEN_GOLDEN") == "1":
-        if not os.path.isdir(GOLDEN):
-            os.makedirs(GOLDEN)
-        with open(path, "w") as handle:
-            handle.write(text)
-    with open(path) as handle:
-        assert text == handle.read()
-
-
-def test_backend_checks_come_from_the_backends():
-    found = select.backend_checks()
-    assert list(found) == backends.names()
-    assert all(callable(check) for check in found.values())
-
-
-def test_backend_that_cannot_load_is_unavailable(monkeypatch):
-    monkeypatch.setitem(backends.REGISTRY, "bpf", "legacytrace.backends.nosuchmodule:Nope")
-    found = select.backend_checks()
-    verdict = found["bpf"](facts("fc-6.18"))
-    assert verdict == Availability(False, verdict.reason)
-    assert "not part of this build" in verdict.reason
-    assert found["ftrace"] is not None
 
 
 def test_default_checks_on_this_machine():

@@ -1,28 +1,11 @@
-"""What root runs or loads must be files no other user can change (legacytrace.trust), and
-the stap module cache above all: a module planted there runs in the kernel."""
+"""What root runs or loads must be files no other user can change (legacytrace.trust); the
+stap module cache's own checks are tested in tests/backends/stap/test_cache.py."""
 import os
-import stat
 
 import pytest
 
+from conftest import NOBODY, needs_root
 from legacytrace import trust
-from legacytrace.backends import stap
-from legacytrace.flowfilter import FlowFilter
-from legacytrace.host import HostFacts
-from legacytrace.model import Probe, TraceRequest
-
-ROOT = os.geteuid() == 0
-needs_root = pytest.mark.skipif(not ROOT, reason="gives a file to another user: needs root")
-NOBODY = 65534
-LAB = "6.1.0-56-amd64"
-
-
-@pytest.fixture
-def folder(tmp_path):
-    """A private folder (pytest's are 0700) whose parents are safe for this user."""
-    path = tmp_path / "safe"
-    path.mkdir(mode=0o700)
-    return path
 
 
 def test_a_folder_others_can_write_is_named(folder):
@@ -75,104 +58,3 @@ def test_root_runs_no_program_another_user_can_change(folder, monkeypatch):
     with pytest.raises(trust.Untrusted, match="refusing to run {} as root: {} is writable"
                        .format(program, program.parent)):
         trust.program("bpftrace")
-
-
-# --- the stap module cache ------------------------------------------------------------------
-
-@pytest.fixture
-def cache(folder, monkeypatch):
-    monkeypatch.setenv(stap.CACHE_ENV, str(folder / "cache"))
-    monkeypatch.setattr(stap, "_stap_version", lambda: "Systemtap translator/driver (test)")
-    return folder / "cache"
-
-
-def cached(cache):
-    """A compiled module in the cache where compile() looks for the program's module."""
-    backend = stap.StapBackend()
-    program = backend.build(TraceRequest([Probe("ip_rcv", 1)], FlowFilter(),
-                                         HostFacts(release=LAB)))
-    module = backend._module_path(program)[0]
-    os.makedirs(os.path.dirname(module), mode=0o700)
-    with open(module, "wb") as handle:
-        handle.write(b"module")
-    with open(module[:-3] + ".stp", "w") as handle:
-        handle.write(program.text)
-    return backend, program, module
-
-
-def test_the_cache_is_made_private(cache):
-    assert stap.cache_dir() == str(cache)
-    assert stat.S_IMODE(os.stat(str(cache)).st_mode) == 0o700
-
-
-def test_a_cache_others_can_write_is_refused(cache):
-    cache.parent.chmod(0o777)
-    with pytest.raises(trust.Untrusted, match=r"refusing the stap module cache {}: {} is "
-                       r"writable by group and others \(mode 0777\): root would load kernel "
-                       r"modules".format(cache, cache.parent)):
-        stap.cache_dir()
-    assert not cache.exists(), "nothing is made in a folder others can write"
-
-
-def test_a_cache_reached_through_a_symlink_is_ours_where_it_is(cache):
-    shared = cache.parent / "shared"
-    shared.mkdir()
-    os.chmod(str(shared), 0o1777)                          # as /tmp: others may add folders
-    cache.symlink_to(shared)
-    with pytest.raises(trust.Untrusted, match=r"{} is writable by group and others \(mode 1777\)"
-                       .format(shared)):
-        stap.cache_dir()
-
-
-def test_a_cached_module_others_can_write_is_refused_and_not_counted(cache):
-    backend, program, module = cached(cache)
-    assert backend.compile(program) == module and stap.cached_modules(LAB) == [module]
-    os.chmod(module, 0o666)
-    with pytest.raises(trust.Untrusted, match="refusing the cached stap module {}".format(module)):
-        backend.compile(program)
-    assert stap.cached_modules(LAB) == []
-    assert backend.ready(program, HostFacts(release=LAB)).startswith(
-        "refusing the cached stap module " + module)
-
-
-@needs_root
-def test_a_cache_folder_of_another_user_is_refused(cache):
-    backend, program, module = cached(cache)
-    os.chown(os.path.dirname(module), NOBODY, NOBODY)
-    with pytest.raises(trust.Untrusted, match="is owned by uid {}".format(NOBODY)):
-        backend.compile(program)
-    assert stap.cached_modules(LAB) == []
-
-
-def test_compiled_modules_are_private(cache):
-    """A stand-in for `stap -p4` writes NAME.ko (stap itself is not needed here)."""
-    target = os.path.join(stap.cache_dir(), "0123456789abcdef")
-    stap._compile_into(target, "lt_x", ["sh", "-c", 'echo module > "$2.ko"', "sh"], "probe")
-    assert stat.S_IMODE(os.stat(target).st_mode) == 0o700
-    assert [stat.S_IMODE(os.stat(os.path.join(target, name)).st_mode)
-            for name in ("lt_x.ko", "lt_x.stp")] == [0o600, 0o600]
-
-
-def test_a_prebuilt_module_others_can_write_is_loaded_with_a_warning(folder, capsys):
-    module = folder / "lt_icmp.ko"
-    module.write_bytes(b"lt_icmp\0")
-    os.chmod(str(module), 0o666)
-    program = stap.StapBackend().module_program(str(module))
-    assert program.data["module"] == str(module)
-    assert capsys.readouterr().err == (
-        "legacytrace: warning: stap: --stap-module {0}: {0} is writable by group and others "
-        "(mode 0666): whoever can change it runs code in the kernel\n".format(module))
-
-
-def test_a_runtime_others_can_change_is_refused_from_the_environment(folder, monkeypatch):
-    runtime = folder / "runtime"
-    runtime.mkdir()
-    (runtime / "runtime.h").write_text("/* C */\n")
-    os.chmod(str(runtime / "runtime.h"), 0o666)
-    monkeypatch.setenv(stap.RUNTIME_ENV, str(runtime))
-    program = stap.StapBackend().build(TraceRequest([Probe("ip_rcv", 1)], FlowFilter(),
-                                                    HostFacts(release=LAB)))
-    with pytest.raises(trust.Untrusted, match="refusing the SystemTap runtime {} of {}".format(
-            runtime, stap.RUNTIME_ENV)):
-        stap._stap_command(program, None, None)
-    assert "-R" in stap._stap_command(program, None, str(runtime))     # named: a warning

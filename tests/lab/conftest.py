@@ -220,6 +220,6 @@ def skb_offsets() -> dict:
     members = ["len", "protocol", "network_header", "head", "data"]
     if os.path.exists(labkit.BTF):
         return labkit.btf_offsets("sk_buff", members)
-    from legacytrace import offsets
+    from legacytrace.kernel import offsets
     layout = offsets.from_table(labkit.kernel_release())
     return {name: layout.field("sk_buff", name).offset for name in members}

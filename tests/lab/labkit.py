@@ -474,7 +474,7 @@ def manifest_probes(name: str, *functions: str) -> list:
     name, the manifest's variant of that name that fits this kernel (also where the entry
     prefers another function), in the order given; LabError when one does not resolve."""
     from legacytrace import manifest
-    from legacytrace.kernel import KernelRelease
+    from legacytrace.kernel.release import KernelRelease
     loaded = manifest.load(name)
     kernel = KernelRelease.parse(kernel_release())
     exists = kernel_symbols().__contains__

@@ -2,7 +2,7 @@
 
 Proves: ping, a UDP datagram and a TCP connection appear with the right addresses,
 ports and protocol at receive and transmit functions; the sender's pid and comm on
-the transmit side; a flow filter shows only its flow. The raw LT1 lines are kept in
+the transmit side; a flow filter shows only its flow. The raw LTB1 lines are kept in
 LEGACYTRACE_LAB_SHARED/bpf-kprobe-raw.txt for the parser's unit tests. Through the CLI:
 events bpftrace loses (a flood into a one-page perf buffer) are counted in the summary
 line and the JSON summary, and a stop during the flood leaves no bpftrace behind.
@@ -20,7 +20,7 @@ import labkit
 
 from legacytrace import backends
 from legacytrace.flowfilter import FlowFilter
-from legacytrace.host import probe_host
+from legacytrace.kernel.host import probe_host
 from legacytrace.model import Probe, TraceRequest
 
 from test_lifecycle import Run, foreign, settled  # noqa: F401 (foreign is a fixture)
@@ -53,7 +53,7 @@ def trace(flow, traffic, raw=None):
     backend = backends.get("bpf")
     assert backend.check(facts).available, backend.check(facts).reason
     program = backend.build(TraceRequest(probes(), flow, facts, run_id="lt{}".format(os.getpid())))
-    assert program.data["mode"] == "kprobe"
+    assert program.mode == "kprobe"
     found, workloads = [], []
 
     def run_traffic():

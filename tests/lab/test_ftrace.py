@@ -25,9 +25,9 @@ import pytest
 
 import labkit
 
-from legacytrace import features, offsets
+from legacytrace.kernel import features, offsets
 from legacytrace.backends.ftrace import FtraceBackend
-from legacytrace.host import HostFacts
+from legacytrace.kernel.host import HostFacts
 from legacytrace.model import Probe, TraceRequest
 
 #: A function no kernel has: kprobe_events refuses it, and the run must warn and go on.
@@ -61,7 +61,7 @@ import json, os, sys
 from legacytrace import render, trace
 from legacytrace.backends.ftrace import FtraceBackend
 from legacytrace.flowfilter import FlowFilter
-from legacytrace.host import HostFacts
+from legacytrace.kernel.host import HostFacts
 from legacytrace.model import Limits, Probe, TraceRequest
 
 spec = json.loads(sys.argv[1])
@@ -84,7 +84,7 @@ stats = render.Summary()
 
 sink = render.JsonRenderer(sys.stdout)
 def announce():
-    sys.stderr.write("ready {}\n".format(program.data["group"]))
+    sys.stderr.write("ready {}\n".format(program.part.group))
     sys.stderr.flush()
 try:
     ended = trace.run(backend, program, flow, Limits(duration=spec.get("duration")), sink, stats,

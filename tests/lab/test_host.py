@@ -18,9 +18,12 @@ import pytest
 
 import labkit
 
-from legacytrace import doctor, features, host, select
+from legacytrace import doctor, select
+
+from legacytrace.kernel import features, host
 from legacytrace.backends import checks
-from legacytrace.kernel import KernelRelease
+from legacytrace.backends.ftrace import check as ftrace_check
+from legacytrace.kernel.release import KernelRelease
 
 DATA = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "data", "hosts")
 
@@ -83,7 +86,7 @@ def test_recorded_lab_facts_still_hold(facts):
 
 def test_selection_and_doctor_tell_the_truth(facts, expected):
     assert checks.dynamic_mode(facts) == checks.KPROBE
-    assert checks.ftrace(facts).available
+    assert ftrace_check.check(facts).available
     name, reason, assessed = select.choose(facts)
     verdicts = dict(assessed)
     if expected["pick"] == "bpf":

@@ -155,7 +155,7 @@ def test_tcp_connect_shows_the_destination_and_the_process(trace, listener):
 
 def no_socket_reason():
     """What a drop for want of a socket reads as: the name, or the running kernel's number."""
-    from legacytrace import btf
+    from legacytrace.kernel import btf
     values = btf.load().enum_values("skb_drop_reason")
     return ["NO_SOCKET"] + [value for value, name in values.items()
                             if name == "SKB_DROP_REASON_NO_SOCKET"]

@@ -29,10 +29,10 @@ import pytest
 
 import labkit
 
-from legacytrace import features
+from legacytrace.kernel import features
 from legacytrace.backends.ftrace import FtraceBackend
 from legacytrace.flowfilter import FlowFilter
-from legacytrace.host import HostFacts
+from legacytrace.kernel.host import HostFacts
 from legacytrace.model import TraceRequest
 
 ATTACH_TIMEOUT = 900

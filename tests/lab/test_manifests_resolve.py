@@ -13,9 +13,11 @@ import pytest
 
 import labkit
 
-from legacytrace import btf, manifest
+from legacytrace import manifest
+
+from legacytrace.kernel import btf
 from legacytrace.errors import LegacytraceError
-from legacytrace.kernel import KernelRelease
+from legacytrace.kernel.release import KernelRelease
 
 
 def skb_position():

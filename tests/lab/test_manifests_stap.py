@@ -24,10 +24,12 @@ import pytest
 
 import labkit
 import test_stap
-from legacytrace import btf, symbols
+from legacytrace.kernel import btf, symbols
 from legacytrace.backends import stap
+from legacytrace.backends.stap import cache as stap_cache
+from legacytrace.backends.stap import session as stap_session
 from legacytrace.flowfilter import FlowFilter
-from legacytrace.host import HostFacts
+from legacytrace.kernel.host import HostFacts
 from legacytrace.model import TraceRequest
 
 #: Fixed ports, so that the host phase can compile their filters before the guest exists.
@@ -68,8 +70,8 @@ def program(name, release):
 @pytest.fixture
 def module_cache(lab_cache, monkeypatch, stap_runtime):
     path = lab_cache / "stap-manifests"
-    monkeypatch.setenv(stap.CACHE_ENV, str(path))
-    monkeypatch.setenv(stap.RUNTIME_ENV, str(stap_runtime))
+    monkeypatch.setenv(stap_cache.CACHE_ENV, str(path))
+    monkeypatch.setenv(stap_cache.RUNTIME_ENV, str(stap_runtime))
     return path
 
 
@@ -267,7 +269,8 @@ def test_cli_trace_with_stap_runs_the_cached_module_and_leaves_nothing(
         tracer.send_signal(sig)
         # The CLI's own bound: lines for FINISH_TIMEOUT, staprun's exit for STOP_TIMEOUT (a
         # run waited 60 s here and timed out once, with the module gone 11 s later).
-        out, err = tracer.communicate(timeout=stap.FINISH_TIMEOUT + stap.STOP_TIMEOUT + 60)
+        out, err = tracer.communicate(
+            timeout=stap_session.FINISH_TIMEOUT + stap_session.STOP_TIMEOUT + 60)
     finally:
         if tracer.poll() is None:
             tracer.kill()
@@ -293,14 +296,15 @@ def flood_program(release):
     probes = labkit.manifest_probes("generic", "ip_output", "ip_finish_output", "ip_rcv", "udp_rcv")
     probes += [p for p in labkit.manifest_probes("generic") if "dev_queue_xmit" in p.name]
     return stap.StapBackend().build(TraceRequest(
-        probes, FlowFilter.parse(proto="udp", dport=str(FLOOD_PORT)), HostFacts(release=release)))
+        probes, FlowFilter.parse(proto="udp", dport=str(FLOOD_PORT)), HostFacts(release=release),
+        run_id="lt{}".format(os.getpid())))
 
 
 @pytest.mark.host
 def test_host_builds_a_module_with_a_tiny_transport_buffer(lab_release, stap_build):
     """stap -s 1: one MB of transport buffer per CPU, the smallest stap allows."""
     stap_build(FLOOD_MODULE, flood_program(lab_release).text,
-               options=("-g", "-s", "1") + stap.STAP_DEFINES)
+               options=("-g", "-s", "1") + stap_cache.STAP_DEFINES)
 
 
 def test_a_flood_nobody_reads_loses_events_and_the_summary_counts_them(stap_module, loopback):
@@ -316,7 +320,7 @@ def test_a_flood_nobody_reads_loses_events_and_the_summary_counts_them(stap_modu
         [sys.executable, "-m", "legacytrace", "trace", "--stap-module",
          str(stap_module(FLOOD_MODULE)), "--json", "-T", "600"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
-        env=dict(os.environ, **{stap.BACKLOG_ENV: "20"}))
+        env=dict(os.environ, **{stap_session.BACKLOG_ENV: "20"}))
     fcntl.fcntl(tracer.stdout.fileno(), fcntl.F_SETPIPE_SZ, 4096)   # empty yet: cannot fail
     try:
         before = wait_tracing(tracer)

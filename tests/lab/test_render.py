@@ -19,7 +19,7 @@ import labkit
 
 from legacytrace import trace
 from legacytrace.flowfilter import FlowFilter
-from legacytrace.host import probe_host
+from legacytrace.kernel.host import probe_host
 from legacytrace.model import FlowEvent, Limits, Probe, TraceRequest
 from legacytrace.procinfo import CmdlineCache
 from legacytrace.render import FlowsRenderer, JsonRenderer, LiveRenderer, Summary

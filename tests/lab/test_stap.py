@@ -21,8 +21,10 @@ import pytest
 
 import labkit
 from legacytrace.backends import stap
+from legacytrace.backends.stap import cache as stap_cache
+from legacytrace.backends.stap import session as stap_session
 from legacytrace.flowfilter import FlowFilter
-from legacytrace.host import HostFacts
+from legacytrace.kernel.host import HostFacts
 from legacytrace.model import Probe, TraceRequest
 
 #: Custom fields read at ip_output's entry.
@@ -60,7 +62,7 @@ def program(name, release):
 @pytest.fixture
 def module_cache(lab_cache, monkeypatch):
     path = lab_cache / "stap-backend"
-    monkeypatch.setenv(stap.CACHE_ENV, str(path))
+    monkeypatch.setenv(stap_cache.CACHE_ENV, str(path))
     return path
 
 
@@ -113,7 +115,7 @@ class Tracer(object):
 
     def __exit__(self, *exc):
         self.session.finish()   # staprun ends; its last lines still reach the thread
-        self.thread.join(stap.FINISH_TIMEOUT + 10)
+        self.thread.join(stap_session.FINISH_TIMEOUT + 10)
         self.session.__exit__(*exc)
         if self.capture:
             with open(self.capture, "w") as out:

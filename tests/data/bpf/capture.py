@@ -6,7 +6,7 @@
 Builds the tracepoint-mode program for a few loopback functions, runs it with the
 backend's own session, sends ping, ping -6, one UDP datagram and one TCP connection
 over loopback, and writes every raw line bpftrace printed for the `lo` device
-(the `LT1` protocol), unchanged. The header lines start with `#`. `fields` adds the
+(the `LTB1` protocol), unchanged. The header lines start with `#`. `fields` adds the
 custom fields of FIELDS to __dev_queue_xmit (typed from this kernel's BTF).
 """
 import os
@@ -19,7 +19,7 @@ import time
 
 from legacytrace import backends
 from legacytrace.flowfilter import FlowFilter
-from legacytrace.host import HostFacts
+from legacytrace.kernel.host import HostFacts
 from legacytrace.model import Probe, TraceRequest
 
 PROBES = [Probe("__netif_receive_skb_core", 1), Probe("__dev_queue_xmit", 1),

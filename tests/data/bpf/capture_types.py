@@ -2,8 +2,8 @@
 
     .venv/bin/python tests/data/bpf/capture_types.py BTF_FILE RELEASE > tests/data/bpf/types-RELEASE.json
 
-Runs bpf.field_extra on every path of FIELDS and bpf.peek_plan through a recording
-bpf.Types over the real BTF file, and writes each question with the answer (or the
+Runs bpf_build.field_extra on every path of FIELDS and bpf_build.peek_plan through a recording
+bpf_build.Types over the real BTF file, and writes each question with the answer (or the
 BTFError's text) as JSON. The tests replay the answers: builds are then typed exactly as
 on that kernel, without its 4 MB BTF in the repository.
 """
@@ -11,8 +11,8 @@ import collections
 import json
 import sys
 
-from legacytrace import btf
-from legacytrace.backends import bpf
+from legacytrace.kernel import btf
+from legacytrace.backends.bpf import build as bpf_build
 from legacytrace.errors import UsageError
 from legacytrace.model import Probe
 
@@ -26,10 +26,10 @@ FIELDS = [
     ("missing", "skb.no_such_member"), ("deep", "skb.dev.no_such_member"),
     ("whole", "sk.__sk_common"), ("through", "skb.len.value"),
 ]
-ROOTS = {"skb": "$skb", "sk": "$sk", "skb_shinfo(skb)": bpf._SHINFO}
+ROOTS = {"skb": "$skb", "sk": "$sk", "skb_shinfo(skb)": bpf_build._SHINFO}
 
 
-class Recording(bpf.Types):
+class Recording(bpf_build.Types):
     def __init__(self, blob):
         super(Recording, self).__init__(blob)
         self.answers = collections.OrderedDict(
@@ -43,7 +43,7 @@ class Recording(bpf.Types):
         except btf.BTFError as err:
             self.answers["member"][key] = {"error": str(err)}
             raise
-        self.answers["member"][key] = list(answer)
+        self.answers["member"][key] = [answer.ctype, answer.size]
         return answer
 
     def signed(self, ctype):
@@ -59,10 +59,10 @@ def main(path, release):
     types = Recording(btf.load(path))
     for field, path_ in FIELDS:
         try:
-            bpf.field_extra("capture", field, path_, ROOTS, types)
+            bpf_build.field_extra("capture", field, path_, ROOTS, types)
         except UsageError:
             pass
-    bpf.peek_plan(Probe("tcp_sendmsg", None, 1, args={"msg": 2},
+    bpf_build.peek_plan(Probe("tcp_sendmsg", None, 1, args={"msg": 2},
                         peek={"arg": "msg", "bytes": 64}), types)
     json.dump(dict(release=release, **types.answers), sys.stdout, indent=1, sort_keys=False)
     sys.stdout.write("\n")

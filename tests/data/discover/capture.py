@@ -1,6 +1,7 @@
 # Record prototypes (from BTF) and kallsyms types of the functions the bundled manifests name.
 import json, sys
-from legacytrace import btf, manifest
+from legacytrace import manifest
+from legacytrace.kernel import btf
 btf_path, release, out = sys.argv[1], sys.argv[2], sys.argv[3]
 kallsyms = sys.argv[4] if len(sys.argv) > 4 else None
 extra = ["__netif_receive_skb_core", "kfree_skb", "bfifo_enqueue", "tcp_v4_send_check",

@@ -7,7 +7,7 @@ import datetime
 import json
 import sys
 
-from legacytrace.host import probe_host
+from legacytrace.kernel.host import probe_host
 
 facts = probe_host().to_dict()
 record = collections.OrderedDict([("_note", "{} Recorded {} as uid 0 with tests/data/hosts/record.py."

@@ -1,0 +1,1 @@
+"""Tests of the backends (backends/ in the repository, legacytrace.backends installed)."""

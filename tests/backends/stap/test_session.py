@@ -1,0 +1,98 @@
+"""Running a SystemTap module (backends/stap/session.py) with stand-ins for staprun: the
+backlog between staprun and the parser, a stop that kills a staprun that does not end,
+the leftovers of killed runs and their cleanup.
+"""
+import os
+import subprocess
+import threading
+
+import pytest
+
+from legacytrace.backends import stap
+from legacytrace.backends.stap import cache as stap_cache, session as stap_session
+from legacytrace.errors import UsageError
+from legacytrace.kernel.host import HostFacts
+
+
+CAPTURE = "explore-6.1.0-56-amd64.txt"
+
+
+@pytest.fixture
+def lines(datadir):
+    return (datadir / "stap" / CAPTURE).read_text().splitlines()
+
+
+def test_the_backlog_between_staprun_and_the_parser_counts_what_it_drops(monkeypatch):
+    """The reader thread's bookkeeping, without staprun: lines beyond the backlog are
+    counted, damaged ones too, and a stop after finish() leaves the rest to detach."""
+    monkeypatch.setenv(stap_session.BACKLOG_ENV, "3")
+    session = stap_session.StapSession(None)
+    event = "LT1\tE\t{}"
+    session._put([event.format(1), event.format(2)])
+    session._put([event.format(3), "LT1\tL\tfault\t2"])          # 4 lines > 3: dropped
+    session._put(["t\0\0\0" + event.format(4)])
+    assert session.lost == {"stap lines the parser fell behind on": 1, "stap fault": 2,
+                            "stap damaged lines": 1}
+    taken = session._take(until=0)     # a deadline in the past: only what is in hand
+    assert list(taken) == []
+    session._eof.set()
+    assert list(session._take()) == [event.format(1), event.format(2),
+                                     "t\0\0\0" + event.format(4)]
+
+
+@pytest.mark.parametrize("value", ["lots", "-5", "0", "1e3"])
+def test_a_bad_backlog_setting_is_a_clear_error(monkeypatch, value):
+    monkeypatch.setenv(stap_session.BACKLOG_ENV, value)
+    with pytest.raises(UsageError, match="LEGACYTRACE_STAP_BACKLOG"):
+        stap_session.StapSession(None)
+
+
+def test_a_staprun_that_does_not_end_is_killed_and_the_stop_goes_on(monkeypatch, capsys):
+    """A stop waits STOP_TIMEOUT for staprun (unloading can hang), then kills it and says so:
+    the trace ends instead of waiting for ever."""
+    monkeypatch.setattr(stap_session, "STOP_TIMEOUT", 0.5)
+    session = stap_session.StapSession(None)
+    session.proc = subprocess.Popen(["sh", "-c", "trap '' TERM; sleep 600"])
+    proc = session.proc
+    for name in ("_stdout_thread", "_stderr_thread"):
+        setattr(session, name, threading.Thread(target=lambda: None))
+        getattr(session, name).start()
+    session._eof.set()
+    assert list(session.lines()) == []          # EOF, staprun still running: no hang
+    session.detach()
+    assert proc.returncode == -9
+    assert "staprun did not end within 0.5 s of SIGTERM and was killed" in capsys.readouterr().err
+
+
+LIVE = {200: "staprun -R /root/.cache/legacytrace/stap/0123/lt_0123456789abcdef.ko",
+        300: "stapio /tmp/lt_icmp.ko"}
+
+
+def test_leftovers_are_our_modules_that_no_staprun_runs(monkeypatch):
+    loaded = ["lt_0123456789ab_100", "lt_0123456789ab_200", "lt_icmp", "lt_udp",
+              "nf_tables", "stap_0123456789abcdef_400"]
+    monkeypatch.setattr(stap_session, "_loaded_modules", lambda: list(loaded))
+    monkeypatch.setattr(stap_session, "_stapruns", lambda: dict(LIVE))
+    assert stap.StapBackend().leftovers(HostFacts(release="6.1.0-56-amd64")) == [
+        "lt_0123456789ab_100", "lt_udp"]
+
+
+def test_cleanup_unloads_only_leftovers(monkeypatch):
+    loaded = ["lt_0123456789ab_100", "lt_0123456789ab_200"]
+    commands = []
+
+    def fake_call(argv, cwd=None):
+        commands.append(argv)
+        loaded.remove(argv[-1])
+        return stap_cache._Result(0, "")
+
+    monkeypatch.setattr(stap_session, "_loaded_modules", lambda: list(loaded))
+    monkeypatch.setattr(stap_session, "_stapruns", lambda: dict(LIVE))
+    monkeypatch.setattr(stap_cache, "call", fake_call)
+    removed = stap.StapBackend().cleanup(HostFacts(release="6.1.0-56-amd64"))
+    assert removed == ["lt_0123456789ab_100"]
+    assert commands == [["staprun", "-d", "lt_0123456789ab_100"]]
+
+
+def test_stapruns_reads_proc():
+    assert os.getpid() not in stap_session._stapruns()   # this is python, not staprun

@@ -1,0 +1,1 @@
+"""Tests of legacytrace.kernel, module by module."""
