@@ -50,6 +50,7 @@ from legacytrace.errors import UsageError
 from legacytrace.model import EVENT_FIELDS
 
 SRC, DST, EITHER, BOTH = "src", "dst", "src or dst", "src and dst"
+DIRECTIONS = (SRC, DST, EITHER, BOTH)
 
 #: IP protocols whose ports `port` and `portrange` compare (libpcap: TCP, UDP, SCTP).
 PORT_PROTOS = (6, 17, 132)
@@ -121,10 +122,10 @@ TCPDUMP_KEYWORDS = frozenset("""
     """.split())
 
 #: Protocol words: alone a protocol test, before a primitive its qualifier.
-_PROTO_WORDS = {"ip": Family(4), "ip6": Family(6), "tcp": Proto(None, 6),
+PROTO_WORDS = {"ip": Family(4), "ip6": Family(6), "tcp": Proto(None, 6),
                 "udp": Proto(None, 17), "sctp": Proto(None, 132), "icmp": Proto(4, 1),
                 "icmp6": Proto(6, 58)}
-_KEYWORDS = frozenset(_PROTO_WORDS) | frozenset(
+_KEYWORDS = frozenset(PROTO_WORDS) | frozenset(
     ("src", "dst", "host", "net", "port", "portrange", "proto", "mask"))
 _TYPE_WORDS = ("host", "net", "port", "portrange", "proto")
 
@@ -345,10 +346,10 @@ class _Parser(object):
             node, _ = self.expr(qual, self.depth(depth))
             self.expect(")")
             return node, qual
-        if self.keyword() in _PROTO_WORDS and \
+        if self.keyword() in PROTO_WORDS and \
                 self.keyword(1) not in ("src", "dst") + _TYPE_WORDS:
             self.take()
-            return _PROTO_WORDS[token.value], None
+            return PROTO_WORDS[token.value], None
         if token.kind == _KW and token.value != "mask":
             qual = self.head()
             return self.id(qual, depth), qual
@@ -361,7 +362,7 @@ class _Parser(object):
 
     def head(self):
         proto = direction = kind = None
-        if self.keyword() in _PROTO_WORDS:
+        if self.keyword() in PROTO_WORDS:
             proto = self.take().value
         if self.keyword() in ("src", "dst"):
             direction = self.take().value
@@ -495,7 +496,7 @@ def _port_value(qual, token):
             "a number from 0 to 65535" if qual.type == "port" else "LOW-HIGH, e.g. 1024-2047"))
     if high > 65535:
         _fail("{} is not a port: ports are 0 to 65535".format(_quote(token.word)))
-    proto = None if qual.proto is None else _PROTO_WORDS[qual.proto].number
+    proto = None if qual.proto is None else PROTO_WORDS[qual.proto].number
     return Port(qual.direction, low, high, proto)
 
 
@@ -589,7 +590,7 @@ def parse(text):
 # --- normalised text ---------------------------------------------------------------------
 
 _DIRECTION_TEXT = {EITHER: "", SRC: "src ", DST: "dst ", BOTH: "src and dst "}
-_PROTO_TEXT = dict((node, word) for word, node in _PROTO_WORDS.items())
+_PROTO_TEXT = dict((node, word) for word, node in PROTO_WORDS.items())
 _PORT_PROTO_TEXT = {None: "", 6: "tcp ", 17: "udp ", 132: "sctp "}
 
 
@@ -643,34 +644,6 @@ def conjoin(*exprs):
         else:
             chain.add(And, expr)
     return None if chain is None else chain.node()
-
-
-def from_flow_filter(flow):
-    """The CLI's flow flags (a FlowFilter) as an expression; None for an empty filter.
-
-    Same answer as FlowFilter.matches() except for ports of UDP-Lite (136): the flags
-    compare any ports an event has, tcpdump's `port` only TCP's, UDP's and SCTP's.
-    """
-    if flow is None or flow.is_empty():
-        return None
-    implied = flow.saddr is not None or flow.daddr is not None
-    family = None if implied else flow.family
-    if Proto(flow.family, flow.proto) in _PROTO_TEXT:      # -4 -p icmp: icmp
-        family = flow.family
-    has_ports = flow.sport is not None or flow.dport is not None
-    port_proto = flow.proto if flow.proto in PORT_PROTOS else None
-    terms = []
-    if flow.proto is not None and not (has_ports and port_proto):
-        terms.append(Proto(family, flow.proto))
-    elif family is not None:
-        terms.append(Family(family))
-    for direction, net in ((SRC, flow.saddr), (DST, flow.daddr)):
-        if net is not None:
-            terms.append(Net(direction, net))
-    for direction, port in ((SRC, flow.sport), (DST, flow.dport)):
-        if port is not None:
-            terms.append(Port(direction, port, port, port_proto))
-    return conjoin(*terms)
 
 
 # --- the reference evaluator -------------------------------------------------------------

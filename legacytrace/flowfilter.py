@@ -1,15 +1,18 @@
-"""The flow filter: which packets a trace keeps, parsed strictly from user input.
+"""The flow filter: which packets a trace keeps, from the CLI's flags and tcpdump's language.
 
-Backends compile it into their in-kernel filter where they can; the tracer also
-applies `FlowFilter.matches()` to every event in user space, so both paths give
-the same result. Values here are numbers and `ipaddress` objects only: nothing a
-user typed reaches generated code as text.
+The flags (`--proto tcp -d 10.0.0.0/8 --dport 80`) and the expression (`'tcp port 80 and not
+host 10.0.0.1'`, legacytrace.filterexpr) make one expression: each flag a primitive, all of
+them and the expression joined by `and`. Backends compile it into their in-kernel filter,
+which may keep more than it; the tracer checks every event against it in user space
+(`FlowFilter.matches()`), so both paths give the same result. The expression holds numbers
+and `ipaddress` objects only: nothing a user typed reaches generated code as text.
 """
 import ipaddress
 import re
 
+from legacytrace import filterexpr
 from legacytrace.errors import UsageError
-from legacytrace.model import PROTO_NAMES, PROTO_NUMBERS
+from legacytrace.model import PROTO_NUMBERS
 
 #: ASCII digits only: str.isdigit() also accepts "²" and "١", which int() refuses or reads.
 _DIGITS = re.compile(r"[0-9]+\Z")
@@ -59,117 +62,85 @@ def parse_family(text):
     raise UsageError("invalid IP version {!r}: use 4 or 6".format(text))
 
 
-def check_values(flow):
-    """Raise UsageError unless `flow` holds only what FlowFilter.parse() makes: ints in range
-    and ipaddress networks. A caller may set attributes directly, so a backend calls this
-    before it compiles the filter into generated code."""
-    if flow is None:
-        return
-    for name, high in (("proto", 255), ("sport", 65535), ("dport", 65535)):
-        value = getattr(flow, name)
-        if value is not None and (type(value) is not int or not 0 <= value <= high):
-            raise UsageError("flow filter: {} {!r} is not a number from 0 to {}".format(
-                name, value, high))
-    if flow.family not in (None, 4, 6):
-        raise UsageError("flow filter: IP version {!r} is not 4 or 6".format(flow.family))
-    for name in ("saddr", "daddr"):
-        net = getattr(flow, name)
-        if net is not None and not isinstance(net, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
-            raise UsageError("flow filter: {} {!r} is not a network".format(name, net))
-        if net is not None and flow.family not in (None, net.version):
-            raise UsageError("flow filter: {} {} is not IPv{}".format(name, net, flow.family))
-
 class FlowFilter(object):
-    """Which flows to keep; an attribute left None matches anything.
+    """Which packets to keep: `expr`, an expression of legacytrace.filterexpr, or None for all.
 
-    family -- 4 or 6
-    proto  -- IP protocol number (1 icmp, 6 tcp, 17 udp, 58 icmp6)
-    saddr, daddr -- ipaddress networks (an address is a /32 or /128)
-    sport, dport -- port numbers
+    The flags name the primitives of tcpdump's `ip`/`ip6` (family), `proto` (an IP protocol
+    number: 1 icmp, 6 tcp, 17 udp, 58 icmp6), `src net`/`dst net` (ipaddress networks, an
+    address a /32 or /128) and `src port`/`dst port`; `expr` is joined to them with `and`.
     """
 
-    __slots__ = ("family", "proto", "saddr", "daddr", "sport", "dport")
+    __slots__ = ("expr", "_keep")
 
-    def __init__(self, family=None, proto=None, saddr=None, daddr=None, sport=None, dport=None):
-        self.family = family
-        self.proto = proto
-        self.saddr = saddr
-        self.daddr = daddr
-        self.sport = sport
-        self.dport = dport
-        self._check()
+    def __init__(self, family=None, proto=None, saddr=None, daddr=None, sport=None, dport=None,
+                 expr=None):
+        family = _check_flags(family, proto, saddr, daddr, sport, dport)
+        self.expr = filterexpr.conjoin(
+            _flags_expression(family, proto, saddr, daddr, sport, dport), expr)
+        self._keep = None if self.expr is None else filterexpr.evaluator(self.expr)
 
     @classmethod
-    def parse(cls, family=None, proto=None, saddr=None, daddr=None, sport=None, dport=None):
+    def parse(cls, family=None, proto=None, saddr=None, daddr=None, sport=None, dport=None,
+              expression=None):
         """Build a filter from command-line text; raise UsageError naming the bad value."""
         return cls(family=parse_family(family), proto=parse_proto(proto),
                    saddr=parse_net(saddr, "source address"),
                    daddr=parse_net(daddr, "destination address"),
                    sport=parse_port(sport, "source port"),
-                   dport=parse_port(dport, "destination port"))
-
-    def _check(self):
-        """Reject combinations that can never match, so a typo is not a silent empty trace."""
-        families = set(net.version for net in (self.saddr, self.daddr) if net is not None)
-        if self.family is not None:
-            families.add(self.family)
-        if len(families) > 1:
-            raise UsageError("the filter mixes IPv4 and IPv6 (addresses and -4/-6 must agree)")
-        if families and self.family is None:
-            self.family = families.pop()
-        if (self.sport is not None or self.dport is not None) and \
-                self.proto not in (None, PROTO_NUMBERS["tcp"], PROTO_NUMBERS["udp"]):
-            raise UsageError("--sport/--dport need -p tcp or -p udp (or no -p)")
-        icmp = {4: PROTO_NUMBERS["icmp"], 6: PROTO_NUMBERS["icmp6"]}
-        if self.family in icmp and self.proto in icmp.values() and self.proto != icmp[self.family]:
-            raise UsageError("-p {} does not exist over IPv{}".format(
-                "icmp6" if self.family == 4 else "icmp", self.family))
+                   dport=parse_port(dport, "destination port"),
+                   expr=filterexpr.parse(expression) if expression else None)
 
     def is_empty(self):
-        # Spelled out: matches() asks this for every event (a generator over
-        # __slots__ cost 8,000 instructions an event; bench/ingest.py).
-        return (self.family is None and self.proto is None and self.saddr is None
-                and self.daddr is None and self.sport is None and self.dport is None)
+        return self.expr is None
 
     def matches(self, event):
-        """True when `event` (a FlowEvent) belongs to a kept flow.
-
-        An event without a tuple (a tracepoint that knows no addresses) matches
-        only an empty filter: it cannot be shown to belong to the flow.
-        """
-        if self.is_empty():
-            return True
-        if event.family is None:
-            return False
-        if self.family is not None and event.family != self.family:
-            return False
-        if self.proto is not None and event.proto != self.proto:
-            return False
-        if self.sport is not None and event.sport != self.sport:
-            return False
-        if self.dport is not None and event.dport != self.dport:
-            return False
-        return _in(event.saddr, self.saddr) and _in(event.daddr, self.daddr)
+        """True when `event` (a FlowEvent) is kept: the expression is true of it. An event
+        that does not tell (no tuple; ports a later fragment lacks) is not kept by a filter."""
+        return self._keep is None or self._keep(event) is True
 
     def describe(self):
-        """The filter in the CLI's own words, for headers and errors."""
-        parts = []
-        if self.family is not None:
-            parts.append("-{}".format(self.family))
-        proto = PROTO_NAMES.get(self.proto, self.proto)
-        for flag, value in (("-p", proto), ("-s", self.saddr), ("-d", self.daddr),
-                            ("--sport", self.sport), ("--dport", self.dport)):
-            if value is not None:
-                parts.append("{} {}".format(flag, value))
-        return " ".join(parts) or "all flows"
+        """The filter as tcpdump's normalised expression, for headers and errors."""
+        return "all flows" if self.expr is None else filterexpr.text(self.expr)
 
 
-def _in(addr, net):
-    if net is None:
-        return True
-    if addr is None:
-        return False
-    try:
-        return ipaddress.ip_address(addr) in net
-    except ValueError:
-        return False
+def _check_flags(family, proto, saddr, daddr, sport, dport):
+    """Reject flags that can never match together, so a typo is not a silent empty trace;
+    return the family the flags imply (an address's version)."""
+    families = set(net.version for net in (saddr, daddr) if net is not None)
+    if family is not None:
+        families.add(family)
+    if len(families) > 1:
+        raise UsageError("the filter mixes IPv4 and IPv6 (addresses and -4/-6 must agree)")
+    if (sport is not None or dport is not None) and \
+            proto not in (None, PROTO_NUMBERS["tcp"], PROTO_NUMBERS["udp"]):
+        raise UsageError("--sport/--dport need --proto tcp or udp (or no --proto)")
+    icmp = {4: PROTO_NUMBERS["icmp"], 6: PROTO_NUMBERS["icmp6"]}
+    family = families.pop() if families else None
+    if family in icmp and proto in icmp.values() and proto != icmp[family]:
+        raise UsageError("--proto {} does not exist over IPv{}".format(
+            "icmp6" if family == 4 else "icmp", family))
+    return family
+
+
+def _flags_expression(family, proto, saddr, daddr, sport, dport):
+    """The flags as tcpdump's primitives joined by `and` (None for no flag): `-4` is `ip`,
+    `--proto N` `proto N` (`icmp` with -4), an address `src net`/`dst net`, a port `src
+    port`/`dst port` of TCP, UDP (or SCTP without --proto)."""
+    implied = saddr is not None or daddr is not None
+    word_family = None if implied else family
+    if filterexpr.Proto(family, proto) in filterexpr.PROTO_WORDS.values():   # -4 -p icmp: icmp
+        word_family = family
+    has_ports = sport is not None or dport is not None
+    port_proto = proto if proto in filterexpr.PORT_PROTOS else None
+    terms = []
+    if proto is not None and not (has_ports and port_proto):
+        terms.append(filterexpr.Proto(word_family, proto))
+    elif word_family is not None:
+        terms.append(filterexpr.Family(word_family))
+    for direction, net in ((filterexpr.SRC, saddr), (filterexpr.DST, daddr)):
+        if net is not None:
+            terms.append(filterexpr.Net(direction, net))
+    for direction, port in ((filterexpr.SRC, sport), (filterexpr.DST, dport)):
+        if port is not None:
+            terms.append(filterexpr.Port(direction, port, port, port_proto))
+    return filterexpr.conjoin(*terms)

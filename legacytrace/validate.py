@@ -11,9 +11,10 @@ characters, names bpftrace's line keeps for itself, ...). Every failure is a Usa
 naming where the value came from.
 """
 import collections
+import ipaddress
 import re
 
-from legacytrace import flowfilter
+from legacytrace import filterexpr as fx
 from legacytrace.errors import UsageError
 from legacytrace.kernel import structs, tracepoints
 from legacytrace.kernel.x86_64 import ARGS_IN_REGISTERS
@@ -197,6 +198,46 @@ def release(value):
     return value
 
 
+def _int(value, low, high):
+    return type(value) is int and low <= value <= high
+
+
+def _one_of(value, choices):
+    """`value` is one of `choices` and of its type: 4.0 and True are not 4 and 1 here."""
+    return any(type(value) is type(choice) and value == choice for choice in choices)
+
+
+#: What each node of a filter expression may hold (legacytrace.filterexpr).
+_NODE_RULES = {
+    fx.Family: lambda node: _one_of(node.version, (4, 6)),
+    fx.Proto: lambda node: _one_of(node.version, (None, 4, 6)) and _int(node.number, 0, 255),
+    fx.Net: lambda node: _one_of(node.direction, fx.DIRECTIONS) and isinstance(
+        node.network, (ipaddress.IPv4Network, ipaddress.IPv6Network)),
+    fx.Port: lambda node: _one_of(node.direction, fx.DIRECTIONS) and _int(node.low, 0, 65535)
+    and _int(node.high, node.low, 65535) and _one_of(node.proto, (None,) + fx.PORT_PROTOS),
+}
+
+
+def expression(expr, depth=0):
+    """A filter expression (legacytrace.filterexpr) of the node types, directions, numbers
+    and ipaddress networks its parser makes, and no deeper than it allows: the backends
+    compile it into kernel code."""
+    kind = type(expr)
+    if depth > fx.MAX_DEPTH:
+        raise UsageError("filter expression: nested deeper than {}".format(fx.MAX_DEPTH))
+    if kind in (fx.And, fx.Or):
+        if not isinstance(expr.terms, tuple) or len(expr.terms) < 2:
+            raise UsageError("filter expression: {!r} needs two terms or more".format(expr))
+        for term in expr.terms:
+            expression(term, depth + 1)
+    elif kind is fx.Not:
+        expression(expr.term, depth + 1)
+    elif kind not in _NODE_RULES or not _NODE_RULES[kind](expr):
+        raise UsageError("filter expression: {!r} is not a term of tcpdump's language as "
+                         "legacytrace reads it".format(expr))
+    return expr
+
+
 def request(found):
     """A model.TraceRequest whose every value is checked: its probes, run id, target
     release and flow filter."""
@@ -204,5 +245,6 @@ def request(found):
         probe(each)
     run_id(found.run_id)
     release(found.host.release)
-    flowfilter.check_values(found.flow)
+    if found.flow is not None and found.flow.expr is not None:
+        expression(found.flow.expr)
     return found

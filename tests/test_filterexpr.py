@@ -1,5 +1,5 @@
-"""The filter language: parsing, normalised text, errors, the evaluator, flags as an
-expression, and any input giving an AST or a UsageError.
+"""The filter language: parsing, normalised text, errors, the evaluator, and any input
+giving an AST or a UsageError (the flags as an expression: tests/test_flowfilter.py).
 
 Each tcpdump reading asserted here was checked against Debian's tcpdump 4.99.3
 (tests/test_filterexpr_tcpdump.py holds the parser and evaluator to it at random).
@@ -14,7 +14,6 @@ from legacytrace import filterexpr
 from legacytrace.errors import UsageError
 from legacytrace.filterexpr import (BOTH, DST, EITHER, SRC, And, Family, Net, Not, Or, Port,
                                     Proto, evaluate, matches, parse)
-from legacytrace.flowfilter import FlowFilter
 from legacytrace.model import FlowEvent
 
 BOUNDED = settings(max_examples=300, deadline=None, derandomize=True,
@@ -286,60 +285,6 @@ def test_an_address_the_event_cannot_give_is_unknown():
     mixed = event(family=6, proto=6, saddr="::a00:1", daddr="10.0.0.1", sport=1, dport=2)
     assert evaluate(parse("dst net ::/0"), mixed) is None      # not an IPv6 address
     assert evaluate(parse("src host ::10.0.0.1"), mixed) is True
-
-
-# --- the flags as an expression -----------------------------------------------------------
-
-FLAGS = [
-    ({}, None),
-    ({"proto": "tcp"}, "tcp"),
-    ({"family": "4"}, "ip"),
-    ({"family": "6", "proto": "udp"}, "ip6 proto 17"),
-    ({"proto": "tcp", "dport": "80"}, "tcp dst port 80"),
-    ({"family": "4", "proto": "udp", "sport": "53"}, "ip and udp src port 53"),
-    ({"sport": "53", "dport": "5353"}, "src port 53 and dst port 5353"),
-    ({"saddr": "10.0.0.0/8", "proto": "icmp"}, "icmp and src net 10.0.0.0/8"),
-    ({"saddr": "::1", "daddr": "fe80::/10", "proto": "icmp6"},
-     "icmp6 and src host ::1 and dst net fe80::/10"),
-]
-
-
-@pytest.mark.parametrize("flags,expected", FLAGS)
-def test_flags_as_an_expression(flags, expected):
-    expr = filterexpr.from_flow_filter(FlowFilter.parse(**flags))
-    assert (None if expr is None else str(expr)) == expected
-
-
-PROTOS = st.sampled_from([None, 1, 6, 17, 58, 132, 47])
-ADDRESS_PAIRS = {4: st.sampled_from(["10.0.0.1", "10.0.0.2", "127.0.0.1"]),
-                 6: st.sampled_from(["::1", "2001:db8::1", "fe80::1"])}
-EVENTS = st.sampled_from([None, 4, 6]).flatmap(lambda family: st.builds(
-    lambda proto, saddr, daddr, sport, dport: event(
-        family=family, proto=proto, saddr=saddr, daddr=daddr,
-        sport=sport if proto in (6, 17, 132) else None,
-        dport=dport if proto in (6, 17, 132) else None),
-    PROTOS, ADDRESS_PAIRS[family], ADDRESS_PAIRS[family], st.sampled_from([53, 80, 1000]),
-    st.sampled_from([53, 80, 1000])) if family else st.just(NO_TUPLE))
-FLAG_VALUES = st.fixed_dictionaries({
-    "family": st.sampled_from([None, "4", "6"]),
-    "proto": st.sampled_from([None, "tcp", "udp", "icmp", "icmp6", "47"]),
-    "saddr": st.sampled_from([None, "10.0.0.0/8", "10.0.0.1", "::1", "2001:db8::/32"]),
-    "daddr": st.sampled_from([None, "10.0.0.2", "0.0.0.0/0", "::/0"]),
-    "sport": st.sampled_from([None, "53", "80"]),
-    "dport": st.sampled_from([None, "1000", "80"]),
-})
-
-
-@BOUNDED
-@given(FLAG_VALUES, st.lists(EVENTS, min_size=1, max_size=8))
-def test_flags_as_an_expression_keep_what_the_flags_keep(flags, events):
-    try:
-        flow = FlowFilter.parse(**flags)
-    except UsageError:
-        return
-    expr = filterexpr.from_flow_filter(flow)
-    for ev in events:
-        assert flow.matches(ev) == (expr is None or matches(expr, ev)), (flags, ev, str(expr))
 
 
 def test_conjoin():

@@ -19,10 +19,11 @@ import os
 import re
 import struct
 
+import pytest
 import yaml
 from hypothesis import HealthCheck, example, given, settings, strategies as st
 
-from legacytrace import backends, flowfilter, manifest, validate
+from legacytrace import backends, filterexpr as fx, flowfilter, manifest, validate
 from legacytrace.backends.ftrace import parse as ftrace_parse
 
 from legacytrace.kernel import offsets
@@ -175,12 +176,7 @@ def test_any_filter_text_gives_a_filter_or_a_usage_error(args, events):
     except UsageError as err:
         assert str(err) and "\n" not in str(err)
         return
-    assert flow.family in (None, 4, 6)
-    assert flow.proto is None or (type(flow.proto) is int and 0 <= flow.proto <= 255)
-    for port in (flow.sport, flow.dport):
-        assert port is None or (type(port) is int and 0 <= port <= 65535)
-    for net in (flow.saddr, flow.daddr):
-        assert net is None or isinstance(net, (ipaddress.IPv4Network, ipaddress.IPv6Network))
+    assert expr_is_safe(flow.expr)
     for event in events:
         assert flow.matches(event) in (True, False)
 
@@ -338,21 +334,78 @@ NETS = st.one_of(
                                        strict=False)))
 
 
+DIRECTIONS = st.sampled_from(fx.DIRECTIONS)
+PRIMITIVES = st.one_of(
+    st.builds(fx.Family, st.sampled_from([4, 6])),
+    st.builds(fx.Proto, st.sampled_from([None, 4, 6]), st.integers(0, 255)),
+    st.builds(fx.Net, DIRECTIONS, NETS.filter(lambda net: net is not None)),
+    st.tuples(DIRECTIONS, st.integers(0, 65535), st.integers(0, 65535),
+              st.sampled_from([None, 6, 17, 132])).map(
+        lambda t: fx.Port(t[0], min(t[1], t[2]), max(t[1], t[2]), t[3])))
+EXPRESSIONS = st.recursive(PRIMITIVES, lambda inner: st.one_of(
+    st.builds(fx.Not, inner),
+    st.lists(inner, min_size=2, max_size=3).map(lambda terms: fx.conjoin(*terms)),
+    st.lists(inner, min_size=2, max_size=3).map(lambda terms: fx.Or(tuple(terms)))),
+    max_leaves=6)
+WRONG = st.one_of(hostile_text(st.just("17")), st.integers(-5, 1 << 20), st.booleans(),
+                  st.floats(), st.none(), st.just(4.0), st.text(max_size=4).map(
+                      lambda t: t + "/8"))
+
+
+def hostile_expressions():
+    """Trees of the AST's node types holding values of the wrong type or range."""
+    wrong_node = st.one_of(
+        st.builds(fx.Family, WRONG),
+        st.builds(fx.Proto, st.one_of(WRONG, st.sampled_from([None, 4, 6])), WRONG),
+        st.builds(fx.Net, st.one_of(WRONG, DIRECTIONS), WRONG),
+        st.builds(fx.Port, st.one_of(WRONG, DIRECTIONS), WRONG, WRONG, WRONG),
+        st.builds(fx.Port, DIRECTIONS, st.integers(0, 65535), st.integers(0, 65535),
+                  st.one_of(WRONG, st.sampled_from([None, 6, 17, 132]))),
+        st.builds(fx.And, st.one_of(st.tuples(PRIMITIVES), st.lists(PRIMITIVES, max_size=2))),
+        st.builds(fx.Not, WRONG))
+    return st.recursive(wrong_node, lambda inner: st.one_of(
+        st.builds(fx.Not, inner),
+        st.tuples(EXPRESSIONS, inner).map(lambda terms: fx.Or(terms))), max_leaves=4)
+
+
 @st.composite
 def flows(draw):
-    """Valid filters, and filters whose attributes were set to values of the wrong type
-    (a caller that bypassed FlowFilter.parse): the backends must check them again."""
-    family = draw(st.sampled_from([None, 4, 6]))
-    flow = FlowFilter(family=family, saddr=draw(NETS if family is None else st.none()))
-    for name, values in (("proto", st.one_of(st.none(), st.integers(0, 255))),
-                         ("sport", st.one_of(st.none(), st.integers(0, 65535))),
-                         ("dport", st.one_of(st.none(), st.integers(0, 65535)))):
-        setattr(flow, name, draw(values))
+    """Valid filters, and filters whose expression was replaced by a tree of wrong values (a
+    caller that bypassed FlowFilter.parse): the backends must check them again."""
+    flow = FlowFilter(expr=draw(st.one_of(st.none(), EXPRESSIONS)))
     if draw(st.booleans()):
-        setattr(flow, draw(st.sampled_from(["proto", "sport", "dport", "family", "saddr"])),
-                draw(st.one_of(hostile_text(st.just("17")), st.integers(-5, 1 << 20),
-                               st.booleans(), st.floats())))
+        flow.expr = draw(hostile_expressions())
     return flow
+
+
+def expr_is_safe(expr, depth=0):
+    """True when `expr` is a tree the parser could have made: node types, directions, numbers
+    of the right type and range, ipaddress networks, no deeper than filterexpr.MAX_DEPTH."""
+    def number(value, low, high):
+        return type(value) is int and low <= value <= high
+    kind = type(expr)
+    if expr is None:
+        return depth == 0
+    if depth > fx.MAX_DEPTH:
+        return False
+    if kind in (fx.And, fx.Or):
+        return type(expr.terms) is tuple and len(expr.terms) >= 2 and all(
+            expr_is_safe(term, depth + 1) for term in expr.terms)
+    if kind is fx.Not:
+        return expr_is_safe(expr.term, depth + 1)
+    if kind is fx.Family:
+        return number(expr.version, 4, 6) and expr.version != 5
+    if kind is fx.Proto:
+        return (expr.version is None or number(expr.version, 4, 6) and expr.version != 5) \
+            and number(expr.number, 0, 255)
+    if kind is fx.Net:
+        return expr.direction in fx.DIRECTIONS and isinstance(
+            expr.network, (ipaddress.IPv4Network, ipaddress.IPv6Network))
+    if kind is fx.Port:
+        return expr.direction in fx.DIRECTIONS and number(expr.low, 0, 65535) and \
+            number(expr.high, expr.low, 65535) and expr.proto in (None, 6, 17, 132) and \
+            (expr.proto is None or type(expr.proto) is int)
+    return False
 
 
 def request_is_safe(request, run_id_used=True):
@@ -371,15 +424,7 @@ def request_is_safe(request, run_id_used=True):
         for name, path in probe.fields.items():
             if not SAFE_FIELD_NAME.match(name) or not SAFE_FIELD_PATH.match(path):
                 return False
-    flow = request.flow
-    for name, high in (("proto", 255), ("sport", 65535), ("dport", 65535)):
-        value = getattr(flow, name)
-        if value is not None and (type(value) is not int or not 0 <= value <= high):
-            return False
-    if flow.family not in (None, 4, 6):
-        return False
-    return all(net is None or isinstance(net, (ipaddress.IPv4Network, ipaddress.IPv6Network))
-               for net in (flow.saddr, flow.daddr))
+    return expr_is_safe(request.flow.expr)
 
 
 def el7_ftrace():
@@ -423,6 +468,17 @@ def test_ftrace_builds_only_from_validated_input(probes, flow, run_id):
 @given(st.lists(PROBES, min_size=1, max_size=3), flows(), RUN_IDS)
 def test_bpf_builds_only_from_validated_input(probes, flow, run_id):
     check_build("bpf", probes, flow, run_id)
+
+
+@pytest.mark.parametrize("name", sorted(BUILDERS))
+@pytest.mark.parametrize("expr", [fx.Family(4.0), fx.Family(True), fx.Proto(6.0, 6),
+                                  fx.Proto(None, 6.0), fx.Port(fx.SRC, 80, 80, 6.0),
+                                  fx.Port(fx.SRC, True, 80, None)])
+def test_numbers_of_the_wrong_type_never_reach_a_program(name, expr):
+    """4.0 == 4 and True == 1 in Python: each would pass a check by value alone."""
+    flow = FlowFilter()
+    flow.expr = expr
+    check_build(name, [Probe("ip_rcv", 1)], flow, "lt4242")
 
 
 @BOUNDED

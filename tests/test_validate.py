@@ -1,9 +1,12 @@
 """The one validator (legacytrace.validate): each rule, as every backend and the manifest
 loader apply it."""
+import ipaddress
+
 import pytest
 
 from legacytrace import validate
 from legacytrace.errors import UsageError
+from legacytrace import filterexpr as fx
 from legacytrace.flowfilter import FlowFilter
 from legacytrace.kernel.host import HostFacts
 from legacytrace.model import Probe, TraceRequest
@@ -65,9 +68,20 @@ def test_a_release_that_could_leave_a_comment_is_refused(release):
         validate.release(release)
 
 
-def test_a_flow_filter_set_by_hand_is_checked():
+@pytest.mark.parametrize("node", [
+    fx.Proto(None, 256), fx.Proto(None, True), fx.Proto(5, 6), fx.Family(10),
+    fx.Net(fx.SRC, "10.0.0.1/32"), fx.Net("both ways", ipaddress.ip_network("10.0.0.0/8")),
+    fx.Port(fx.DST, 80, 79, None), fx.Port(fx.DST, 80, 80, 47), fx.Port(fx.SRC, -1, 2, 6),
+    fx.And((fx.Family(4),)), fx.Not("tcp"), "tcp port 80; rm -rf /",
+])
+def test_a_filter_expression_made_by_hand_is_checked(node):
     flow = FlowFilter()
-    flow.family = 4
-    flow.daddr = FlowFilter.parse(daddr="::1").daddr
-    with pytest.raises(UsageError, match="is not IPv4"):
+    flow.expr = node
+    with pytest.raises(UsageError, match="filter expression"):
         validate.request(request(flow=flow))
+
+
+def test_a_parsed_expression_and_no_filter_pass():
+    assert validate.request(request(flow=FlowFilter.parse(expression="tcp port 80 or not "
+                                                          "net 10.0.0.0/8 and ip6")))
+    assert validate.request(request(flow=FlowFilter()))

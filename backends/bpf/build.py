@@ -1,20 +1,19 @@
 """Building the bpftrace program (pure): one probe plan per manifest function, custom
-fields and peeks typed from the target's BTF, the flow filter as numbers, rendered into
+fields and peeks typed from the target's BTF, the flow filter as a predicate
+(backends/bpf/predicate.py), rendered into
 templates/bpftrace.bt.j2.
 """
 import collections
 import platform
 import re
-import struct
 
 from legacytrace.backends import checks
 from legacytrace.backends.base import Program, template
+from legacytrace.backends.bpf import predicate
 from legacytrace.backends.bpf.parse import TAG
 from legacytrace.errors import LegacytraceError, UsageError
 from legacytrace.kernel import btf, structs, tracepoints
 
-_U32 = struct.Struct("<I")
-_U64X2 = struct.Struct("<QQ")
 
 
 class BpfPart(collections.namedtuple("BpfPart", "functions env")):
@@ -46,33 +45,6 @@ class ProbePlan(collections.namedtuple(
     """One bpftrace probe block as the template renders it; `peek` is None or a PeekPlan."""
 
     __slots__ = ()
-
-
-def _address_words(net):
-    """An ip_network -> (mask words, value words) as the program reads them on little-endian.
-
-    IPv4: one u32 read from the header; IPv6: two u64 (bytes 0-7 and 8-15).
-    """
-    if net.version == 4:
-        return ((_U32.unpack(net.netmask.packed)[0], 0),
-                (_U32.unpack(net.network_address.packed)[0], 0))
-    return (_U64X2.unpack(net.netmask.packed), _U64X2.unpack(net.network_address.packed))
-
-
-def filter_terms(flow):
-    """The flow filter (checked: ints and ipaddress networks) as numbers for the
-    template, or None when it keeps everything."""
-    if flow is None or flow.is_empty():
-        return None
-    addrs = []
-    for var, net in (("s", flow.saddr), ("d", flow.daddr)):
-        if net is not None:
-            mask, value = _address_words(net)
-            addrs.append({"var": var, "mask": mask, "value": value})
-    ports = [{"var": var, "value": port} for var, port in (("sport", flow.sport),
-                                                           ("dport", flow.dport))
-             if port is not None]
-    return {"family": flow.family, "proto": flow.proto, "addrs": addrs, "ports": ports}
 
 
 def _extras(extras):
@@ -364,10 +336,10 @@ def _comment(text):
     return re.sub(r"[^ -~]", " ", text or "")[:120]
 
 
-def render(plans, flow_terms, run_id, mode, notes):
-    """The bpftrace script text for validated plans and filter numbers."""
+def render(plans, condition, run_id, mode, notes):
+    """The bpftrace script text for validated plans and the flow filter's condition."""
     return template("legacytrace.backends.bpf", "templates/bpftrace.bt.j2").render(
-        tag=TAG, probes=plans, filter=flow_terms, run_id=run_id, mode=mode, notes=notes)
+        tag=TAG, probes=plans, filter=condition, run_id=run_id, mode=mode, notes=notes)
 
 
 def program(request, types_for):
@@ -387,6 +359,7 @@ def program(request, types_for):
                                "{} ({}): use another manifest or backend".format(
                                    len(request.probes), host.release,
                                    "; ".join(warnings) or "the manifest is empty"))
-    text = render(plans, filter_terms(request.flow), run_id, mode, warnings)
+    text = render(plans, predicate.predicate(request.flow and request.flow.expr), run_id, mode,
+                  warnings)
     return Program("bpf", text, run_id=run_id, mode=mode, warnings=warnings,
                    part=BpfPart([plan.func for plan in plans], bpftrace_env(plans, host.btf)))

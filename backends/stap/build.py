@@ -5,8 +5,9 @@ import collections
 import os
 import re
 
-from legacytrace import trust
+from legacytrace import filterexpr, trust
 from legacytrace.backends.base import Program, template
+from legacytrace.backends.stap import condition
 from legacytrace.backends.stap.parse import PROTOCOL
 from legacytrace.errors import UsageError, warn
 from legacytrace.kernel import structs
@@ -53,41 +54,17 @@ def _field_expr(path):
     return "@cast({})->{}".format(_FIELD_ROOTS[root], "->".join(members))
 
 
-def _flow_view(flow):
-    """The (checked) flow filter as numbers for lt_flow_match(); words for the comments."""
-    values = dict((name, getattr(flow, name, None) if flow is not None else None)
-                  for name in ("family", "proto", "saddr", "daddr", "sport", "dport"))
-    nets = []
-    for side in ("saddr", "daddr"):
-        net = values[side]
-        if net is None:
-            continue
-        values["family"] = net.version
-        nets.append({"name": side, "bytes": len(net.network_address.packed),
-                     "net": _bytes16(net.network_address.packed),
-                     "mask": _bytes16(net.netmask.packed)})
-    words = ", ".join("{} {}".format(name, values[name]) for name in
-                      ("family", "proto", "saddr", "daddr", "sport", "dport")
-                      if values[name] is not None)
-    values.update(nets=nets, empty=not words, words=words or "(all flows)")
-    return values
-
-
-def _bytes16(packed):
-    return [b for b in bytearray(packed)] + [0] * (16 - len(packed))
-
-
-
 def program(request):
     """Render the script for `request`; pure. Raise UsageError for anything unsafe."""
     release = request.host.release
-    flow = _flow_view(request.flow)
+    expr = request.flow and request.flow.expr
     probes = [_probe_view(probe) for probe in request.probes]
     if not probes:
         raise UsageError("no functions to probe: the manifest resolved to nothing on {}"
                          .format(release))
     text = template("legacytrace.stap_templates", TEMPLATE).render(
-        protocol=PROTOCOL, release=release, flow=flow, filter_words=flow["words"], probes=probes)
+        protocol=PROTOCOL, release=release, flow=condition.condition(expr),
+        filter_words="all flows" if expr is None else filterexpr.text(expr), probes=probes)
     return Program("stap", text, run_id=request.run_id,
                    part=StapPart(release, [probe["name"] for probe in probes], None))
 

@@ -6,7 +6,7 @@ import pytest
 
 from conftest import golden
 from . import DEV_618, LAB_61
-from legacytrace import backends, flowfilter
+from legacytrace import backends
 from legacytrace.backends.bpf import build as bpf_build
 from legacytrace.errors import LegacytraceError, UsageError
 from legacytrace.flowfilter import FlowFilter
@@ -116,26 +116,3 @@ def test_a_description_cannot_leave_its_comment():
     text = build(LAB_61, probes=[probe]).text
     assert '// ip_rcv: x } BEGIN { system("id") } //' in text
     assert "\nBEGIN { system" not in text and "\r" not in text
-
-
-def test_filter_values_become_numbers_read_as_little_endian_words():
-    terms = bpf_build.filter_terms(FlowFilter.parse(saddr="127.0.0.0/8", daddr="10.1.2.3", dport="53"))
-    assert terms["family"] == 4 and terms["proto"] is None
-    assert terms["addrs"] == [{"var": "s", "mask": (0xff, 0), "value": (0x7f, 0)},
-                              {"var": "d", "mask": (0xffffffff, 0), "value": (0x0302010a, 0)}]
-    assert terms["ports"] == [{"var": "dport", "value": 53}]
-    six = bpf_build.filter_terms(FlowFilter.parse(saddr="2001:db8::/32"))
-    assert six["addrs"][0]["mask"] == (0xffffffff, 0)
-    assert six["addrs"][0]["value"] == (int.from_bytes(bytes.fromhex("20010db8"), "little"), 0)
-    assert bpf_build.filter_terms(FlowFilter()) is None
-
-
-def test_filter_values_that_are_not_numbers_are_refused():
-    flow = FlowFilter()
-    flow.dport = "53 || 1"
-    with pytest.raises(UsageError, match="not a number"):
-        flowfilter.check_values(flow)
-    flow = FlowFilter()
-    flow.saddr = "127.0.0.1"
-    with pytest.raises(UsageError, match="not a network"):
-        flowfilter.check_values(flow)
