@@ -231,9 +231,21 @@ class _IPValues(_Values):
             return _cmp(self.version, "!=", 0x45)
         return _any_of(self.proto, IPV6_EXTENSIONS)
 
+    def proto_in(self, protos):
+        """The protocol byte is one of `protos`; constant where the guard checked it."""
+        implied = self.view.protos
+        if implied:
+            if not set(implied) & set(protos):
+                return False
+            if set(implied) <= set(protos):
+                return True
+        return _any_of(self.proto, protos)
+
     def proto_is(self, number, positive):
-        test = _cmp(self.proto, "==" if positive else "!=", number)
-        return test if self.view.family == 4 else _or(test, self.unsure())
+        test = self.proto_in((number,))
+        test = test if positive else _negate(test)
+        # under a guard of implied protocols an IPv6 view has no extension header
+        return test if self.view.family == 4 or self.view.protos else _or(test, self.unsure())
 
     def net(self, direction, network, positive):
         if network.version != self.view.family:
@@ -257,10 +269,10 @@ class _IPValues(_Values):
             return exact if positive else _negate(exact)
         compared = self.sides(expr.direction, positive, test)
         if positive:
-            return _or(_and(_any_of(self.proto, protos), compared), self.unsure()) \
+            return _or(_and(self.proto_in(protos), compared), self.unsure()) \
                 if self.view.family == 6 else \
-                _and(_any_of(self.proto, protos), _or(self.unsure(), compared))
-        not_ported = _negate(_any_of(self.proto, protos))
+                _and(self.proto_in(protos), _or(self.unsure(), compared))
+        not_ported = _negate(self.proto_in(protos))
         return _or(not_ported, self.unsure(), compared)
 
 

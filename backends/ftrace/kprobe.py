@@ -34,18 +34,16 @@ Manifest extras (legacytrace.model.Probe), each an argument the parser knows by 
     pi=, pu=, itN=        `peek`: the first bytes of the user's buffer behind a struct msghdr *
                           (see msg_iter_args)
 
-Event filters: at `l3` functions the IP header is at data+0 whatever the device, so the
-flow filter is compiled into the event's filter there, on dedicated `f_*` fetch args,
-written so that an event that matches the flow is never rejected (an IPv4 header with
-options, an IPv6 extension header or a CIDR that is not /32 or /128 is left to user
-space). At the other positions the IP header's place is not fixed (device, options) and
-filtering is done in user space only. Filters on sock_common fields are exact.
+Event filters: the flow expression is compiled into each probe's event filter
+(eventfilter.py) on dedicated `f*` fetch args, read where the IP header may be by where
+skb->data points (ip_views), or from the struct sock (sock_view). The filter may let through
+more than the expression, never less: user space checks every event again.
 """
 import collections
 import re
-import struct
 
-from legacytrace.kernel import skbuff, structs
+from legacytrace.backends.ftrace import eventfilter
+from legacytrace.kernel import skbuff, sock, structs
 from legacytrace.kernel.x86_64 import ARG_REGISTERS
 from legacytrace.errors import LegacytraceError, UsageError
 from legacytrace.kernel.offsets import LayoutError, LayoutTypes
@@ -56,18 +54,11 @@ MAX_NAME = 63            # event and group names (MAX_EVENT_NAME_LEN 64 with the
 
 #: Byte range [start, end) of the fetched window around skb->data, per position.
 WINDOWS = {"l3": (0, 48), "l2": (8, 64), "l4": (-40, 8), None: (-40, 64)}
-#: Positions where the IP header's offset from skb->data is the same for every packet.
-FIXED_L3 = {"l3": 0}
 
 # A member's C type as legacytrace.kernel.btf spells it: "struct sock_common",
 # "const struct iovec *".
 _STRUCT_CTYPE = re.compile(r"^(?:(?:const|volatile) )*(?:struct|union) (\w+)( \*)?\Z")
 _CHARS_CTYPE = re.compile(r"^(?:(?:const|volatile) )*(?:(?:un)?signed )?char\[\d+\]\Z")
-
-#: Transport protocols whose header starts with the two ports.
-PORT_PROTOCOLS = (6, 17, 132, 136)
-#: Protocols that end the IPv6 header chain; any other next header may be an extension.
-FINAL_PROTOCOLS = (1, 6, 17, 58, 132, 136)
 
 
 class Definition(collections.namedtuple("Definition", "kind event symbol args filter")):
@@ -337,96 +328,60 @@ def _first_member(types, struct_name, names):
 
 # -- event filters -------------------------------------------------------------------------
 
-def _le(packed):
-    """A big-endian byte string as the number a little-endian fetch of it prints."""
-    return int.from_bytes(packed, "little")
+_L3_VIEWS = (eventfilter.IPView(4, 0, None, ()), eventfilter.IPView(6, 0, None, ()))
+#: At the device layer the IP header follows a 14-byte Ethernet header, its type at 12.
+_L2_VIEWS = (eventfilter.IPView(4, 14, 12, ()), eventfilter.IPView(6, 14, 12, ()))
+#: A header without options or extensions ends where the transport header starts.
+_IP_HEADER = {4: 20, 6: 40}
+#: Where skb->data may point anywhere: each layer's view, the likeliest first.
+_ANY_VIEWS = _L3_VIEWS + _L2_VIEWS + (eventfilter.IPView(4, -20, None, (1, 6, 17)),
+                                      eventfilter.IPView(6, -40, None, (6, 17, 58)))
 
 
-def _address(net, name, family):
-    """(field name, offset in the address, size, filter term) for one address of a network,
-    or [] when only user space can check it (a CIDR that is not a single address)."""
-    if net is None or net.prefixlen != net.max_prefixlen:
-        return []
-    packed = net.network_address.packed
-    if family == 4:
-        return [(name, 0, 4, "{} == {}".format(name, _le(packed)))]
-    low, high = struct.unpack("<QQ", packed)
-    return [(name + "a", 0, 8, "{}a == {}".format(name, low)),
-            (name + "b", 8, 8, "{}b == {}".format(name, high))]
+def ip_views(function):
+    """Where the IP header may be at `function`'s entry (eventfilter.IPView, the likeliest
+    first), by where skb->data points there (legacytrace.kernel.skbuff.DATA_AT)."""
+    position = skbuff.DATA_AT.get(function)
+    if position == "l3":
+        return _L3_VIEWS
+    if position == "l2":
+        return _L2_VIEWS
+    if position == "l4":
+        family, protos = skbuff.TRANSPORT[function]
+        return (eventfilter.IPView(family, -_IP_HEADER[family], None, protos),)
+    return _ANY_VIEWS
 
 
-def l3_filter(fetch, reg, flow, l3_at):
-    """(extra fetch args, filter text or None) for a flow at a function whose IP header is
-    at skb->data + l3_at. Never rejects an event that `flow.matches()` would keep."""
-    if flow is None or flow.is_empty():
-        return [], None
-    data = _relative(fetch.offset("sk_buff", "data"), reg)
-    fields = collections.OrderedDict()
-
-    def field(name, offset, size):
-        fields[name] = "{}={}:u{}".format(name, _relative(l3_at + offset, data), size * 8)
-        return name
-
-    version = field("f_ver", 0, 1)
-    alternatives = []
-    for family in ([flow.family] if flow.family else [4, 6]):
-        terms = []
-        if family == 4:
-            terms.append("{v} >= 64 && {v} <= 79".format(v=version))
-            proto = field("f4_proto", 9, 1)
-            if flow.proto is not None:
-                terms.append("{} == {}".format(proto, flow.proto))
-            addresses = (("f4_saddr", 12, flow.saddr), ("f4_daddr", 16, flow.daddr))
-            # ports follow a 20-byte header (version/IHL byte 0x45); options: user space
-            ports_valid = "{} != 69".format(version)
-            port_at = 20
-        else:
-            terms.append("{v} >= 96 && {v} <= 111".format(v=version))
-            proto = field("f6_proto", 6, 1)
-            if flow.proto is not None:
-                # an extension header may come first: only a different final protocol rejects
-                terms.append("({} == {} || ({}))".format(proto, flow.proto, " && ".join(
-                    "{} != {}".format(proto, p) for p in FINAL_PROTOCOLS)))
-            addresses = (("f6_saddr", 8, flow.saddr), ("f6_daddr", 24, flow.daddr))
-            ports_valid = " && ".join("{} != {}".format(proto, p) for p in PORT_PROTOCOLS)
-            port_at = 40
-        for name, offset, net in addresses:
-            for field_name, extra, size, term in _address(net, name, family):
-                field(field_name, offset + extra, size)
-                terms.append(term)
-        for name, extra, port in (("sport", 0, flow.sport), ("dport", 2, flow.dport)):
-            if port is not None:
-                port_field = field("f{}_{}".format(family, name), port_at + extra, 2)
-                terms.append("({} || {} == {})".format(ports_valid, port_field,
-                                                       _le(struct.pack(">H", port))))
-        alternatives.append(" && ".join(terms))
-    text = alternatives[0] if len(alternatives) == 1 else " || ".join(
-        "({})".format(alt) for alt in alternatives)
-    return list(fields.values()), text
+def sock_view(fetch, function):
+    """The eventfilter.SockView of the struct sock at `function` on this kernel's layout."""
+    members = ("skc_family", "skc_rcv_saddr", "skc_daddr", "skc_num", "skc_dport",
+               "skc_v6_rcv_saddr", "skc_v6_daddr")
+    offsets = dict((member, fetch.offset("sock_common", member)
+                    if fetch.layout.has("sock_common", member) else None) for member in members)
+    return eventfilter.SockView(offsets, sock.protocol(function))
 
 
-def sock_filter(fetch, flow):
-    """Filter text on the sock_common args of sock_args(), or None: exact, no extra args."""
-    if flow is None or flow.is_empty():
-        return None
-    terms = []
-    if flow.family == 4:
-        terms.append("skc_family == 2")
-    elif flow.family == 6:
-        terms.append("skc_family == 10")
-    for name, net in (("skc_saddr", flow.saddr), ("skc_daddr", flow.daddr)):
-        if net is None:
-            continue
-        if net.version == 6:
-            if not fetch.layout.has("sock_common", "skc_v6_daddr"):
-                continue             # no IPv6 addresses in this layout: user space decides
-            name += "6"
-        terms.extend(term for _, _, _, term in _address(net, name, net.version))
-    if flow.sport is not None:
-        terms.append("skc_sport == {}".format(flow.sport))           # skc_num: host order
-    if flow.dport is not None:
-        terms.append("skc_dport == {}".format(_le(struct.pack(">H", flow.dport))))
-    return " && ".join(terms) or None
+def filter_args(fetch, fields, skb_reg, sk_reg):
+    """Fetch args for the eventfilter.Fields a filter reads, each a number the filter compares:
+    `uN`, or the baseline bitfield type `bW@SHIFT/N` (3.10 has both)."""
+    bases = {"data": skb_reg and _relative(fetch.offset("sk_buff", "data"), skb_reg),
+             "sk": sk_reg}
+    args = []
+    for field in fields:
+        kind = "u{}".format(field.size * 8) if field.bits is None else \
+            "b{}@{}/{}".format(field.bits[0], field.bits[1], field.size * 8)
+        args.append("{}={}:{}".format(field.name, _relative(field.at, bases[field.base]), kind))
+    return args
+
+
+def _event_filter(compiled, fetch, probe, skb_reg, sk_reg, warnings):
+    """(fetch args, filter text or None) of a compiled filter; views the page of filter text
+    had no room for are said in `warnings`."""
+    if compiled.left_out:
+        warnings.append("{}: the kernel filter leaves {} of the packet's possible layouts to "
+                        "user space (the kernel takes at most {} characters of filter "
+                        "text)".format(probe.name, len(compiled.left_out), eventfilter.MAX_TEXT))
+    return filter_args(fetch, compiled.fields, skb_reg, sk_reg), compiled.text
 
 
 def definition(probe, fetch, flow, warnings):
@@ -436,7 +391,7 @@ def definition(probe, fetch, flow, warnings):
     event = event_name(probe.name, probe.kind)
     skb_reg = ARG_REGISTERS[probe.skb_pos - 1] if probe.skb_pos else None
     sk_reg = ARG_REGISTERS[probe.sk_pos - 1] if probe.sk_pos else None
-    filter_text = None
+    filter_text, expr = None, None if flow is None else flow.expr
     if kind == "r":
         # a return probe sees the registers at return: only the return value is meaningful
         if probe.fields or probe.args or probe.peek or probe.caller:
@@ -446,12 +401,16 @@ def definition(probe, fetch, flow, warnings):
     elif skb_reg:
         position = skbuff.DATA_AT.get(probe.name)
         args = skb_args(fetch, skb_reg, position)
-        if position in FIXED_L3:
-            extra, filter_text = l3_filter(fetch, skb_reg, flow, FIXED_L3[position])
-            args.extend(extra)
+        extra, filter_text = _event_filter(
+            eventfilter.compile_ip(expr, ip_views(probe.name), eth="eth"),
+            fetch, probe, skb_reg, None, warnings)
+        args.extend(extra)
     elif sk_reg:
         args = sock_args(fetch, sk_reg)
-        filter_text = sock_filter(fetch, flow)
+        extra, filter_text = _event_filter(
+            eventfilter.compile_sock(expr, sock_view(fetch, probe.name)),
+            fetch, probe, None, sk_reg, warnings)
+        args.extend(extra)
     else:
         args = []
     if kind == "p":

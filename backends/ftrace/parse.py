@@ -27,6 +27,7 @@ from socket import AF_INET, AF_INET6, inet_ntop
 from legacytrace.model import EVENT_FIELDS, FlowEvent
 from legacytrace.payload import fields as payload_fields
 from legacytrace.kernel.tracepoints import BY_EVENT as TRACEPOINTS
+from legacytrace.kernel import sock
 
 BACKEND = "ftrace"
 _new_event = tuple.__new__
@@ -492,7 +493,7 @@ def _sock(values, func):
 
     skc_rcv_saddr/skc_daddr are the local and remote address, skc_num the local port in
     host order, skc_dport the remote port in network order. The protocol is not in
-    sock_common: a function named tcp_* or udp_* takes a socket of that protocol.
+    sock_common: legacytrace.kernel.sock.protocol says it by the function's name.
     """
     family = values.get("skc_family")
     if family == SK_AF_INET:
@@ -507,8 +508,7 @@ def _sock(values, func):
         return _NO_FLOW
     sport = values["skc_sport"]
     dport = struct.unpack("<H", struct.pack(">H", values["skc_dport"]))[0]
-    proto = 6 if func.startswith("tcp") else 17 if func.startswith("udp") else None
-    return (family, proto, saddr, daddr, sport, dport, None, None, None, None)
+    return (family, sock.protocol(func), saddr, daddr, sport, dport, None, None, None, None)
 
 
 def _location(text):

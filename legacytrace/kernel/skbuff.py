@@ -11,6 +11,13 @@ A function missing here (kfree_skb, netif_receive_skb, ...) sees packets at any 
 The names were read in net/ipv4 and net/ipv6 of 3.10 to 6.x (docs/kernel-facts.md,
 "Functions and argument positions").
 """
+#: The l4 functions: (IP version, IP protocols) of the packets they take, () for any.
+TRANSPORT = {
+    "tcp_v4_rcv": (4, (6,)), "udp_rcv": (4, (17,)), "icmp_rcv": (4, (1,)),
+    "ip_protocol_deliver_rcu": (4, ()),
+    "tcp_v6_rcv": (6, (6,)), "udpv6_rcv": (6, (17,)), "icmpv6_rcv": (6, (58,)),
+}
+
 #: function -> "l3", "l2" or "l4": where skb->data points at its entry.
 DATA_AT = {
     "ip_rcv": "l3", "ip_rcv_finish": "l3", "ip_local_deliver": "l3",
@@ -20,9 +27,8 @@ DATA_AT = {
     "ipv6_rcv": "l3", "ip6_rcv_finish": "l3", "ip6_input": "l3", "ip6_forward": "l3",
     "ip6_output": "l3", "ip6_finish_output": "l3", "ip6_finish_output2": "l3",
     "dev_queue_xmit": "l2", "__dev_queue_xmit": "l2", "dev_hard_start_xmit": "l2",
-    "tcp_v4_rcv": "l4", "udp_rcv": "l4", "icmp_rcv": "l4", "ip_protocol_deliver_rcu": "l4",
-    "tcp_v6_rcv": "l4", "udpv6_rcv": "l4", "icmpv6_rcv": "l4",
 }
+DATA_AT.update((function, "l4") for function in TRANSPORT)
 
 #: Functions that free an sk_buff (legacytrace.kernel.tracepoints.FREEING: the tracepoints).
 #: After them its address can be reused by another packet, so a packet's journey always

@@ -16,7 +16,8 @@ import struct
 import pytest
 
 from legacytrace import filterexpr as fx
-from legacytrace.backends.ftrace import eventfilter as ff
+from legacytrace.backends.ftrace import eventfilter as ff, kprobe
+from legacytrace.kernel import skbuff
 from legacytrace.backends.ftrace.parse import FLOW_FIELDS, _sock, decode_ip
 from legacytrace.model import FlowEvent
 
@@ -173,8 +174,10 @@ def cases(seed, count):
         yield rng, expression(rng)
 
 
-L3 = [ff.IPView(4, 0, None, ()), ff.IPView(6, 0, None, ())]
-L2 = [ff.IPView(4, 14, 12, ()), ff.IPView(6, 14, 12, ())]
+# the views the ftrace backend compiles for (kprobe.ip_views), by where skb->data points
+L3 = list(kprobe.ip_views("ip_rcv"))
+L2 = list(kprobe.ip_views("dev_queue_xmit"))
+ANYWHERE = list(kprobe.ip_views("kfree_skb"))
 
 
 # --- the property, per place the IP header can be -------------------------------------------------
@@ -209,20 +212,23 @@ def test_at_the_transport_header_the_kernel_keeps_what_user_space_keeps(seed):
     """tcp_v4_rcv, udpv6_rcv...: skb->data after the IP header, which has no options or
     extension headers there (elsewhere the guard's two bytes decide, see the next test)."""
     for rng, expr in cases(200 + seed, 600):
-        for family, at in ((4, -20), (6, -40)):
-            for _ in range(4):
+        for function, (family, protos) in sorted(skbuff.TRANSPORT.items()):
+            compiled = ff.compile_ip(expr, kprobe.ip_views(function), eth="eth")
+            for _ in range(2):
                 ip, proto = packet(rng, family, options=False)
-                compiled = ff.compile_ip(expr, [ff.IPView(family, at, None, (proto,))], eth="eth")
+                if protos and proto not in protos:
+                    continue
+                at = 20 if family == 4 else 40
                 if fx.evaluate(expr, event_of(ip)) is True:
-                    assert kernel_keeps(compiled, ip, -at), (fx.text(expr), ip.hex())
+                    assert kernel_keeps(compiled, ip, at), (function, fx.text(expr), ip.hex())
 
 
 @pytest.mark.parametrize("seed", range(4))
 def test_where_data_may_point_anywhere_the_kernel_keeps_what_user_space_keeps(seed):
     """kfree_skb: a view for each place; the packet's real one is among them."""
-    l4 = {4: (1, 6, 17), 6: (6, 17, 58)}
-    views = L3 + L2 + [ff.IPView(family, -20 if family == 4 else -40, None, protos)
-                       for family, protos in sorted(l4.items())]
+    views = ANYWHERE
+    assert views[:4] == L3 + L2
+    l4 = dict((view.family, view.protos) for view in views[4:])
     for rng, expr in cases(300 + seed, 300):
         compiled = ff.compile_ip(expr, views, eth="eth")
         for _ in range(8):

@@ -96,6 +96,7 @@ def _kernel_filter_keeps(definition, l3):
         if match and match.group(1).startswith("f"):
             offset, size = int(match.group(2)), int(match.group(3)) // 8
             values[match.group(1)] = int.from_bytes(l3[offset:offset + size], "little")
+    values["eth"] = 0x0008 if l3[0] >> 4 == 4 else 0xdd86     # skb->protocol, read little-endian
     expression = definition.filter.replace("&&", " and ").replace("||", " or ")
     return eval(expression, {"__builtins__": {}}, values)
 
@@ -133,12 +134,21 @@ def test_l3_filter_keeps_every_matching_real_packet_and_drops_others():
     assert checked > 100
 
 
-def test_sock_filter_and_cidr_left_to_user_space():
+def test_sock_filter_and_cidr_prefix():
     definition = build(FlowFilter.parse(daddr="127.0.0.1", dport="8088"),
                        probes=[Probe("tcp_sendmsg", sk_pos=1)]).part.definitions[0]
-    assert definition.filter == "skc_family == 2 && skc_daddr == 16777343 && skc_dport == 38943"
+    assert definition.filter == "fs_family == 2 && fs4_d == 16777343 && fs4_dp == 38943"
+    assert "fs4_d=+0(%di):u32" in definition.args
     cidr = build(FlowFilter.parse(daddr="10.0.0.0/8"), probes=[Probe("ip_rcv", 1)])
-    assert "daddr" not in cidr.part.definitions[0].filter
+    definition = cidr.part.definitions[0]
+    assert "f40_db0_8 == 10" in definition.filter
+    assert "f40_db0_8=+16(+232(%di)):b8@0/32" in definition.args
+
+
+def test_a_function_of_one_protocol_rejects_others_by_its_guard():
+    definition = build(FlowFilter.parse(expression="udp"),
+                       probes=[Probe("tcp_v4_rcv", 1)]).part.definitions[0]
+    assert definition.filter == "f40_v != 69 || (eth != 0 && eth != 8) || f40_p != 6"
 
 
 @pytest.mark.parametrize("probe", [Probe("ip_rcv", True), Probe("tcp_sendmsg", sk_pos=True),
