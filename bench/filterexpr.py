@@ -26,8 +26,9 @@ EXPRESSIONS = [
     "port 53 or 853 or 80 or 443 or 8080",
     "not (host 10.0.0.1 or net 192.168.0.0/16) and (tcp or icmp6)",
 ]
-FLAGS = [("-p udp", {"proto": "udp"}), ("-p udp --dport 9999", {"proto": "udp", "dport": "9999"}),
-         ("-p tcp -s 127.0.0.0/8 -d 127.0.0.1 --dport 8080",
+FLAGS = [("--proto udp", {"proto": "udp"}),
+         ("--proto udp --dport 9999", {"proto": "udp", "dport": "9999"}),
+         ("--proto tcp -s 127.0.0.0/8 -d 127.0.0.1 --dport 8080",
           {"proto": "tcp", "saddr": "127.0.0.0/8", "daddr": "127.0.0.1", "dport": "8080"})]
 
 

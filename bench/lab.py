@@ -42,7 +42,7 @@ PAYLOAD = b"legacytrace-bench"
 BASE_PORT = 47100
 FLOWS = 100
 #: The 1% filter: one destination port of the hundred (fixed: the stap module is built first).
-FILTER = ("-p", "udp", "--dport", str(BASE_PORT))
+FILTER = ("udp dst port {}".format(BASE_PORT),)
 #: stap modules built on the host: lt_bench_<name>.ko for each flow filter.
 STAP_MODULES = (("all", ()), ("filtered", FILTER))
 #: Group and event prefix of the bare probes (kprobe_profile shows event names only).

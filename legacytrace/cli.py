@@ -26,9 +26,11 @@ CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=100)
 
 
 def flow_options(command):
-    """The flow filter flags, in bcc/pwru spelling with ipftrace's accepted too."""
+    """The filter: tcpdump's expression as the trailing arguments (as tcpdump and pwru take
+    it), and flags in bcc/pwru spelling (ipftrace's accepted too) joined to it by `and`."""
     options = [
-        click.option("-p", "--proto", metavar="PROTO",
+        click.argument("expression", nargs=-1, metavar="[EXPRESSION]..."),
+        click.option("--proto", metavar="PROTO",
                      help="Protocol: tcp, udp, icmp, icmp6 or a number."),
         click.option("-s", "--saddr", metavar="ADDR",
                      help="Source address or CIDR (IPv4 or IPv6)."),
@@ -46,15 +48,35 @@ def flow_options(command):
     return command
 
 
+#: The manifest option of the commands that probe functions.
+manifest_option = click.option(
+    "-m", "--manifest", metavar="NAME|FILE",
+    help="Functions to probe: a bundled manifest ({}) or a YAML file in ipftrace's format; "
+         "default: generic.".format(", ".join(manifestmod.bundled_names())))
+
+
 def _flow(opts):
-    """Build the FlowFilter from the flow options, popping them from `opts`."""
+    """Build the FlowFilter from the expression and the flags, popping them from `opts`."""
     family = opts.pop("family")
     ipversion = opts.pop("ipversion")
     if family and ipversion and family != ipversion.lstrip("ipv"):
         raise UsageError("-{} and --ipversion {} disagree".format(family, ipversion))
+    words = opts.pop("expression")
+    for word in words:
+        _not_a_manifest(word)
     return FlowFilter.parse(family=family or ipversion, proto=opts.pop("proto"),
                             saddr=opts.pop("saddr"), daddr=opts.pop("daddr"),
-                            sport=opts.pop("sport"), dport=opts.pop("dport"))
+                            sport=opts.pop("sport"), dport=opts.pop("dport"),
+                            expression=" ".join(words) or None)
+
+
+def _not_a_manifest(word):
+    """Refuse a trailing argument that names a manifest (ipftrace's positional MANIFEST):
+    read as an expression it would be an error far from the cause, or a different trace."""
+    if word in manifestmod.bundled_names() or (
+            word.endswith((".yaml", ".yml")) and os.path.isfile(word)):
+        raise UsageError("{!r} is a manifest, and the trailing arguments are a tcpdump filter "
+                         "expression: use -m {}".format(word, word))
 
 
 #: Set to 1 to see the traceback of an internal error instead of its one-line report.
@@ -109,9 +131,9 @@ def cli():
     \b
     Examples:
       legacytrace doctor
-      sudo legacytrace trace -p icmp
-      sudo legacytrace trace -p tcp --dport 80 http1 --json
-      legacytrace generate --backend ftrace --format sh -p udp > trace.sh
+      sudo legacytrace trace icmp
+      sudo legacytrace trace -m http1 --json 'tcp port 80'
+      legacytrace generate --backend ftrace --format sh 'udp and port 53' > trace.sh
     """
 
 
@@ -223,8 +245,9 @@ def output_options(command):
     return command
 
 
-def _output(opts, probes, stream, replay=False):
-    """The sink for events, from the output flags; colour only on a terminal.
+def _output(opts, probes, stream, flow, replay=False):
+    """The sink for events, from the output flags; colour only on a terminal; `flow` the
+    filter that --flows names in its header.
 
     A replay (`parse`) shows no command lines: the processes of a capture are not here.
     """
@@ -242,13 +265,14 @@ def _output(opts, probes, stream, replay=False):
         egress = skbuff.FREE_FUNCTIONS.union(tracepoints.FREEING, *(
             tracepoints.names(p.name, p.tracepoint) for p in probes if p.egress))
         return render.FlowsRenderer(stream, color=use_color, egress=egress,
-                                    cmdline=not replay, max_functions=length)
+                                    cmdline=not replay, max_functions=length,
+                                    title="packets of: " + flow.describe())
     return render.LiveRenderer(stream, color=use_color, cmdline=not replay)
 
 
 @cli.command(context_settings=CONTEXT)
-@click.argument("manifest", required=False, metavar="[MANIFEST]")
 @flow_options
+@manifest_option
 @click.option("-b", "--backend", type=click.Choice(BACKEND_CHOICES), default="auto",
               show_default=True, help="Tracing mechanism; auto picks as `doctor` shows.")
 @output_options
@@ -265,17 +289,18 @@ def _output(opts, probes, stream, replay=False):
 @verbose_option
 @handle_errors
 def trace(manifest, backend, count, duration, rate_limit, regex, stap_module, verbose, **opts):
-    """Trace packets through the functions of MANIFEST (default: the bundled `generic`).
+    """Trace the packets EXPRESSION keeps through the functions of a manifest.
 
-    MANIFEST is a YAML file in ipftrace's format, or a bundled name
-    (generic, icmp-senders, http1, tcp-connect, drops). Needs root.
+    EXPRESSION is tcpdump's filter language at IP level (host, net, port, portrange, proto,
+    src, dst, ip, ip6, tcp, udp, sctp, icmp, icmp6, and, or, not); the flags join it with
+    `and`. Without either every packet is traced. Needs root.
 
     \b
     Examples:
-      sudo legacytrace trace -p icmp                       # who sends ICMP, live
-      sudo legacytrace trace -p tcp -d 10.0.0.0/8 --dport 80 --flows
-      sudo legacytrace trace -p udp --json -c 100 > events.jsonl
-      sudo legacytrace trace -b ftrace my-manifest.yaml -T 10
+      sudo legacytrace trace icmp                          # who sends ICMP, live
+      sudo legacytrace trace --flows 'tcp port 80 and net 10.0.0.0/8'
+      sudo legacytrace trace --json -c 100 'udp and (port 53 or port 853)' > dns.jsonl
+      sudo legacytrace trace -b ftrace -m my-manifest.yaml -T 10 'host 10.0.0.5'
       sudo legacytrace trace --stap-module lt_icmp.ko     # built on another host
     """
     flow = _flow(opts)
@@ -284,7 +309,7 @@ def trace(manifest, backend, count, duration, rate_limit, regex, stap_module, ve
     if stap_module:
         if backend not in ("auto", "stap") or manifest or regex:
             raise UsageError("--stap-module runs a prebuilt SystemTap module: it takes no "
-                             "MANIFEST, --regex or other --backend")
+                             "--manifest, --regex or other --backend")
         chosen = _load_backend("stap")
         program, probes = chosen.module_program(stap_module), []
     else:
@@ -320,9 +345,10 @@ def _run_trace(chosen, program, facts, probes, filters, opts):
     from legacytrace import enrich, procinfo, summary, trace as tracemod
     flow, limits = filters
     stream = _line_buffered(sys.stdout)
-    sink = _output(opts, probes, stream)
+    sink = _output(opts, probes, stream, flow)
     _warn_leftovers(chosen, facts)
     stats = summary.Summary()
+    stats.filter = flow.describe()
     try:
         ended = tracemod.run(chosen, program, flow, limits, sink, stats,
                              enrich=enrich.Enricher(procinfo.CmdlineCache(), facts.btf),
@@ -416,8 +442,8 @@ def _warn_leftovers(backend, facts):
 
 
 @cli.command(context_settings=CONTEXT)
-@click.argument("manifest", required=False, metavar="[MANIFEST]")
 @flow_options
+@manifest_option
 @click.option("-b", "--backend", type=click.Choice(BACKEND_CHOICES), default="auto",
               show_default=True, help="Backend whose program to print.")
 @click.option("-f", "--format", "fmt", default="text", show_default=True,
@@ -433,9 +459,9 @@ def generate(manifest, backend, fmt, regex, host_facts, verbose, **opts):
 
     \b
     Examples:
-      legacytrace generate -b stap -p icmp > icmp.stp
-      legacytrace generate -b ftrace --format sh -p udp --dport 53 > dns-trace.sh
-      legacytrace generate -b bpf http1
+      legacytrace generate -b stap icmp > icmp.stp
+      legacytrace generate -b ftrace --format sh 'udp dst port 53' > dns-trace.sh
+      legacytrace generate -b bpf -m http1
       legacytrace generate -b ftrace --host-facts el7-doctor.json --format sh > el7.sh
     """
     flow = _flow(opts)
@@ -458,8 +484,8 @@ def generate(manifest, backend, fmt, regex, host_facts, verbose, **opts):
 
 
 @cli.command(context_settings=CONTEXT)
-@click.argument("manifest", required=False, metavar="[MANIFEST]")
 @flow_options
+@manifest_option
 @click.option("-b", "--backend", type=click.Choice(["stap"]), default="stap",
               show_default=True, help="Backend that builds a binary program.")
 @click.option("-r", "--release", metavar="RELEASE",
@@ -478,7 +504,7 @@ def build(manifest, backend, release, runtime, output, **opts):
 
     \b
     Examples:
-      legacytrace build -p icmp -r 3.10.0-1160.el7.x86_64 -o lt_icmp.ko icmp-senders
+      legacytrace build -m icmp-senders -r 3.10.0-1160.el7.x86_64 -o lt_icmp.ko icmp
       scp lt_icmp.ko el7host: && ssh el7host sudo legacytrace trace --stap-module lt_icmp.ko
     """
     from legacytrace.kernel.release import KernelRelease
@@ -527,12 +553,14 @@ def parse(capture, backend, **opts):
     Examples:
       legacytrace parse -b ftrace trace-capture.txt --json
       sh dns-trace.sh; legacytrace parse -b ftrace legacytrace-capture.txt --flows
+      legacytrace parse -b stap capture.txt 'tcp and not port 22'
     """
     from legacytrace import summary
     flow = _flow(opts)
     chosen = _load_backend(backend)
-    sink = _output(opts, [], sys.stdout, replay=True)
+    sink = _output(opts, [], sys.stdout, flow, replay=True)
     stats = summary.Summary()
+    stats.filter = flow.describe()
     ended = ""
     try:
         _replay(capture, chosen, backend, flow, sink, stats)

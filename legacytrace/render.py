@@ -257,7 +257,7 @@ class FlowsRenderer(Renderer):
     again on a line where it changed (NAT). `max_functions` caps the lines a
     block shows (the rest are counted); a block keeps at most `max_events`
     events in memory either way. An event without an sk_buff is a block of
-    its own.
+    its own. `title` (the filter) heads the output.
     """
 
     HEADER = "=== {flow}  skb={skb}  at {time}"
@@ -266,8 +266,10 @@ class FlowsRenderer(Renderer):
              + " {fcolor}{func:<26}" + _RESET + " {len:>5}")
 
     def __init__(self, stream, egress=(), color=False, cmdline=True, max_functions=None,
-                 max_open=1024, max_events=256):
+                 max_open=1024, max_events=256, title=None):
         self._stream = stream
+        if title:
+            stream.write("# {}\n".format(title))
         self._egress = frozenset(egress)
         self._color = color
         self._format = (self.COLOR if color else self.PLAIN).format

@@ -32,6 +32,8 @@ class Summary(object):
         self.evicted = 0
         self.first_ns = None
         self.last_ns = None
+        #: the flow filter as its normalised expression ("all flows" without one)
+        self.filter = None
         self._max_flows = max_flows
 
     def add(self, ev):
@@ -95,6 +97,7 @@ class Summary(object):
                           for key, n in _ranked(self.flows)[:top]],
             "lost": dict(self.lost),
             "lost_total": sum(self.lost.values()),
+            "filter": self.filter,
             "filtered": self.filtered,
             "evicted": self.evicted,
             "first_ns": self.first_ns,
@@ -111,6 +114,8 @@ class Summary(object):
         lines = ["{} in {}{} {}{}.".format(
             _plural(self.events, "event"), len(self.flows), "+" if self.other_flow_events else "",
             "flow" if len(self.flows) == 1 and not self.other_flow_events else "flows", span)]
+        if self.filter:
+            lines.append("filter: " + self.filter)
         if self.functions:
             lines.append("events per function:")
             lines.extend("{:>10}  {}".format(n, func) for func, n in _ranked(self.functions))

@@ -107,11 +107,11 @@ def manifest(tmp_path):
 ], ids=["malformed-yaml", "wrong-type", "out-of-range", "not-a-list", "unknown-key",
         "hostile-name", "bad-field-path", "unknown-tracepoint"])
 def test_manifest_errors(manifest, text, words):
-    check(run(["generate", "-b", "ftrace", manifest(text)]), 2, *words)
+    check(run(["generate", "-b", "ftrace", "-m", manifest(text)]), 2, *words)
 
 
 def test_a_binary_file_as_manifest():
-    check(run(["generate", "-b", "ftrace", sys.executable]), 2,
+    check(run(["generate", "-b", "ftrace", "-m", sys.executable]), 2,
           sys.executable + ": not a YAML text file (", " at byte ")
 
 
@@ -121,13 +121,13 @@ def test_every_manifest_function_missing(manifest):
           - {name: legacytrace_no_such_fn_a, skb_pos: 1}
           - {name: legacytrace_no_such_fn_b, skb_pos: 1}
         """)
-    result = run(["generate", "-b", "ftrace", path])
+    result = run(["generate", "-b", "ftrace", "-m", path])
     check(result, 2, "none of its functions exists on kernel " + os.uname().release)
     assert "2 of 2 functions do not exist" in result.err
 
 
 def test_unknown_bundled_manifest():
-    check(run(["generate", "-b", "ftrace", "no-such-manifest"]), 2, "not found", "generic")
+    check(run(["generate", "-b", "ftrace", "-m", "no-such-manifest"]), 2, "not found", "generic")
 
 
 # --- the flow filter -------------------------------------------------------------------
@@ -138,15 +138,29 @@ def test_unknown_bundled_manifest():
     (["--dport", "70000"], ["invalid destination port '70000'"]),
     (["--sport", "-1"], ["invalid source port '-1'"]),
     (["--dport", "\u00b2"], ["invalid destination port"]),
-    (["-p", "sctpx"], ["invalid protocol 'sctpx'"]),
-    (["-p", "256"], ["invalid protocol '256'"]),
+    (["--proto", "sctpx"], ["invalid protocol 'sctpx'"]),
+    (["--proto", "256"], ["invalid protocol '256'"]),
     (["-4", "-d", "::1"], ["mixes IPv4 and IPv6"]),
-    (["-p", "icmp", "--dport", "80"], ["need -p tcp or -p udp"]),
+    (["--proto", "icmp", "--dport", "80"], ["need --proto tcp or udp"]),
     (["-iv", "5"], ["invalid IP version '5'"]),
+    (["icmp[icmptype] == icmp-echo"], ["'icmp[icmptype]'", "are not supported",
+                                       "supported: host, net, port"]),
+    (["ether", "host", "1.2.3.4"], ["'ether' is not supported", "supported: host"]),
+    (["tcp port"], ["ends after 'port'", "expected a value"]),
+    (["host 10.0.0.1 and"], ["ends after 'and'"]),
+    (["-p", "icmp"], ["o such option", "-p"]),   # click 8.0 and 8.2 word it apart
+    (["http1"], ["'http1' is a manifest", "a tcpdump filter expression: use -m http1"]),
 ], ids=["address", "cidr", "port-high", "port-negative", "port-unicode-digit", "protocol",
-        "protocol-number", "family-mix", "ports-on-icmp", "ipversion"])
+        "protocol-number", "family-mix", "ports-on-icmp", "ipversion", "byte-expression",
+        "unsupported-word", "missing-value", "dangling-and", "protocol-is-not-p",
+        "bundled-manifest-positional"])
 def test_flow_filter_errors(args, words):
     check(run(["generate", "-b", "ftrace"] + args), 2, *words)
+
+
+def test_a_manifest_file_as_the_expression_says_use_m(manifest):
+    path = manifest("functions:\n  - {name: ip_rcv, skb_pos: 1}\n")
+    check(run(["generate", "-b", "ftrace", path]), 2, "is a manifest", "use -m " + path)
 
 
 # --- captures --------------------------------------------------------------------------
@@ -187,7 +201,7 @@ def test_more_fetch_args_than_kprobe_events_allows(manifest):
     """A kprobe takes at most 128 fetch args (MAX_TRACE_ARGS): 130 custom fields cannot fit."""
     fields = "".join("      f{}: skb.len\n".format(i) for i in range(130))
     path = manifest("functions:\n  - name: ip_rcv\n    skb_pos: 1\n    fields:\n" + fields)
-    check(run(["generate", "-b", "ftrace", "--host-facts", EL7_FACTS, path]), 2,
+    check(run(["generate", "-b", "ftrace", "--host-facts", EL7_FACTS, "-m", path]), 2,
           "probe ip_rcv:", "fetch args")
 
 
@@ -299,7 +313,7 @@ def test_a_stap_module_cache_others_can_write(tmp_path):
     shared = tmp_path / "shared"
     shared.mkdir()
     shared.chmod(0o777)
-    result = run(["build", "-r", "3.10.0-1160.el7.x86_64", "-o", str(tmp_path / "lt_x.ko"), "-p",
+    result = run(["build", "-r", "3.10.0-1160.el7.x86_64", "-o", str(tmp_path / "lt_x.ko"),
                   "icmp"], env={"XDG_CACHE_HOME": str(shared), "LEGACYTRACE_STAP_CACHE": ""})
     check(result, 1, "refusing the stap module cache {}/legacytrace/stap: {} is writable by "
           "group and others (mode 0777)".format(shared, shared))

@@ -20,15 +20,15 @@ def run(*args):
 
 
 @pytest.mark.parametrize("args, message", [
-    (["trace", "-p", "tcpx"], "invalid protocol 'tcpx'"),
+    (["trace", "--proto", "tcpx"], "invalid protocol 'tcpx'"),
     (["trace", "-s", "10.0.0.256"], "invalid source address '10.0.0.256'"),
     (["trace", "-d", "10.0.0.0/33"], "invalid destination address"),
     (["trace", "--dport", "70000"], "invalid destination port '70000'"),
     (["trace", "-sp", "x"], "invalid source port 'x'"),
     (["trace", "-4", "-iv", "6"], "-4 and --ipversion 6 disagree"),
-    (["trace", "-p", "icmp", "--dport", "80"], "--sport/--dport need -p tcp or -p udp"),
-    (["generate", "-b", "ftrace", "no-such-manifest"], "manifest 'no-such-manifest' not found"),
-    (["trace", "--json", "--flows", "-p", "udp"], "--json and --flows are alternatives"),
+    (["trace", "--proto", "icmp", "--dport", "80"], "--sport/--dport need --proto tcp or udp"),
+    (["generate", "-b", "ftrace", "-m", "no-such-manifest"], "manifest 'no-such-manifest' not found"),
+    (["trace", "--json", "--flows", "udp"], "--json and --flows are alternatives"),
     (["parse", "-b", "ftrace", "/nonexistent"], "No such file or directory"),
 ])
 def test_usage_errors_exit_2_with_one_line(args, message):
@@ -46,7 +46,7 @@ def test_usage_errors_exit_2_with_one_line(args, message):
 ])
 def test_generate_for_a_recorded_el7_host(datadir, backend, expect):
     facts = str(datadir / "hosts" / "el7-3.10.json")
-    result = run("generate", "-b", backend, "--host-facts", facts, "-p", "icmp")
+    result = run("generate", "-b", backend, "--host-facts", facts, "icmp")
     assert result.exit_code == 0, result.output
     assert expect in result.output
     # EL7's ip_output(sk, skb): the variant for el7 puts the sk_buff second.
@@ -70,7 +70,7 @@ def test_generate_rejects_a_file_that_is_not_doctor_json(tmp_path):
 
 def test_parse_replays_a_capture_as_json(datadir):
     capture = str(datadir / "bpf" / "loopback-6.18.txt")
-    result = run("parse", "-b", "bpf", capture, "--json", "-p", "icmp")
+    result = run("parse", "-b", "bpf", capture, "--json", "icmp")
     assert result.exit_code == 0, result.output
     objects = [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
     events, summary = objects[:-1], objects[-1]
@@ -78,6 +78,32 @@ def test_parse_replays_a_capture_as_json(datadir):
     assert all(e["cmdline"] is None for e in events)
     assert summary["type"] == "summary" and summary["events"] == len(events)
     assert summary["lost_total"] == 0 and summary["filtered"] > 0
+    assert summary["filter"] == "icmp"
+
+
+def test_the_expression_and_the_flags_join_by_and_in_normalised_form(datadir):
+    capture = str(datadir / "bpf" / "loopback-6.18.txt")
+    every = run("parse", "-b", "bpf", capture, "--json")
+    joined = run("parse", "-b", "bpf", capture, "--json", "-4", "icmp", "or", "udp")
+    assert every.exit_code == joined.exit_code == 0, joined.output
+    summary = _json_lines(joined)[-1]
+    assert summary["filter"] == "ip and (icmp or udp)"
+    events = _json_lines(every)[:-1]
+    kept = [e for e in events if e["family"] == 4 and e["proto"] in ("icmp", "udp")]
+    assert kept and summary["events"] == len(kept) and summary["filtered"] == len(events) - len(kept)
+
+
+def test_flows_and_the_summary_name_the_filter(datadir):
+    capture = str(datadir / "bpf" / "loopback-6.18.txt")
+    result = run("parse", "-b", "bpf", capture, "--flows", "icmp", "or", "port", "53")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert "# packets of: icmp or port 53" in lines and "filter: icmp or port 53" in lines
+
+
+def _json_lines(result):
+    """The JSON objects of a CliRunner result (whose output holds stderr too before click 8.2)."""
+    return [json.loads(line) for line in result.output.splitlines() if line.startswith("{")]
 
 
 def test_help_teaches_with_examples():
@@ -93,7 +119,7 @@ def test_wrong_skb_pos_is_caught_by_this_hosts_btf(tmp_path):
     require(os.path.exists("/sys/kernel/btf/vmlinux"), "this kernel has no BTF")
     manifest = tmp_path / "wrong.yaml"
     manifest.write_text("functions:\n  - {name: ip_output, skb_pos: 1}\n")
-    result = run("generate", "-b", "ftrace", str(manifest))
+    result = run("generate", "-b", "ftrace", "-m", str(manifest))
     assert result.exit_code == 2
     assert "ip_output takes its struct sk_buff * as argument 3, not 1" in result.output
 
@@ -114,7 +140,7 @@ def test_a_backend_without_payload_peeking_says_so(datadir, monkeypatch):
     from legacytrace.backends import bpf
     monkeypatch.setattr(bpf.BpfBackend, "features", ())
     facts = str(datadir / "hosts" / "lab-6.1.json")
-    result = run("generate", "-b", "bpf", "--host-facts", facts, "http1")
+    result = run("generate", "-b", "bpf", "--host-facts", facts, "-m", "http1")
     assert result.exit_code == 0, result.output
     warning = [l for l in result.output.splitlines() if "does not read payloads" in l]
     assert warning == ["legacytrace: warning: the bpf backend does not read payloads (peek) "
@@ -172,5 +198,5 @@ def test_a_command_whose_output_pipe_closes_says_so_and_exits_0(datadir, tmp_pat
     manifest.write_text("functions:\n" + "".join(
         "  - {{name: f{}, skb_pos: 1}}\n".format(i) for i in range(300)))
     code, err = closed_after_one_line(["generate", "-b", "bpf", "--host-facts",
-                                       str(datadir / "hosts" / "lab-6.1.json"), str(manifest)])
+                                       str(datadir / "hosts" / "lab-6.1.json"), "-m", str(manifest)])
     assert (code, err) == (0, "legacytrace: the output pipe closed\n")

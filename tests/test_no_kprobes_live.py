@@ -47,20 +47,20 @@ def events(result):
 
 
 def test_ftrace_refuses_a_flow_filter_before_tracing(host, ping):
-    result = run(["trace", "-b", "ftrace", "-p", "icmp", "-T", "3"])
+    result = run(["trace", "-b", "ftrace", "icmp", "-T", "3"])
     check(result, 1, "backend ftrace cannot run this trace here", "no flow filter")
     assert "tracing with" not in result.err
 
 
 def test_auto_picks_a_backend_that_answers_a_flow_filter(host, bpftrace, ping):
-    result = run(["trace", "-p", "icmp", "-T", "3", "--json"])
+    result = run(["trace", "icmp", "-T", "3", "--json"])
     assert result.code == 0, result.err
     found = events(result)
     assert found and all(e["backend"] == "bpf" and e["proto"] == "icmp" for e in found)
 
 
 def test_ftrace_refuses_a_manifest_no_tracepoint_fires_in(host):
-    check(run(["trace", "-b", "ftrace", "http1", "-T", "3"]), 1,
+    check(run(["trace", "-b", "ftrace", "-m", "http1", "-T", "3"]), 1,
           "http1: the ftrace backend can trace none of its functions (tcp_sendmsg)")
 
 
@@ -84,7 +84,7 @@ def test_ftrace_and_bpf_name_the_same_tracepoints_alike(host, bpftrace, ping):
 def test_the_duration_starts_once_the_probes_are_attached(host, bpftrace, ping):
     """bpftrace takes about a second to attach here: a shorter -T used to end the trace
     before it started ("0 events", never "tracing with")."""
-    result = run(["trace", "-p", "icmp", "-T", "0.5", "--json"])
+    result = run(["trace", "icmp", "-T", "0.5", "--json"])
     assert result.code == 0, result.err
     assert "tracing with bpf" in result.err and "duration of 0.5 s reached" in result.err
 
@@ -130,9 +130,9 @@ def test_cleanup_that_cannot_look_or_remove_says_so(host, backend, words):
 
 
 def test_a_bpf_run_says_little_before_it_traces(host, bpftrace, ping):
-    result = run(["trace", "-p", "icmp", "-c", "1"])
+    result = run(["trace", "icmp", "-c", "1"])
     assert result.code == 0, result.err
-    preamble = result.err.split("legacytrace: tracing with bpf (-p icmp)")[0].splitlines()
+    preamble = result.err.split("legacytrace: tracing with bpf (icmp)")[0].splitlines()
     assert len(preamble) <= 2 and all(len(line) < 140 for line in preamble), preamble
 
 

@@ -94,7 +94,7 @@ def test_a_manifest_without_a_tracepoint_is_an_error_without_kprobes(datadir, ba
     ([], ["net:netif_receive_skb", "net:net_dev_queue", "skb:kfree_skb"]),
     (["-r", "net_dev_queue"], ["net:net_dev_queue"]),       # a tracepoint's name
     (["-r", "reason_drop"], ["skb:kfree_skb"]),             # a function's name
-    (["drops"], ["skb:kfree_skb"]),
+    (["-m", "drops"], ["skb:kfree_skb"]),
 ])
 def test_generate_for_a_kernel_without_kprobes_follows_manifest_and_regex(datadir, args, expected):
     result = CliRunner().invoke(cli, ["generate", "-b", "ftrace", "--host-facts",
@@ -107,7 +107,7 @@ def test_generate_for_a_kernel_without_kprobes_follows_manifest_and_regex(datadi
 
 def test_generate_a_manifest_no_tracepoint_fires_in_is_one_line(datadir):
     result = CliRunner().invoke(cli, ["generate", "-b", "ftrace", "--host-facts",
-                                      str(datadir / FC_618), "http1"])
+                                      str(datadir / FC_618), "-m", "http1"])
     assert result.exit_code == 1
     assert result.output.strip().splitlines()[-1].startswith(
         "Error: http1: the ftrace backend can trace none of its functions (tcp_sendmsg)")
@@ -128,18 +128,18 @@ def no_kprobes_trace(datadir, monkeypatch):
 
 
 def test_ftrace_refuses_a_flow_filter_in_tracepoint_mode_before_tracing(no_kprobes_trace):
-    result = no_kprobes_trace("-b", "ftrace", "-p", "icmp")
+    result = no_kprobes_trace("-b", "ftrace", "icmp")
     assert result.exit_code == 1, result.output
     last = result.output.strip().splitlines()[-1]
     assert last.startswith("Error: backend ftrace cannot run this trace here: this kernel has no "
-                           "kprobes") and "(-p icmp)" in last and "no flow filter" in last
+                           "kprobes") and "(icmp)" in last and "no flow filter" in last
     assert "tracing with" not in result.output
 
 
 def test_auto_does_not_fall_back_to_a_mode_that_cannot_answer(no_kprobes_trace):
     """Without bpftrace, auto would pick ftrace: its tracepoint mode cannot filter flows, and
     stap cannot run without kprobes, so nothing can answer the request."""
-    result = no_kprobes_trace("-p", "icmp", bpftrace=False)
+    result = no_kprobes_trace("icmp", bpftrace=False)
     assert result.exit_code == 1, result.output
     assert "legacytrace: ftrace cannot run this trace here: this kernel has no kprobes" \
         in result.output

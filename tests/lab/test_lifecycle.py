@@ -27,7 +27,7 @@ import labkit
 
 UDP_PORT = 47011
 #: The flows of the tests, as CLI flags.
-FLOWS = {"all": [], "udp": ["-p", "udp", "--dport", str(UDP_PORT)], "icmp": ["-p", "icmp"]}
+FLOWS = {"all": [], "udp": ["udp dst port {}".format(UDP_PORT)], "icmp": ["icmp"]}
 #: Raises in the parser after LEGACYTRACE_TEST_FAIL_AFTER events: a bug mid-trace.
 FAILING_PARSE = """
 import os
@@ -147,7 +147,7 @@ class Run(labkit.CliTrace):
     """`legacytrace trace -b BACKEND MANIFEST FLOW --json ARGS` in its own session."""
 
     def __init__(self, backend, folder, flow="all", args=(), env=None, pipe_to=None):
-        super().__init__(["-b", backend, manifest_path(folder)] + FLOWS[flow] + list(args),
+        super().__init__(["-b", backend, "-m", manifest_path(folder)] + FLOWS[flow] + list(args),
                          folder, env=env, pipe_to=pipe_to)
 
     def wait_for_events(self, traffic, count=1, timeout=ATTACH_TIMEOUT):

@@ -103,7 +103,7 @@ def own(events, pid):
 # --- the tests -------------------------------------------------------------------------------
 
 def test_icmp_senders_shows_ping_with_its_command_line(trace):
-    run = trace("icmp-senders", "-p", "icmp", "icmp-senders")
+    run = trace("icmp-senders", "-m", "icmp-senders", "icmp")
     run.wait_attached(lambda: labkit.ping(1), lambda e: e["comm"] == "ping")
     ping = labkit.ping(2)
     code = run.stop()
@@ -118,7 +118,7 @@ def test_icmp_senders_shows_ping_with_its_command_line(trace):
 
 
 def test_http1_shows_the_request_line_of_curl_and_of_a_python_script(trace, listener):
-    run = trace("http1", "-p", "tcp", "--dport", str(listener.port), "http1")
+    run = trace("http1", "-m", "http1", "tcp", "dst", "port", str(listener.port))
     run.wait_attached(listener.exchange, lambda e: e.get("fields", {}).get("request"))
     curl = labkit.run_process("curl", ["curl", "-sS", "--http1.1", "-o", "/dev/null",
                                        "http://{}:{}{}".format(labkit.LOOPBACK, listener.port,
@@ -137,7 +137,7 @@ def test_http1_shows_the_request_line_of_curl_and_of_a_python_script(trace, list
 
 
 def test_tcp_connect_shows_the_destination_and_the_process(trace, listener):
-    run = trace("tcp-connect", "-p", "tcp", "tcp-connect")
+    run = trace("tcp-connect", "-m", "tcp-connect", "tcp")
     run.wait_attached(listener.exchange, lambda e: e["func"] == "tcp_connect")
     bash = labkit.run_process("bash", ["bash", "-c", "exec 3<>/dev/tcp/{}/{}".format(
         labkit.LOOPBACK, listener.port)])
@@ -163,7 +163,7 @@ def no_socket_reason():
 
 def test_drops_shows_a_datagram_to_a_closed_port_with_reason_and_caller(trace):
     port = labkit.free_port(socket.SOCK_DGRAM)
-    run = trace("drops", "-p", "udp", "drops")
+    run = trace("drops", "-m", "drops", "udp")
     run.wait_attached(lambda: closed_port_datagram(port), lambda e: e["dport"] == port)
     sender = labkit.udp_closed_port()
     code = run.stop()
@@ -184,7 +184,7 @@ def test_drops_shows_a_datagram_to_a_closed_port_with_reason_and_caller(trace):
 
 
 def test_default_manifest_shows_a_tcp_exchange_on_both_paths(trace, listener):
-    run = trace("generic", "-p", "tcp", "--dport", str(listener.port))
+    run = trace("generic", "--proto", "tcp", "--dport", str(listener.port))
     run.wait_attached(listener.exchange, lambda e: e["func"] in TRANSMIT)
     sport = listener.exchange()
     code = run.stop()

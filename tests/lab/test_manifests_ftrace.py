@@ -43,7 +43,7 @@ PY_CLIENT = ("import http.client, sys\n"
 
 
 class Run(object):
-    """One `legacytrace trace -b ftrace MANIFEST --json FLOW` in its own session."""
+    """One `legacytrace trace -b ftrace -m MANIFEST --json FLOW` in its own session."""
 
     def __init__(self, folder, name, args):
         self.name = name
@@ -51,7 +51,7 @@ class Run(object):
         self.stdout_path = Path(folder) / "stdout-{}.jsonl".format(name)
         argv = [labkit.LEGACYTRACE, "trace", "-b", "ftrace", "--json"] + list(args)
         if name != "generic":
-            argv.insert(4, name)
+            argv[4:4] = ["-m", name]
         self.proc = subprocess.Popen(argv, stdout=open(str(self.stdout_path), "w"),
                                      stderr=open(str(self.stderr_path), "w"),
                                      start_new_session=True)
@@ -119,9 +119,9 @@ def runs():
     server = subprocess.Popen(["busybox", "httpd", "-f", "-p", "127.0.0.1:{}".format(port),
                                "-h", str(root)])
     labkit.wait_listening(port)
-    flows = {"icmp-senders": ["-p", "icmp"], "http1": ["-p", "tcp", "--dport", str(port)],
-             "tcp-connect": ["-p", "tcp", "--dport", str(port)],
-             "drops": ["-p", "udp", "--dport", str(closed)], "generic": ["-p", "tcp"]}
+    flows = {"icmp-senders": ["icmp"], "http1": ["tcp dst port {}".format(port)],
+             "tcp-connect": ["--proto", "tcp", "--dport", str(port)],
+             "drops": ["udp and dst port {}".format(closed)], "generic": ["tcp"]}
     started = dict((name, Run(folder, name, args)) for name, args in flows.items())
     capture_proc = None
     try:

@@ -259,8 +259,8 @@ def wait_tracing(tracer):
 def test_cli_trace_with_stap_runs_the_cached_module_and_leaves_nothing(
         sig, lab_release, module_cache, loopback):
     assert loaded_lt_modules() == []
-    tracer, before = start_cli(["--backend", "stap", "-p", "tcp", "--dport", str(CLI_PORT),
-                                "tcp-connect", "--json", "-T", "120"])
+    tracer, before = start_cli(["--backend", "stap", "--proto", "tcp", "--dport", str(CLI_PORT),
+                                "-m", "tcp-connect", "--json", "-T", "120"])
     try:
         assert any(name.startswith("lt_") for name in loaded_lt_modules())
         with labkit.Listener(CLI_PORT):

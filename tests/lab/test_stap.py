@@ -84,8 +84,8 @@ def test_host_builds_a_module_for_elsewhere(lab_release, lab_shared, stap_runtim
     """`legacytrace build` on the host, for the guest's release: the CLI a user runs."""
     out = lab_shared / PREBUILT
     built = subprocess.run(
-        [sys.executable, "-m", "legacytrace", "build", "-p", "icmp", "-r", lab_release,
-         "-R", str(stap_runtime), "-o", str(out), "icmp-senders"],
+        [sys.executable, "-m", "legacytrace", "build", "-m", "icmp-senders", "-r", lab_release,
+         "-R", str(stap_runtime), "-o", str(out), "icmp"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, timeout=600)
     assert built.returncode == 0, built.stderr
     assert "built {} for kernel {}".format(out, lab_release) in built.stderr
