@@ -19,7 +19,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, List, Optional, Set
+from typing import Dict, Iterable, List, Optional, Sequence, Set
 
 LOOPBACK = "127.0.0.1"
 BTF = "/sys/kernel/btf/vmlinux"
@@ -289,15 +289,18 @@ def _port(text: Optional[str]) -> Optional[int]:
 
 @dataclass
 class Tcpdump:
-    """tcpdump on an interface, started before and stopped after the traffic."""
+    """tcpdump on an interface, started before and stopped after the traffic; `expression`
+    (its words) picks the packets."""
 
     iface: str = "lo"
     proc: Optional[subprocess.Popen] = None
     text: List[str] = field(default_factory=list)
+    expression: Sequence[str] = ()
 
     def start(self) -> "Tcpdump":
         """Returns once tcpdump listens, so no packet of the traffic is missed."""
-        argv = ["tcpdump", "-i", self.iface, "-n", "-tt", "-l", "--immediate-mode"]
+        argv = ["tcpdump", "-i", self.iface, "-n", "-tt", "-l", "--immediate-mode"] + \
+            list(self.expression)
         self.proc = start_and_wait_for(argv, "listening on", stream="stderr")
         return self
 
