@@ -137,7 +137,8 @@ class Tracer:
                                      universal_newlines=True, start_new_session=True)
         self.warnings = []
         line = self.proc.stderr.readline()
-        while line.startswith("ftrace: "):    # a refused function: warned, the run goes on
+        # a refused function: warned (legacytrace.errors.warn), the run goes on
+        while line.startswith("legacytrace: warning: ftrace: "):
             self.warnings.append(line)
             line = self.proc.stderr.readline()
         if not line.startswith("ready "):
