@@ -23,7 +23,7 @@ from click.testing import CliRunner
 import labkit
 from legacytrace import manifest as manifestmod
 from legacytrace.backends import stap
-from legacytrace.backends.stap import cache as stap_cache
+from test_manifests_stap import module_cache  # noqa: F401 (a fixture: the same module cache)
 from legacytrace.cli import cli
 from legacytrace.flowfilter import FlowFilter
 from legacytrace.kernel.host import HostFacts
@@ -45,14 +45,6 @@ def stap_request(expression, release):
     return TraceRequest(labkit.manifest_probes("generic"), FlowFilter.parse(expression=expression),
                         HostFacts(release=release), run_id="lt{}".format(os.getpid()),
                         manifest="generic")
-
-
-@pytest.fixture
-def module_cache(lab_cache, monkeypatch, stap_runtime):
-    path = lab_cache / "stap-expressions"
-    monkeypatch.setenv(stap_cache.CACHE_ENV, str(path))
-    monkeypatch.setenv(stap_cache.RUNTIME_ENV, str(stap_runtime))
-    return path
 
 
 @pytest.mark.host
