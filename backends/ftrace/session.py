@@ -187,11 +187,14 @@ class FtraceSession(Session):
         self._fd = fs.open_pipe(instance)
 
     def _close(self, fs, instance):
-        """Count what the ring buffer lost, then close the pipe."""
+        """Count what the ring buffer lost (and, after finish(), what it still holds), then
+        close the pipe."""
+        causes = [("overrun", "ring buffer overrun"), ("dropped events", "ring buffer full")]
+        if self._finish_by is not None:     # after --count the rest is not wanted
+            causes.append(("entries", "ftrace lines unread at stop"))
         try:
             for stats in fs.cpu_stats(instance).values():
-                for key, cause in (("overrun", "ring buffer overrun"),
-                                   ("dropped events", "ring buffer full")):
+                for key, cause in causes:
                     if stats.get(key):
                         self.lost[cause] += stats[key]
         finally:
@@ -207,7 +210,7 @@ class FtraceSession(Session):
                 return               # finish(): the ring buffer is read (an idle [])
             yield batch
             if self._finish_by is not None and time.monotonic() > self._finish_by:
-                return               # finish() ran out of time
+                return               # finish() ran out of time: _close counts what is left
 
     def finish(self):
         """Our instance stops recording (its tracing_on); batches() reads what its ring buffer
