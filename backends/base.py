@@ -76,11 +76,14 @@ class Program(object):
 class Session(object):
     """A live run: attach on enter, detach on exit, whatever ended it.
 
-    Subclasses implement `attach()`, `lines()` and `detach()`. `detach()` must
+    Subclasses implement `attach()`, `batches()` and `detach()`. `detach()` must
     undo what `attach()` did in reverse order, warn about each step that fails
     and go on, so that a half-done attach is cleaned up too.
     `lost` counts events the mechanism dropped, by cause; the summary shows it.
     """
+
+    #: Seconds `batches()` waits for output before it yields an empty batch.
+    IDLE = 0.2
 
     def __init__(self, program):
         self.program = program
@@ -89,15 +92,23 @@ class Session(object):
     def attach(self):
         raise NotImplementedError
 
-    def lines(self):
-        """Yield raw output lines (str, without the newline) until the mechanism ends."""
+    def batches(self):
+        """Yield lists of raw output lines (str, without the newline) as each read of the
+        mechanism returns them, until the mechanism ends; an empty list after `IDLE`
+        seconds without output, so that the caller can look at a stop request."""
         raise NotImplementedError
+
+    def lines(self):
+        """The raw output lines one by one (for tests and tools that want no batches)."""
+        for batch in self.batches():
+            for line in batch:
+                yield line
 
     def detach(self):
         raise NotImplementedError
 
     def finish(self):
-        """Ask the mechanism to stop producing while `lines()` still yields what it has
+        """Ask the mechanism to stop producing while `batches()` still yields what it has
         produced, to its end; False when this session cannot (detach drops the rest)."""
         return False
 

@@ -580,6 +580,7 @@ def _replay(capture, chosen, backend, flow, sink, stats):
         events = chosen.parse_lines(lines)
         candidates = [line for line in lines if line.strip() and not _comment(line)]
         parsed += len(events)
+        stats.lines_read += len(events)
         others += max(0, len(candidates) - len(events))
         if not parsed and len(sample) < SNIFF_LINES:
             sample.extend(candidates[:SNIFF_LINES])

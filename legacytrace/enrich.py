@@ -11,11 +11,14 @@ The tables are read on first need, so a trace that never sees such a field pays 
 Only for live traces: a replayed capture may come from another kernel.
 """
 from legacytrace.kernel import skb_drop_reason, symbols
+from legacytrace.model import fields_getter
+
+_fields_of = fields_getter("fields")
 
 
 class Enricher(object):
-    """A callable for trace.run's `enrich`: returns the event with what it adds (the
-    command line makes a new event; names replace numbers in its `fields` dict).
+    """A callable for trace.run's `enrich`: returns a batch of events with what it adds
+    (the command line makes a new event; names replace numbers in its `fields` dict).
 
     `cmdlines` is a procinfo.CmdlineCache; `btf_path` the running kernel's BTF (or
     None); `kallsyms` a callable returning a symbols.Kallsyms (tests pass their own).
@@ -28,17 +31,18 @@ class Enricher(object):
         self._reasons = None
         self._kallsyms = None
 
-    def __call__(self, ev):
-        ev = self._cmdlines.enrich(ev)
-        fields = ev.fields
-        if fields:
-            reason = fields.get("reason")
-            if type(reason) is int:
-                fields["reason"] = self.reason_name(reason)
-            caller = fields.get("caller")
-            if type(caller) is int:
-                fields["caller"] = self.symbol(caller)
-        return ev
+    def __call__(self, events):
+        """The events of a batch as they are shown (a list)."""
+        events = self._cmdlines.enrich_all(events)
+        for fields in map(_fields_of, events):
+            if fields:
+                reason = fields.get("reason")
+                if type(reason) is int:
+                    fields["reason"] = self.reason_name(reason)
+                caller = fields.get("caller")
+                if type(caller) is int:
+                    fields["caller"] = self.symbol(caller)
+        return events
 
     def reason_name(self, value):
         """The short name of drop reason `value`, or the number when the kernel has no name."""

@@ -19,6 +19,11 @@ import time
 
 import psutil
 
+from legacytrace.model import EVENT_FIELDS, FlowEvent
+
+_CMDLINE = EVENT_FIELDS.index("cmdline")
+_new_event = tuple.__new__
+
 
 class CmdlineCache(object):
     """Command lines by (pid, start time), bounded to the `maxsize` most recently used pids.
@@ -64,17 +69,22 @@ class CmdlineCache(object):
         self._store(pid, [now, started, cmdline])
         return cmdline
 
-    def enrich(self, ev):
-        """`ev` with the command line of its process when it is a task-context event that
-        has none (`ev` itself otherwise).
+    def enrich_all(self, events):
+        """`events` with the command line of each task-context event's process added where
+        the event has none; each pid is looked up once per batch, not once per event.
 
         Interrupt-context events keep None: the interrupted task is not the owner.
         """
-        if ev.cmdline is None and ev.context == "task" and ev.pid and ev.pid > 0:
-            cmdline = self.get(ev.pid)
-            if cmdline is not None:
-                return ev._replace(cmdline=cmdline)
-        return ev
+        known = {}
+        out = []
+        for ev in events:
+            pid = ev.pid
+            if ev.cmdline is None and ev.context == "task" and pid and pid > 0:
+                cmdline = known[pid] if pid in known else known.setdefault(pid, self.get(pid))
+                if cmdline is not None:
+                    ev = _new_event(FlowEvent, ev[:_CMDLINE] + (cmdline,) + ev[_CMDLINE + 1:])
+            out.append(ev)
+        return out
 
     def _store(self, pid, entry):
         self._entries[pid] = entry

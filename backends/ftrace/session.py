@@ -187,11 +187,14 @@ class FtraceSession(Session):
         self._fd = fs.open_pipe(instance)
 
     def _close(self, fs, instance):
-        """Count what the ring buffer lost, then close the pipe."""
+        """Count what the ring buffer lost (and, after finish(), what it still holds), then
+        close the pipe."""
+        causes = [("overrun", "ring buffer overrun"), ("dropped events", "ring buffer full")]
+        if self._finish_by is not None:     # after --count the rest is not wanted
+            causes.append(("entries", "ftrace lines unread at stop"))
         try:
             for stats in fs.cpu_stats(instance).values():
-                for key, cause in (("overrun", "ring buffer overrun"),
-                                   ("dropped events", "ring buffer full")):
+                for key, cause in causes:
                     if stats.get(key):
                         self.lost[cause] += stats[key]
         finally:
@@ -199,16 +202,18 @@ class FtraceSession(Session):
             if fd is not None:
                 os.close(fd)
 
-    def lines(self):
+    def batches(self):
         if self._fd is None:
             return
-        for line in tracefs.read_lines(self._fd):
-            if self._finish_by is not None and (not line or time.monotonic() > self._finish_by):
-                return               # finish(): the ring buffer is read (an idle '') or time is up
-            yield line
+        for batch in tracefs.read_batches(self._fd, self.IDLE):
+            if self._finish_by is not None and not batch:
+                return               # finish(): the ring buffer is read (an idle [])
+            yield batch
+            if self._finish_by is not None and time.monotonic() > self._finish_by:
+                return               # finish() ran out of time: _close counts what is left
 
     def finish(self):
-        """Our instance stops recording (its tracing_on); lines() reads what its ring buffer
+        """Our instance stops recording (its tracing_on); batches() reads what its ring buffer
         holds. Not without an instance: the top level's tracing_on is everyone's."""
         if self._fd is None or self._instance is None or self._finish_by is not None:
             return False

@@ -48,6 +48,9 @@ class StapBackend(Backend):
     def parse(self, line, program=None):
         return parse.parse(line)
 
+    def parse_lines(self, lines, program=None):
+        return parse.parse_lines(lines)
+
     def leftovers(self, host):
         return session.leftovers()
 

@@ -145,6 +145,25 @@ def test_teardown_step_that_fails_warns_and_goes_on(fake, tmp_path, capsys):
         ["-:legacytrace_lt77/ip_output", "-:legacytrace_lt77/ip_rcv"]
 
 
+@pytest.mark.parametrize("finished, lost", [
+    (True, {"ring buffer overrun": 2, "ftrace lines unread at stop": 5}),
+    (False, {"ring buffer overrun": 2}),          # --count: the rest is not wanted
+])
+def test_what_the_ring_buffer_still_holds_after_a_stop_is_counted(fake, tmp_path, finished, lost):
+    fake()
+    session = FtraceSession(program(), root=str(tmp_path))
+    with session:
+        instance = tmp_path / "instances" / "legacytrace_lt77"
+        (instance / "tracing_on").write_text("1\n")
+        for cpu, (entries, overrun) in enumerate(((5, 0), (0, 2))):
+            (instance / "per_cpu" / "cpu{}".format(cpu)).mkdir(parents=True)
+            (instance / "per_cpu" / "cpu{}".format(cpu) / "stats").write_text(
+                "entries: {}\noverrun: {}\n".format(entries, overrun))
+        if finished:
+            assert session.finish()
+    assert session.lost == lost
+
+
 def test_stale_finds_only_dead_owners():
     lines = ["p:legacytrace_lt100/ip_rcv ip_rcv skb=%di", "r16:legacytrace_lt100/x_ret x $retval",
              "p:legacytrace_lt200/ip_rcv ip_rcv", "p:otherTool/ip_rcv ip_rcv",
