@@ -15,6 +15,7 @@ import signal
 import jinja2
 
 from legacytrace import validate
+from legacytrace.model import BUFFER_KB
 from legacytrace.errors import UsageError
 
 
@@ -59,18 +60,21 @@ class Program(object):
     lines with filters, a bpftrace script); `run_id` names what it attaches; `mode` is
     how it attaches ("kprobe", "tracepoint", or None where a backend has one way);
     `warnings` are "FUNCTION: why" texts about what it had to leave out; `part` is the
-    backend's own typed value with what `run()` and `export()` need beyond the text.
+    backend's own typed value with what `run()` and `export()` need beyond the text;
+    `buffer_kb` the request's buffer size per CPU, which the session gives its mechanism.
     """
 
-    __slots__ = ("backend", "text", "run_id", "mode", "warnings", "part")
+    __slots__ = ("backend", "text", "run_id", "mode", "warnings", "part", "buffer_kb")
 
-    def __init__(self, backend, text, run_id=None, mode=None, warnings=(), part=None):
+    def __init__(self, backend, text, run_id=None, mode=None, warnings=(), part=None,
+                 buffer_kb=BUFFER_KB):
         self.backend = backend
         self.text = text
         self.run_id = run_id
         self.mode = mode
         self.warnings = list(warnings)
         self.part = part
+        self.buffer_kb = buffer_kb
 
 
 class Session(object):

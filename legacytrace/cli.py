@@ -19,7 +19,7 @@ from legacytrace.kernel import host as hostmod, skbuff, symbols, tracepoints
 from legacytrace.kernel import tracefs as kernel_tracefs
 from legacytrace.errors import BackendUnavailable, LegacytraceError, UsageError
 from legacytrace.flowfilter import FlowFilter
-from legacytrace.model import Limits, TraceRequest
+from legacytrace.model import BUFFER_KB, Limits, TraceRequest
 
 BACKEND_CHOICES = ("auto",) + tuple(backends.names())
 CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=100)
@@ -153,7 +153,7 @@ def doctor(as_json):
     if as_json:
         click.echo(json.dumps(doctormod.doctor_json(facts), indent=2, sort_keys=True))
     else:
-        click.echo(doctormod.format_doctor(facts))
+        click.echo(doctormod.format_doctor(facts, cpus=os.cpu_count()))
 
 
 def _manifest_probes(spec, host, regex, functions=None, live=False):
@@ -224,6 +224,12 @@ def _backend(name, facts, without=None, verbose=False):
     return chosen
 
 
+buffer_option = click.option(
+    "--buffer-size", "buffer_kb", type=int, default=BUFFER_KB, show_default=True,
+    metavar="KB", help="Buffer per CPU between the probes and legacytrace: ftrace's ring "
+                       "buffer, bpftrace's perf ring (rounded up to a power of two pages), "
+                       "staprun's -b (rounded up to MiB). Bursts beyond it are lost, counted.")
+
 verbose_option = click.option(
     "-v", "--verbose", is_flag=True,
     help="Say why the backend was picked, and name every function a warning is about.")
@@ -286,9 +292,11 @@ def _output(opts, probes, stream, flow, replay=False):
               help="Probe only the manifest functions whose names match.")
 @click.option("--stap-module", type=click.Path(exists=True, dir_okay=False), metavar="FILE.ko",
               help="Run a module made by `legacytrace build` (needs only staprun here).")
+@buffer_option
 @verbose_option
 @handle_errors
-def trace(manifest, backend, count, duration, rate_limit, regex, stap_module, verbose, **opts):
+def trace(manifest, backend, count, duration, rate_limit, regex, stap_module, buffer_kb, verbose,
+          **opts):
     """Trace the packets EXPRESSION keeps through the functions of a manifest.
 
     EXPRESSION is tcpdump's filter language at IP level (host, net, port, portrange, proto,
@@ -307,18 +315,24 @@ def trace(manifest, backend, count, duration, rate_limit, regex, stap_module, ve
     limits = Limits(count=count, duration=duration, rate=rate_limit)
     facts = _probe_mounted("stap" if stap_module else backend)
     if stap_module:
-        if backend not in ("auto", "stap") or manifest or regex:
-            raise UsageError("--stap-module runs a prebuilt SystemTap module: it takes no "
-                             "--manifest, --regex or other --backend")
-        chosen = _load_backend("stap")
-        program, probes = chosen.module_program(stap_module), []
+        chosen, program, probes = _prebuilt(stap_module, backend, manifest or regex, buffer_kb)
     else:
         functions = symbols.KernelFunctions(facts.tracefs)
         manifest_obj, probes = _manifest_probes(manifest, facts, regex, functions, live=True)
         request = TraceRequest(probes, flow, facts, limits=limits,
-                               run_id="lt{}".format(os.getpid()), manifest=manifest_obj.source)
+                               run_id="lt{}".format(os.getpid()), manifest=manifest_obj.source,
+                               buffer_kb=buffer_kb)
         chosen, program = _runnable(backend, request, verbose)
     _run_trace(chosen, program, facts, probes, (flow, limits), opts)
+
+
+def _prebuilt(path, backend, probes_asked, buffer_kb):
+    """(stap backend, Program, no probes) for `trace --stap-module PATH`."""
+    if backend not in ("auto", "stap") or probes_asked:
+        raise UsageError("--stap-module runs a prebuilt SystemTap module: it takes no "
+                         "--manifest, --regex or other --backend")
+    chosen = _load_backend("stap")
+    return chosen, chosen.module_program(path, buffer_kb), []
 
 
 def _runnable(name, request, verbose):
@@ -452,9 +466,10 @@ def _warn_leftovers(backend, facts):
               help="Only the manifest functions whose names match.")
 @click.option("--host-facts", type=click.File("r"), metavar="FILE",
               help="Build for another host: `legacytrace doctor --json` saved there.")
+@buffer_option
 @verbose_option
 @handle_errors
-def generate(manifest, backend, fmt, regex, host_facts, verbose, **opts):
+def generate(manifest, backend, fmt, regex, host_facts, buffer_kb, verbose, **opts):
     """Print the program a trace would run, to review, save or take to another host.
 
     \b
@@ -475,7 +490,7 @@ def generate(manifest, backend, fmt, regex, host_facts, verbose, **opts):
     manifest_obj, probes = _manifest_probes(manifest, facts, regex, functions,
                                              live=host_facts is None)
     request = TraceRequest(probes, flow, facts, run_id="lt{}".format(os.getpid()),
-                           manifest=manifest_obj.source)
+                           manifest=manifest_obj.source, buffer_kb=buffer_kb)
     program = _build(chosen, request, verbose)
     if fmt not in chosen.formats:
         raise UsageError("backend {} has no format {!r}: choose one of {}".format(

@@ -188,20 +188,29 @@ class Limits(object):
         self.rate = rate
 
 
+#: KiB per CPU of the buffer between the probes and user space (--buffer-size): ftrace's
+#: instance ring buffer, bpftrace's perf ring, staprun's transport. It holds the lab's burst
+#: of 2,000 datagrams (16,000 events of about 200 bytes) on one CPU.
+BUFFER_KB = 4096
+
+
 class TraceRequest(object):
     """Everything a backend needs to build its program: probes, flow filter, limits, target.
 
     `host` is the `HostFacts` of the kernel the program is for (the running
     host, or recorded facts of another one when generating for elsewhere).
     `run_id` names what this run attaches, so that leftovers can be found.
+    `buffer_kb` sizes the mechanism's buffer per CPU (BUFFER_KB).
     """
 
-    __slots__ = ("probes", "flow", "limits", "host", "run_id", "manifest")
+    __slots__ = ("probes", "flow", "limits", "host", "run_id", "manifest", "buffer_kb")
 
-    def __init__(self, probes, flow, host, limits=None, run_id=None, manifest=None):
+    def __init__(self, probes, flow, host, limits=None, run_id=None, manifest=None,
+                 buffer_kb=BUFFER_KB):
         self.probes = list(probes)
         self.flow = flow
         self.host = host
         self.limits = limits or Limits()
         self.run_id = run_id
         self.manifest = manifest
+        self.buffer_kb = buffer_kb

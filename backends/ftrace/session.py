@@ -8,7 +8,7 @@ import time
 
 from legacytrace.backends.base import Session
 from legacytrace.backends.ftrace import tracefs
-from legacytrace.backends.ftrace.build import BUFFER_KB, CLOCKS
+from legacytrace.backends.ftrace.build import CLOCKS
 from legacytrace.errors import LegacytraceError, warn
 from legacytrace.kernel import tracefs as kernel_tracefs
 
@@ -137,7 +137,7 @@ class FtraceSession(Session):
         if instance:
             self._step("remove instance " + instance, functools.partial(fs.make_instance, instance),
                        functools.partial(fs.remove_instance, instance))
-            self._options(fs, instance)
+            self._options(fs, instance, self.program.buffer_kb)
         for system, event, text in part.events:
             if not kprobes or event in attached:
                 self._enable(fs, instance, system, event, text)
@@ -172,13 +172,13 @@ class FtraceSession(Session):
                    functools.partial(fs.set_enabled, instance, system, event, False))
 
     @staticmethod
-    def _options(fs, instance):
+    def _options(fs, instance, buffer_kb):
         """Own-instance settings only (never the top level's): clock, buffer, raw pointers."""
         clocks = fs.trace_clocks(instance)
         clock = next((name for name in CLOCKS if name in clocks), None)
         if clock:
             fs.set_option(instance, "trace_clock", clock)
-        fs.set_option(instance, "buffer_size_kb", str(BUFFER_KB))
+        fs.set_option(instance, "buffer_size_kb", str(int(buffer_kb)))
         # tracepoints print %p hashed from 4.15; options/hash-ptr (5.12+) lets us see the
         # sk_buff address itself, as the kprobes print it
         fs.set_option(instance, "options/hash-ptr", "0")

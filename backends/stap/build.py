@@ -5,12 +5,13 @@ import collections
 import os
 import re
 
-from legacytrace import filterexpr, trust
+from legacytrace import filterexpr, trust, validate
 from legacytrace.backends.base import Program, template
 from legacytrace.backends.stap import condition
 from legacytrace.backends.stap.parse import PROTOCOL
 from legacytrace.errors import UsageError, warn
 from legacytrace.kernel import structs
+from legacytrace.model import BUFFER_KB
 from legacytrace.validate import ARG_TYPES
 
 TEMPLATE = "flows.stp.j2"
@@ -66,10 +67,11 @@ def program(request):
         protocol=PROTOCOL, release=release, flow=condition.condition(expr),
         filter_words="all flows" if expr is None else filterexpr.text(expr), probes=probes)
     return Program("stap", text, run_id=request.run_id,
-                   part=StapPart(release, [probe["name"] for probe in probes], None))
+                   part=StapPart(release, [probe["name"] for probe in probes], None),
+                   buffer_kb=request.buffer_kb)
 
 
-def module_program(path):
+def module_program(path, buffer_kb=BUFFER_KB):
     """A Program for a module built elsewhere (`legacytrace trace --stap-module`).
 
     staprun needs the file to keep the name it was built with (NAME.ko holds NAME).
@@ -87,4 +89,5 @@ def module_program(path):
         warn("stap: --stap-module {}: {}: whoever can change it runs code in the kernel"
              .format(path, unsafe))
     return Program("stap", "# prebuilt SystemTap module {}\n".format(path),
-                   part=StapPart(None, [], os.path.abspath(path)))
+                   part=StapPart(None, [], os.path.abspath(path)),
+                   buffer_kb=validate.buffer_kb(buffer_kb))

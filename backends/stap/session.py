@@ -67,7 +67,8 @@ class StapSession(Session):
             self.program, self.release, self.runtime)
         # -R: load under NAME_<pid> so that runs of one cached module do not collide
         rename = [] if self.program.part.module else ["-R"]
-        self.proc = subprocess.Popen([trust.program("staprun")] + rename + [module],
+        self.proc = subprocess.Popen([trust.program("staprun")] + rename + buffer_args(self.program)
+                                     + [module],
                                      stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      preexec_fn=die_with_parent)
@@ -199,6 +200,12 @@ class StapSession(Session):
             self.stderr.append(line)
             if not EXIT_REPORT_RE.search(line):
                 sys.stderr.write("legacytrace: stap: {}\n".format(line))
+
+
+def buffer_args(program):
+    """staprun's -b for the program's buffer: whole MiB per CPU (staprun takes 1 to 4095),
+    rounded up; it replaces the size the module was built with."""
+    return ["-b", str(min(4095, -(-program.buffer_kb // 1024)))]
 
 
 def _backlog_max():

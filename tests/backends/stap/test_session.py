@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from legacytrace.backends import stap
+from legacytrace.backends.base import Program
 from legacytrace.backends.stap import cache as stap_cache, session as stap_session
 from legacytrace.errors import UsageError
 from legacytrace.kernel.host import HostFacts
@@ -20,6 +21,13 @@ CAPTURE = "explore-6.1.0-56-amd64.txt"
 @pytest.fixture
 def lines(datadir):
     return (datadir / "stap" / CAPTURE).read_text().splitlines()
+
+
+@pytest.mark.parametrize("buffer_kb, megabytes", [(64, "1"), (4096, "4"), (4097, "5"),
+                                                   (1048576, "1024")])
+def test_the_buffer_size_is_stapruns_b_in_whole_megabytes(buffer_kb, megabytes):
+    program = Program("stap", "", buffer_kb=buffer_kb)
+    assert stap_session.buffer_args(program) == ["-b", megabytes]
 
 
 def test_the_backlog_between_staprun_and_the_parser_counts_what_it_drops(monkeypatch):
