@@ -326,14 +326,18 @@ class Trace(object):
         with open(self.out_path, "rb") as out:
             return out.read().count(b"\n")
 
-    def lost(self):
-        """The CLI's count of lost events by cause: its summary, the last JSON line at exit."""
+    def summary(self):
+        """The CLI's summary: the last JSON line, written at exit."""
         with open(self.out_path, "rb") as out:
             last = out.read().rstrip(b"\n").rsplit(b"\n", 1)[-1]
         summary = json.loads(last.decode("utf-8")) if last else {}
         if summary.get("type") != "summary":
             raise TraceFailed("no summary line at the end of {}".format(self.out_path))
-        return summary["lost"]
+        return summary
+
+    def lost(self):
+        """The CLI's count of lost events by cause."""
+        return self.summary()["lost"]
 
     def _fail(self, what):
         if self.proc.poll() is None:
@@ -430,7 +434,10 @@ def describe_lost(lost):
 
 def filtering(backend, workload, functions, args, workdir, root):
     """Probe hits (the bare counters on the same functions; the backend's own counter where
-    it has one) against the lines that reached user space, for a 1% filter."""
+    it has one) against the lines that reached user space, for a 1% filter: the event lines
+    the CLI read from the mechanism (its summary's lines_read, less those read before the
+    loop, which were all printed: only matching datagrams went before it), and those it
+    printed."""
     trace = Trace(backend, FILTER, workdir, args.shared, root)
     trace.wait_attached()
     trace.wait_first_event(workload)
@@ -442,9 +449,11 @@ def filtering(backend, workload, functions, args, workdir, root):
         result = {"lines": trace.settle() - lines, "hits": bare.hits() - hits,
                   "own_hits": own(root, trace.pid) - own_hits if own else None}
     result["exit"], result["clean"], result["left"] = trace.stop()
-    result["fraction"] = result["lines"] / float(result["hits"] or 1)
-    progress("{} filtered: {} of {} probe hits reached user space (own counter: {}){}".format(
-        backend, result["lines"], result["hits"], result["own_hits"],
+    result["read"] = trace.summary()["lines_read"] - lines
+    result["fraction"] = result["read"] / float(result["hits"] or 1)
+    progress("{} filtered: {} of {} probe hits reached user space, {} printed (own counter: "
+             "{}){}".format(backend, result["read"], result["hits"], result["lines"],
+                            result["own_hits"],
         "; LEFT: " + ", ".join(result["left"]) if result["left"] else ""))
     return result
 
@@ -480,7 +489,7 @@ def cmd_guest(args):
         "bare: p:{}/{}FUNC FUNC without fetch args on the same {} functions, enabled in an own "
         "instance".format(BARE_GROUP, BARE_PREFIX, len(functions)),
         "filtering: {} {} datagrams (1 flow of {} matches); hits from the bare probes' "
-        "kprobe_profile, lines from stdout".format(" ".join(FILTER), args.filter_count, FLOWS),
+        "kprobe_profile, lines read from the CLI's summary (lines_read), printed from stdout".format(" ".join(FILTER), args.filter_count, FLOWS),
         "functions: " + " ".join(functions)])
     workdir = tempfile.mkdtemp(prefix="ltbench-")
     figures = {"functions": functions, "count": args.count, "filter_count": args.filter_count,
@@ -540,11 +549,12 @@ def report(figures, backends):
                      describe_lost(figures[b]["lost"])))
     benchkit.table(rows)
     print("filtering (1 flow of {}, {} datagrams):".format(FLOWS, figures["filter_count"]))
-    rows = [("backend", "probe hits", "own counter", "lines", "fraction reaching user space")]
+    rows = [("backend", "probe hits", "own counter", "lines read", "lines printed",
+             "fraction reaching user space")]
     for b in backends:
         f = figures[b]["filtering"]
         rows.append((b, str(f["hits"]), "-" if f["own_hits"] is None else str(f["own_hits"]),
-                     str(f["lines"]), "{:.4f}".format(f["fraction"])))
+                     str(f["read"]), str(f["lines"]), "{:.4f}".format(f["fraction"])))
     benchkit.table(rows)
     sys.stdout.flush()
 
