@@ -40,39 +40,44 @@ def send(port, count):
             sender.sendto(b"legacytrace-burst", (labkit.LOOPBACK, port))
 
 
-def traced_while(tracer, port, count):
-    """Send `count` datagrams in a thread while the tracer's output is read (as a terminal
-    would), so that only the mechanism's buffer stands between the probes and the CLI."""
-    sender = threading.Thread(target=send, args=(port, count), daemon=True)
-    sender.start()
-    deadline = time.monotonic() + STOP_TIMEOUT
-    while sender.is_alive():
-        assert time.monotonic() < deadline, "the datagrams were not sent in time"
-        tracer.read(0.2)
-
-
-def start(backend, args, tmp_path):
+def traced(backend, args, port, count, tmp_path, settle=False):
+    """The summary of `legacytrace trace -b BACKEND ARGS` stopped with SIGINT after `count`
+    datagrams were sent to `port` (with `settle`, once the output has stopped growing). The
+    output is read while they go, as a terminal would, so that only the mechanism's buffer
+    stands between the probes and the CLI."""
     tracer = labkit.CliTrace(["-b", backend] + args, tmp_path)
-    wait_tracing(tracer)
-    return tracer
+    try:
+        wait_tracing(tracer)
+        sender = threading.Thread(target=send, args=(port, count), daemon=True)
+        sender.start()
+        deadline = time.monotonic() + STOP_TIMEOUT
+        while sender.is_alive():
+            assert time.monotonic() < deadline, "the datagrams were not sent in time"
+            tracer.read(0.2)
+        if settle:
+            read_until_quiet(tracer)
+    finally:
+        tracer.proc.send_signal(signal.SIGINT)
+        code = tracer.finish(STOP_TIMEOUT)
+    assert code == 0 and tracer.summary is not None, tracer.stderr
+    return tracer.summary
+
+
+def read_until_quiet(tracer):
+    """Read until no line has come for QUIET seconds: the tracer has read what was made."""
+    seen = None
+    while seen != len(tracer.lines):
+        seen = len(tracer.lines)
+        quiet = time.monotonic() + QUIET
+        while time.monotonic() < quiet:
+            tracer.read(0.5)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_burst_the_default_buffer_is_sized_for_loses_nothing(backend, foreign, tmp_path):
     port = labkit.free_port(socket.SOCK_DGRAM)
-    tracer = start(backend, ["udp and dst port {}".format(port)], tmp_path)
-    try:
-        traced_while(tracer, port, BURST)
-        count, quiet_since = len(tracer.lines), time.monotonic()
-        while time.monotonic() - quiet_since < QUIET:
-            tracer.read(0.5)
-            if len(tracer.lines) != count:
-                count, quiet_since = len(tracer.lines), time.monotonic()
-    finally:
-        tracer.proc.send_signal(signal.SIGINT)
-        code = tracer.finish(STOP_TIMEOUT)
-    summary = tracer.summary
-    assert code == 0 and summary is not None, tracer.stderr
+    summary = traced(backend, ["udp and dst port {}".format(port)], port, BURST, tmp_path,
+                     settle=True)
     print("{}: burst of {} datagrams: {} events, {} lines read, lost {}".format(
         backend, BURST, summary["events"], summary["lines_read"], summary["lost"]))
     assert summary["lost_total"] == 0, summary
@@ -83,14 +88,8 @@ def test_a_burst_the_default_buffer_is_sized_for_loses_nothing(backend, foreign,
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_a_stop_right_after_a_flood_accounts_for_every_event(backend, foreign, tmp_path):
     port = labkit.free_port(socket.SOCK_DGRAM)
-    tracer = start(backend, ["-r", TWO_FUNCTIONS, "udp and dst port {}".format(port)], tmp_path)
-    try:
-        traced_while(tracer, port, FLOOD)
-    finally:
-        tracer.proc.send_signal(signal.SIGINT)
-        code = tracer.finish(STOP_TIMEOUT)
-    summary = tracer.summary
-    assert code == 0 and summary is not None, tracer.stderr
+    summary = traced(backend, ["-r", TWO_FUNCTIONS, "udp and dst port {}".format(port)], port,
+                     FLOOD, tmp_path)
     print("{}: flood of {} datagrams stopped at once: {} events, lost {}".format(
         backend, FLOOD, summary["events"], summary["lost"]))
     assert summary["filtered"] == 0, summary
