@@ -165,6 +165,17 @@ def test_enrich_fills_task_context_only_and_looks_each_pid_up_once(fake):
     assert processes.lookups == 1
 
 
+def test_enrich_names_a_task_the_mechanism_could_not_name(fake):
+    """ftrace prints "<...>" for a task its comm cache has not seen (the parser's None)."""
+    cache, processes, _ = fake
+    processes.table[4242] = (1.0, ["ping", "x"], "ping")
+    processes.table[7] = (1.0, ["python3", "-m", "a"], "a-name-longer-than-comm")
+    enriched = cache.enrich_all([event(comm=None), event(pid=7, tid=7, comm=None),
+                                 event(comm=None, context="softirq")])
+    assert [(ev.comm, ev.cmdline) for ev in enriched] == [
+        ("ping", "ping x"), ("a-name-longer-t", "python3 -m a"), (None, None)]
+
+
 def test_real_process_and_its_exit():
     argv = [sys.executable, "-c", "import time; time.sleep(30)", "legacytrace-procinfo-test"]
     child = subprocess.Popen(argv)
