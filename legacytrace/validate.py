@@ -190,9 +190,9 @@ def run_id(value):
     return value
 
 
-#: --buffer-size bounds, KiB per CPU: below 64 a burst of a few hundred events fills it; 1 GiB
-#: per CPU is more than any host should pin for tracing.
-BUFFER_KB_MIN, BUFFER_KB_MAX = 64, 1048576
+#: --buffer-size bounds, KiB per CPU: one page, the least a mechanism takes (a few dozen
+#: events); 1 GiB per CPU, more than any host should pin for tracing.
+BUFFER_KB_MIN, BUFFER_KB_MAX = 4, 1048576
 
 
 def buffer_kb(value):

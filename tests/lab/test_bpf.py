@@ -171,9 +171,9 @@ def flood(count):
 
 
 def test_lost_events_are_counted_and_a_stop_in_a_flood_leaves_nothing(foreign, tmp_path):
-    # One page per CPU of perf ring buffer (bpftrace 0.17's BPFTRACE_PERF_RB_PAGES, default
-    # 64) holds about 16 events: a flood overruns it while legacytrace reads.
-    run = Run("bpf", tmp_path, env={"BPFTRACE_PERF_RB_PAGES": "1"})
+    # One page per CPU of perf ring buffer (--buffer-size 4, the least) holds about 16
+    # events: a flood overruns it while legacytrace reads.
+    run = Run("bpf", tmp_path, args=["--buffer-size", "4"])
     run.wait_for_events(lambda: flood(1))
     # 3000 datagrams (9000 events) overrun it many times over; 20000 stalled the TCG guest (RCU).
     sender = threading.Thread(target=flood, args=(3000,), daemon=True)

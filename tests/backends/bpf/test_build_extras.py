@@ -145,7 +145,7 @@ def test_bpftrace_is_told_where_the_kernels_btf_is():
     assert "BPFTRACE_BTF" not in bpf_build.bpftrace_env([], None)
 
 
-@pytest.mark.parametrize("buffer_kb, pages", [(64, 16), (4096, 1024), (4097, 2048), (100, 32)])
+@pytest.mark.parametrize("buffer_kb, pages", [(4, 1), (64, 16), (4096, 1024), (4097, 2048), (100, 32)])
 def test_the_buffer_size_is_bpftraces_perf_ring_in_a_power_of_two_pages(buffer_kb, pages):
     env = bpf_build.bpftrace_env([], None, buffer_kb)
     assert env["BPFTRACE_PERF_RB_PAGES"] == str(pages)

@@ -23,7 +23,7 @@ def lines(datadir):
     return (datadir / "stap" / CAPTURE).read_text().splitlines()
 
 
-@pytest.mark.parametrize("buffer_kb, megabytes", [(64, "1"), (4096, "4"), (4097, "5"),
+@pytest.mark.parametrize("buffer_kb, megabytes", [(4, "1"), (4096, "4"), (4097, "5"),
                                                    (1048576, "1024")])
 def test_the_buffer_size_is_stapruns_b_in_whole_megabytes(buffer_kb, megabytes):
     program = Program("stap", "", buffer_kb=buffer_kb)
