@@ -35,15 +35,14 @@ from legacytrace import backends
 _get = backends.get
 def get(name):
     backend = _get(name)
-    parse, left = backend.parse, [int(os.environ["LEGACYTRACE_TEST_FAIL_AFTER"])]
-    def failing(line, program=None):
-        event = parse(line, program)
-        if event is not None:
-            left[0] -= 1
-            if left[0] < 0:
-                raise RuntimeError("injected by test_lifecycle")
-        return event
-    backend.parse = failing
+    parse_lines, left = backend.parse_lines, [int(os.environ["LEGACYTRACE_TEST_FAIL_AFTER"])]
+    def failing(lines, program=None):
+        events = parse_lines(lines, program)
+        if events and left[0] <= 0:  # a batch after the first N events
+            raise RuntimeError("injected by test_lifecycle")
+        left[0] -= len(events)
+        return events
+    backend.parse_lines = failing
     return backend
 backends.get = get
 """
@@ -207,8 +206,10 @@ def test_every_end_leaves_nothing_attached(how, backend, foreign, tmp_path, cli_
     try:
         if how == "exception":
             run.wait_for_events(ping)
+            deadline = time.monotonic() + STOP_TIMEOUT
             while run.proc.poll() is None and run.read(2.0):
-                ping()                      # the second event raises
+                assert time.monotonic() < deadline, "no exception: " + run.stderr
+                ping()                      # the next batch of events raises
             code = run.finish()
             assert code == 1, run.stderr
             assert "internal error: RuntimeError: injected by test_lifecycle" in run.stderr
