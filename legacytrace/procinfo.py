@@ -19,6 +19,8 @@ import time
 
 import psutil
 
+from legacytrace.errors import LegacytraceError
+
 
 class CmdlineCache(object):
     """Command lines by (pid, start time), bounded to the `maxsize` most recently used pids.
@@ -89,3 +91,18 @@ def _cmdline(proc):
     if args:
         return " ".join(args)
     return "[{}]".format(proc.name())
+
+
+def threads_of(pids, process=psutil.Process):
+    """The thread ids of processes `pids` now; LegacytraceError naming a pid that is not a
+    running process here (a process filter on it would show nothing)."""
+    found = set()
+    for pid in sorted(pids):
+        try:
+            found.update(thread.id for thread in process(pid).threads())
+        except psutil.NoSuchProcess:
+            raise LegacytraceError("no process {} is running here: give -p the pid of a "
+                                   "running process (or --comm its name)".format(pid))
+        except psutil.AccessDenied:
+            found.add(pid)
+    return found

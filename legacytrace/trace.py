@@ -1,6 +1,6 @@
 """Running a trace: the one loop between a backend's live session and the output.
 
-    session.lines() -> backend.parse() -> flow filter -> limits -> enrich -> sink
+    session.lines() -> backend.parse() -> flow filter -> enrich -> limits -> sink
 
 Signals end a trace the same way as its normal end: SIGINT (Ctrl-C), SIGTERM,
 SIGHUP and the --duration alarm raise `Stop` once, and are ignored after that so
@@ -83,8 +83,9 @@ def run(backend, program, flow, limits, sink, stats, enrich=None, attached=None)
     `sink.event(ev)` receives every kept event; `stats` (a summary.Summary) counts
     events, user-space filtering, rate-limited events and the session's lost
     events. `enrich(ev)`, when given, returns the event as it is shown (events are
-    tuples: what user space adds makes a new one). `attached()` is called once the
-    probes are in place, and the duration starts then. On a stop (a signal, the
+    tuples: what user space adds makes a new one), or None to drop it (the process
+    filter, which needs the owner enrich finds), counted as filtered. `attached()` is
+    called once the probes are in place, and the duration starts then. On a stop (a signal, the
     duration) a session that can `finish()` stops producing and what it already
     produced still comes out. Returns the reason the trace ended, in words.
     """
@@ -111,8 +112,8 @@ def run(backend, program, flow, limits, sink, stats, enrich=None, attached=None)
 
 
 def _consumer(parse, program, flow, limits, sink, stats, enrich):
-    """consume(lines): their events to the sink, through the flow filter, the rate limit
-    and `enrich`; the reason when --count is reached, else None."""
+    """consume(lines): their events to the sink, through the flow filter, `enrich` and the
+    rate limit; the reason when --count is reached, else None."""
     rate = RateLimit(limits.rate) if limits.rate else None
 
     def consume(lines):
@@ -123,11 +124,14 @@ def _consumer(parse, program, flow, limits, sink, stats, enrich):
             if not flow.matches(event):
                 stats.filtered += 1
                 continue
+            if enrich is not None:
+                event = enrich(event)
+                if event is None:
+                    stats.filtered += 1
+                    continue
             if rate is not None and not rate.allow():
                 stats.lost["rate limit"] += 1
                 continue
-            if enrich is not None:
-                event = enrich(event)
             stats.add(event)
             sink.event(event)
             if limits.count and stats.events >= limits.count:
