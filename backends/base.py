@@ -15,6 +15,7 @@ import signal
 import jinja2
 
 from legacytrace import validate
+from legacytrace.model import BUFFER_KB
 from legacytrace.errors import UsageError
 
 
@@ -59,28 +60,34 @@ class Program(object):
     lines with filters, a bpftrace script); `run_id` names what it attaches; `mode` is
     how it attaches ("kprobe", "tracepoint", or None where a backend has one way);
     `warnings` are "FUNCTION: why" texts about what it had to leave out; `part` is the
-    backend's own typed value with what `run()` and `export()` need beyond the text.
+    backend's own typed value with what `run()` and `export()` need beyond the text;
+    `buffer_kb` the request's buffer size per CPU, which the session gives its mechanism.
     """
 
-    __slots__ = ("backend", "text", "run_id", "mode", "warnings", "part")
+    __slots__ = ("backend", "text", "run_id", "mode", "warnings", "part", "buffer_kb")
 
-    def __init__(self, backend, text, run_id=None, mode=None, warnings=(), part=None):
+    def __init__(self, backend, text, run_id=None, mode=None, warnings=(), part=None,
+                 buffer_kb=BUFFER_KB):
         self.backend = backend
         self.text = text
         self.run_id = run_id
         self.mode = mode
         self.warnings = list(warnings)
         self.part = part
+        self.buffer_kb = buffer_kb
 
 
 class Session(object):
     """A live run: attach on enter, detach on exit, whatever ended it.
 
-    Subclasses implement `attach()`, `lines()` and `detach()`. `detach()` must
+    Subclasses implement `attach()`, `batches()` and `detach()`. `detach()` must
     undo what `attach()` did in reverse order, warn about each step that fails
     and go on, so that a half-done attach is cleaned up too.
     `lost` counts events the mechanism dropped, by cause; the summary shows it.
     """
+
+    #: Seconds `batches()` waits for output before it yields an empty batch.
+    IDLE = 0.2
 
     def __init__(self, program):
         self.program = program
@@ -89,15 +96,23 @@ class Session(object):
     def attach(self):
         raise NotImplementedError
 
-    def lines(self):
-        """Yield raw output lines (str, without the newline) until the mechanism ends."""
+    def batches(self):
+        """Yield lists of raw output lines (str, without the newline) as each read of the
+        mechanism returns them, until the mechanism ends; an empty list after `IDLE`
+        seconds without output, so that the caller can look at a stop request."""
         raise NotImplementedError
+
+    def lines(self):
+        """The raw output lines one by one (for tests and tools that want no batches)."""
+        for batch in self.batches():
+            for line in batch:
+                yield line
 
     def detach(self):
         raise NotImplementedError
 
     def finish(self):
-        """Ask the mechanism to stop producing while `lines()` still yields what it has
+        """Ask the mechanism to stop producing while `batches()` still yields what it has
         produced, to its end; False when this session cannot (detach drops the rest)."""
         return False
 

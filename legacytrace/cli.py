@@ -19,7 +19,7 @@ from legacytrace.kernel import host as hostmod, skbuff, symbols, tracepoints
 from legacytrace.kernel import tracefs as kernel_tracefs
 from legacytrace.errors import BackendUnavailable, LegacytraceError, UsageError
 from legacytrace.flowfilter import FlowFilter
-from legacytrace.model import Limits, TraceRequest
+from legacytrace.model import BUFFER_KB, Limits, TraceRequest
 
 BACKEND_CHOICES = ("auto",) + tuple(backends.names())
 CONTEXT = dict(help_option_names=["-h", "--help"], max_content_width=100)
@@ -183,7 +183,7 @@ def doctor(as_json):
     if as_json:
         click.echo(json.dumps(doctormod.doctor_json(facts), indent=2, sort_keys=True))
     else:
-        click.echo(doctormod.format_doctor(facts))
+        click.echo(doctormod.format_doctor(facts, cpus=os.cpu_count()))
 
 
 def _manifest_probes(spec, host, regex, functions=None, live=False):
@@ -254,6 +254,12 @@ def _backend(name, facts, without=None, verbose=False):
     return chosen
 
 
+buffer_option = click.option(
+    "--buffer-size", "buffer_kb", type=int, default=BUFFER_KB, show_default=True,
+    metavar="KB", help="Buffer per CPU between the probes and legacytrace: ftrace's ring "
+                       "buffer, bpftrace's perf ring (rounded up to a power of two pages), "
+                       "staprun's -b (rounded up to MiB). Bursts beyond it are lost, counted.")
+
 verbose_option = click.option(
     "-v", "--verbose", is_flag=True,
     help="Say why the backend was picked, and name every function a warning is about.")
@@ -317,9 +323,11 @@ def _output(opts, probes, stream, flow, replay=False):
               help="Probe only the manifest functions whose names match.")
 @click.option("--stap-module", type=click.Path(exists=True, dir_okay=False), metavar="FILE.ko",
               help="Run a module made by `legacytrace build` (needs only staprun here).")
+@buffer_option
 @verbose_option
 @handle_errors
-def trace(manifest, backend, count, duration, rate_limit, regex, stap_module, verbose, **opts):
+def trace(manifest, backend, count, duration, rate_limit, regex, stap_module, buffer_kb, verbose,
+          **opts):
     """Trace the packets EXPRESSION keeps through the functions of a manifest.
 
     EXPRESSION is tcpdump's filter language at IP level (host, net, port, portrange, proto,
@@ -336,36 +344,34 @@ def trace(manifest, backend, count, duration, rate_limit, regex, stap_module, ve
       sudo legacytrace trace -b ftrace -m my-manifest.yaml -T 10 'host 10.0.0.5'
       sudo legacytrace trace --stap-module lt_icmp.ko     # built on another host
     """
-    flow = _flow(opts)
-    processes = _processes(opts, live=True)
+    flow, processes = _flow(opts), _processes(opts, live=True)
     limits = Limits(count=count, duration=duration, rate=rate_limit)
     facts = _probe_mounted("stap" if stap_module else backend)
     if stap_module:
-        (chosen, program), probes = _prebuilt(stap_module, backend, manifest, regex), []
+        chosen, program, probes = _prebuilt(stap_module, backend, manifest or regex, buffer_kb)
     else:
         functions = symbols.KernelFunctions(facts.tracefs)
         manifest_obj, probes = _manifest_probes(manifest, facts, regex, functions, live=True)
-        request = _request(probes, (flow, processes), facts, manifest_obj, limits)
-        chosen, program = _runnable(backend, request, verbose)
+        chosen, program = _runnable(backend, _request(
+            probes, (flow, processes), facts, manifest_obj, limits, buffer_kb), verbose)
     _run_trace(chosen, program, facts, probes, (flow, limits, processes), opts)
 
 
-def _prebuilt(stap_module, backend, manifest, regex):
-    """(backend, program) of `trace --stap-module`: a module built elsewhere, to which no
-    option that picks a program applies."""
-    if backend not in ("auto", "stap") or manifest or regex:
-        raise UsageError("--stap-module runs a prebuilt SystemTap module: it takes no "
-                         "--manifest, --regex or other --backend")
-    chosen = _load_backend("stap")
-    return chosen, chosen.module_program(stap_module)
-
-
-def _request(probes, filters, facts, manifest_obj, limits=None):
+def _request(probes, filters, facts, manifest_obj, limits=None, buffer_kb=BUFFER_KB):
     """The TraceRequest of this run (`filters`: the flow and process filters); its run id
     lt<pid> names what it attaches."""
     flow, processes = filters
     return TraceRequest(probes, flow, facts, limits=limits, run_id="lt{}".format(os.getpid()),
-                        manifest=manifest_obj.source, processes=processes)
+                        manifest=manifest_obj.source, buffer_kb=buffer_kb, processes=processes)
+
+
+def _prebuilt(path, backend, probes_asked, buffer_kb):
+    """(stap backend, Program, no probes) for `trace --stap-module PATH`."""
+    if backend not in ("auto", "stap") or probes_asked:
+        raise UsageError("--stap-module runs a prebuilt SystemTap module: it takes no "
+                         "--manifest, --regex or other --backend")
+    chosen = _load_backend("stap")
+    return chosen, chosen.module_program(path, buffer_kb), []
 
 
 def _runnable(name, request, verbose):
@@ -397,12 +403,10 @@ def _run_trace(chosen, program, facts, probes, filters, opts):
     stats = summary.Summary()
     stats.filter = flow.describe()
     stats.processes = processes and processes.describe()
-    cmdlines = procinfo.CmdlineCache()
-    enricher = enrich.Enricher(cmdlines, facts.btf,
-                               owners=owners.Owners(owners.SocketTable(), cmdlines.get),
-                               keep=processes and processes.matches)
+    own = owners.Attribution(owners.Owners(owners.SocketTable()), processes)
     try:
-        ended = tracemod.run(chosen, program, flow, limits, sink, stats, enrich=enricher,
+        ended = tracemod.run(chosen, program, flow, limits, sink, stats, own=own,
+                             enrich=enrich.Enricher(procinfo.CmdlineCache(), facts.btf),
                              attached=lambda: click.echo(
                                  "legacytrace: tracing with {} ({}); Ctrl-C to stop".format(
                                      chosen.name, flow.describe()), err=True))
@@ -504,9 +508,10 @@ def _warn_leftovers(backend, facts):
               help="Only the manifest functions whose names match.")
 @click.option("--host-facts", type=click.File("r"), metavar="FILE",
               help="Build for another host: `legacytrace doctor --json` saved there.")
+@buffer_option
 @verbose_option
 @handle_errors
-def generate(manifest, backend, fmt, regex, host_facts, verbose, **opts):
+def generate(manifest, backend, fmt, regex, host_facts, buffer_kb, verbose, **opts):
     """Print the program a trace would run, to review, save or take to another host.
 
     \b
@@ -528,7 +533,8 @@ def generate(manifest, backend, fmt, regex, host_facts, verbose, **opts):
               else _load_backend(backend))
     manifest_obj, probes = _manifest_probes(manifest, facts, regex, functions,
                                              live=host_facts is None)
-    program = _build(chosen, _request(probes, (flow, processes), facts, manifest_obj), verbose)
+    request = _request(probes, (flow, processes), facts, manifest_obj, buffer_kb=buffer_kb)
+    program = _build(chosen, request, verbose)
     if fmt not in chosen.formats:
         raise UsageError("backend {} has no format {!r}: choose one of {}".format(
             chosen.name, fmt, ", ".join(chosen.formats)))
@@ -632,17 +638,18 @@ def _replay(capture, chosen, backend, filters, sink, stats):
     line is one (naming the format the file has). Owners come from the capture itself (a
     socket its task-context events used): its processes are not here."""
     from legacytrace import owners
-    owner_of = owners.Owners()
+    own = owners.Attribution(owners.Owners(), filters[1])
     parsed = others = 0                 # events, and lines that are none (comments aside)
     sample = []
     for lines in _line_batches(capture):
         events = chosen.parse_lines(lines)
         candidates = [line for line in lines if line.strip() and not _comment(line)]
         parsed += len(events)
+        stats.lines_read += len(events)
         others += max(0, len(candidates) - len(events))
         if not parsed and len(sample) < SNIFF_LINES:
             sample.extend(candidates[:SNIFF_LINES])
-        events = _kept(list(map(owner_of, events)), filters, stats)
+        events = _kept(events, filters[0], own, stats)
         stats.add_all(events)
         sink.events(events)
     if others and not parsed:
@@ -654,13 +661,11 @@ def _replay(capture, chosen, backend, filters, sink, stats):
                    "skipped".format(others, capture.name, backend), err=True)
 
 
-def _kept(events, filters, stats):
-    """The events the flow filter and the process filter (or None) keep; the others are
-    counted as filtered."""
-    flow, processes = filters
+def _kept(events, flow, own, stats):
+    """The events the flow filter keeps, with their owners, that the process filter keeps
+    (owners.Attribution `own`); the others are counted as filtered."""
     kept = events if flow.is_empty() else [ev for ev in events if flow.matches(ev)]
-    if processes is not None:
-        kept = [ev for ev in kept if processes.matches(ev)]
+    kept = own(kept)
     stats.filtered += len(events) - len(kept)
     return kept
 

@@ -9,6 +9,7 @@ Both functions are pure given `HostFacts`; the CLI probes the host and prints:
 from legacytrace import select
 from legacytrace.backends import checks
 from legacytrace.errors import BackendUnavailable
+from legacytrace.model import BUFFER_KB
 
 
 def _yes_no(value, yes="yes", no="no", unknown="unknown"):
@@ -63,8 +64,9 @@ def _pick(host, check):
         return None, str(exc), select.assess(host, check)
 
 
-def format_doctor(host, check=None):
-    """The human report: host summary, one line per backend, the pick, notes.
+def format_doctor(host, check=None, cpus=None):
+    """The human report: host summary, one line per backend, the pick, what a trace's buffer
+    costs on `cpus` CPUs, notes.
 
     `check` is as for `legacytrace.select.assess` (default: each backend's own check).
     """
@@ -76,12 +78,22 @@ def format_doctor(host, check=None):
     lines.extend("  {:<7} {:<4} {}".format(backend, _yes_no(availability.available),
                                           availability.reason)
                  for backend, availability in assessed)
+    lines.append(buffer_cost(cpus))
     if name:
         lines.append("trace would use: {} ({})".format(name, dict(assessed)[name].reason))
     else:
         lines.append("trace would use: nothing; " + reason)
     lines.extend("note: " + note for note in host.notes)
     return "\n".join(lines)
+
+
+def buffer_cost(cpus=None):
+    """What the default --buffer-size pins in kernel memory while a trace runs."""
+    text = "buffer: {} KiB per CPU (--buffer-size)".format(BUFFER_KB)
+    if cpus:
+        text += ", {} MiB on this host's {} CPUs, while a trace runs".format(
+            BUFFER_KB * cpus // 1024, cpus)
+    return text
 
 
 def doctor_json(host, check=None):

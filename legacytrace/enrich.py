@@ -2,9 +2,9 @@
 
 Backends report what their mechanism can see; some facts are cheaper or only possible
 in user space, once per value rather than once per event:
-- the command line of a task-context event's process (procinfo.CmdlineCache);
-- the process that owns the packet's socket (legacytrace.owners), and with it the
-  process filter's verdict, which needs the owner of a received packet;
+- the command line of a task-context event's process, and of the process that owns the
+  packet's socket (procinfo.CmdlineCache; the owner itself is found before, by
+  legacytrace.owners, since the process filter needs it);
 - a drop reason's name, when the backend gave its number (enum skb_drop_reason, from
   the running kernel's BTF: the numbers differ between releases);
 - a return address's symbol ("ip_rcv_core+0x1a4"), when the backend gave a number
@@ -13,44 +13,39 @@ The tables are read on first need, so a trace that never sees such a field pays 
 Only for live traces: a replayed capture may come from another kernel.
 """
 from legacytrace.kernel import skb_drop_reason, symbols
+from legacytrace.model import fields_getter
+
+_fields_of = fields_getter("fields")
 
 
 class Enricher(object):
-    """A callable for trace.run's `enrich`: returns the event with what it adds (the
-    command line and the owner make a new event; names replace numbers in its `fields`
-    dict), or None for an event the process filter does not keep.
+    """A callable for trace.run's `enrich`: returns a batch of events with what it adds
+    (the command lines of the task and of the owner make new events; names replace
+    numbers in their `fields` dicts).
 
     `cmdlines` is a procinfo.CmdlineCache; `btf_path` the running kernel's BTF (or
-    None); `kallsyms` a callable returning a symbols.Kallsyms (tests pass their own);
-    `owners` an owners.Owners (None: no owner); `keep(ev)` the process filter's verdict
-    on the event with its owner (None: every event).
+    None); `kallsyms` a callable returning a symbols.Kallsyms (tests pass their own).
     """
 
-    def __init__(self, cmdlines, btf_path, kallsyms=symbols.Kallsyms.read, owners=None,
-                 keep=None):
+    def __init__(self, cmdlines, btf_path, kallsyms=symbols.Kallsyms.read):
         self._cmdlines = cmdlines
         self._btf_path = btf_path
         self._read_kallsyms = kallsyms
-        self._owners = owners
-        self._keep = keep
         self._reasons = None
         self._kallsyms = None
 
-    def __call__(self, ev):
-        ev = self._cmdlines.enrich(ev)
-        if self._owners is not None:
-            ev = self._owners(ev)
-        if self._keep is not None and not self._keep(ev):
-            return None
-        fields = ev.fields
-        if fields:
-            reason = fields.get("reason")
-            if type(reason) is int:
-                fields["reason"] = self.reason_name(reason)
-            caller = fields.get("caller")
-            if type(caller) is int:
-                fields["caller"] = self.symbol(caller)
-        return ev
+    def __call__(self, events):
+        """The events of a batch as they are shown (a list)."""
+        events = self._cmdlines.enrich_all(events)
+        for fields in map(_fields_of, events):
+            if fields:
+                reason = fields.get("reason")
+                if type(reason) is int:
+                    fields["reason"] = self.reason_name(reason)
+                caller = fields.get("caller")
+                if type(caller) is int:
+                    fields["caller"] = self.symbol(caller)
+        return events
 
     def reason_name(self, value):
         """The short name of drop reason `value`, or the number when the kernel has no name."""

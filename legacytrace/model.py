@@ -192,23 +192,32 @@ class Limits(object):
         self.rate = rate
 
 
+#: KiB per CPU of the buffer between the probes and user space (--buffer-size): ftrace's
+#: instance ring buffer, bpftrace's perf ring, staprun's transport. It holds the lab's burst
+#: of 2,000 datagrams (16,000 events of about 200 bytes) on one CPU.
+BUFFER_KB = 4096
+
+
 class TraceRequest(object):
     """Everything a backend needs to build its program: probes, flow filter, limits, target.
 
     `host` is the `HostFacts` of the kernel the program is for (the running
     host, or recorded facts of another one when generating for elsewhere).
     `run_id` names what this run attaches, so that leftovers can be found.
+    `buffer_kb` sizes the mechanism's buffer per CPU (BUFFER_KB).
     `processes` is a procfilter.ProcessFilter, or None for every process.
     """
 
-    __slots__ = ("probes", "flow", "limits", "host", "run_id", "manifest", "processes")
+    __slots__ = ("probes", "flow", "limits", "host", "run_id", "manifest", "buffer_kb",
+                 "processes")
 
     def __init__(self, probes, flow, host, limits=None, run_id=None, manifest=None,
-                 processes=None):
+                 buffer_kb=BUFFER_KB, processes=None):
         self.probes = list(probes)
         self.flow = flow
         self.host = host
         self.limits = limits or Limits()
         self.run_id = run_id
         self.manifest = manifest
+        self.buffer_kb = buffer_kb
         self.processes = processes

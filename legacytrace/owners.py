@@ -25,15 +25,21 @@ import time
 import psutil
 
 from legacytrace.kernel import skbuff
-from legacytrace.model import fields_getter
+from legacytrace.model import EVENT_FIELDS, FlowEvent, fields_getter
 
 #: TCP, UDP, ICMP, ICMPv6: the protocols whose sockets the table knows.
 TCP, UDP, ICMP, ICMP6 = 6, 17, 1, 58
 _PORTED = (TCP, UDP)
 _ECHO = {ICMP: (0, 8), ICMP6: (128, 129)}
+#: (protocol, ICMP type) of an echo -> the end of it that is this host's (see _sides).
+_ECHO_SIDE = {(ICMP, 8): ("s",), (ICMP, 0): ("d",), (ICMP6, 128): ("s",), (ICMP6, 129): ("d",)}
 #: Entries each map keeps at most before it starts again (a long trace of many sockets).
 MAX_ENTRIES = 65536
-_KERNEL_THREAD = "["
+#: The comm of the kernel threads that run softirqs (ksoftirqd/0, ...): their work can look
+#: like task context to the bpf backend, and the sockets it touches are no process's.
+_KSOFTIRQD = "ksoftirqd/"
+_OWNER_PID = EVENT_FIELDS.index("owner_pid")
+_new_event = tuple.__new__
 _tuple_of = fields_getter("family", "proto", "saddr", "sport", "daddr", "dport", "icmp_type",
                           "icmp_id")
 
@@ -45,37 +51,38 @@ class Owner(collections.namedtuple("Owner", "pid comm")):
 
 
 class Owners(object):
-    """A callable for trace.run's `enrich` chain: the event with its owner_* fields.
+    """The owners of a trace's events, learnt from the events themselves and `table`.
 
-    `table` is a SocketTable (None: a replay, whose processes are not here);
-    `cmdline(pid)` gives a command line (None: none).
+    `table` is a SocketTable (None: a replay, whose processes are not here).
     """
 
-    def __init__(self, table=None, cmdline=None):
+    def __init__(self, table=None):
         self._table = table
-        self._cmdline = cmdline
         self._by_socket = {}       # sk -> Owner seen using it in task context
         self._by_ends = {}         # (family, proto, local, lport, remote, rport) -> sk
 
-    def __call__(self, ev):
-        owner = self.owner(ev)
-        if owner is None:
-            return ev
-        cmdline = self._cmdline(owner.pid) if self._cmdline else None
-        return ev._replace(owner_pid=owner.pid, owner_comm=owner.comm, owner_cmdline=cmdline)
+    def attribute(self, events):
+        """`events` (a list) with owner_pid and owner_comm set where an owner is found."""
+        out = []
+        for ev in events:
+            owner = self.owner(ev)
+            if owner is not None:
+                ev = _new_event(FlowEvent, ev[:_OWNER_PID] + owner + ev[_OWNER_PID + 2:])
+            out.append(ev)
+        return out
 
     def owner(self, ev):
         """The Owner of `ev`'s socket, or None when neither its socket nor its ends tell."""
         sk = ev.sk
         if sk:
-            if ev.context == "task" and ev.pid and not _kernel_thread(ev):
+            if ev.context == "task" and ev.pid and not ev.comm.startswith(_KSOFTIRQD):
                 self._saw_socket(sk, ev.pid, ev.comm)
             owner = self._by_socket.get(sk)
             if owner is not None:
                 return owner
         if ev.family is None:
             return None
-        sides = _sides(ev.func)
+        sides = _sides(ev)
         if sk and len(sides) == 1 and ev.proto in _PORTED:
             _remember(self._by_ends, _ends(ev, sides[0]), sk)
         found = set(filter(None, (self._owner_of(_ends(ev, local)) for local in sides)))
@@ -94,6 +101,21 @@ class Owners(object):
         return owner
 
 
+class Attribution(object):
+    """A callable for trace.run's `own`: a batch of events with their owners (Owners), less
+    the events a procfilter.ProcessFilter (or None) does not keep."""
+
+    def __init__(self, owners, processes=None):
+        self._owners = owners
+        self._keep = None if processes is None or processes.is_empty() else processes.matches
+
+    def __call__(self, events):
+        events = self._owners.attribute(events)
+        if self._keep is None:
+            return events
+        return list(filter(self._keep, events))
+
+
 def _remember(mapping, key, value):
     """mapping[key] = value, in a mapping that starts again when it holds MAX_ENTRIES."""
     if len(mapping) >= MAX_ENTRIES:
@@ -101,15 +123,15 @@ def _remember(mapping, key, value):
     mapping[key] = value
 
 
-def _kernel_thread(ev):
-    """A kernel thread's event (its command line is ps's "[name]"): ksoftirqd's softirq work
-    can look like task context to the bpf backend; its sockets are no process's."""
-    return ev.cmdline is not None and ev.cmdline.startswith(_KERNEL_THREAD)
-
-
-def _sides(func):
-    """Which end of a packet at `func` is this host's: ("d",) on the receive path, ("s",) on
-    the transmit path, both where it can be either."""
+def _sides(ev):
+    """Which end of `ev`'s packet is this host's: ("d",) on the receive path, ("s",) on the
+    transmit path, both where it can be either. An ICMP echo request is its sender's and a
+    reply its receiver's wherever it is seen (the kernel answers requests: no socket of its
+    destination takes one)."""
+    kind = _ECHO_SIDE.get((ev.proto, ev.icmp_type))
+    if kind is not None:
+        return kind
+    func = ev.func
     if func in skbuff.RECEIVE:
         return ("d",)
     if func in skbuff.TRANSMIT:

@@ -20,6 +20,11 @@ import time
 import psutil
 
 from legacytrace.errors import LegacytraceError
+from legacytrace.model import EVENT_FIELDS, FlowEvent
+
+_CMDLINE = EVENT_FIELDS.index("cmdline")
+_OWNER_CMDLINE = EVENT_FIELDS.index("owner_cmdline")
+_new_event = tuple.__new__
 
 
 class CmdlineCache(object):
@@ -66,17 +71,29 @@ class CmdlineCache(object):
         self._store(pid, [now, started, cmdline])
         return cmdline
 
-    def enrich(self, ev):
-        """`ev` with the command line of its process when it is a task-context event that
-        has none (`ev` itself otherwise).
+    def enrich_all(self, events):
+        """`events` with the command line of each task-context event's process added where
+        the event has none, and the owner's (owner_cmdline) where it has an owner; each pid
+        is looked up once per batch, not once per event.
 
         Interrupt-context events keep None: the interrupted task is not the owner.
         """
-        if ev.cmdline is None and ev.context == "task" and ev.pid and ev.pid > 0:
-            cmdline = self.get(ev.pid)
-            if cmdline is not None:
-                return ev._replace(cmdline=cmdline)
-        return ev
+        known = {}
+        out = []
+        for ev in events:
+            pid = ev.pid
+            if ev.cmdline is None and ev.context == "task" and pid and pid > 0:
+                cmdline = known[pid] if pid in known else known.setdefault(pid, self.get(pid))
+                if cmdline is not None:
+                    ev = _new_event(FlowEvent, ev[:_CMDLINE] + (cmdline,) + ev[_CMDLINE + 1:])
+            owner = ev.owner_pid
+            if owner is not None and ev.owner_cmdline is None:
+                cmdline = known[owner] if owner in known else known.setdefault(owner,
+                                                                               self.get(owner))
+                if cmdline is not None:
+                    ev = _new_event(FlowEvent, ev[:_OWNER_CMDLINE] + (cmdline,))
+            out.append(ev)
+        return out
 
     def _store(self, pid, entry):
         self._entries[pid] = entry

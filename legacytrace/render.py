@@ -98,7 +98,7 @@ class Renderer(object):
         raise NotImplementedError
 
     def events(self, evs):
-        """A batch of events, in order (the parse command reads a capture in batches)."""
+        """A batch of events, in order (the trace loop and the parse command take batches)."""
         for ev in evs:
             self.event(ev)
 
@@ -130,16 +130,23 @@ class LiveRenderer(Renderer):
         self._started = False
 
     def event(self, ev):
-        if not self._started:
+        self.events((ev,))
+
+    def events(self, evs):
+        """A batch of events, written at once."""
+        text = "".join(map(self.line, evs))
+        if text and not self._started:
             self._started = True
-            self._stream.write(self.PLAIN.format(
-                time="TIME", cpu="CPU", proc="PROCESS", func="FUNCTION", flow="FLOW",
-                len="LEN") + "\n")
-        self._stream.write(self._format(
+            text = self.PLAIN.format(time="TIME", cpu="CPU", proc="PROCESS", func="FUNCTION",
+                                     flow="FLOW", len="LEN") + "\n" + text
+        self._stream.write(text)
+
+    def line(self, ev):
+        """The text line of one event, with its newline."""
+        return self._format(
             time=time_text(ev.time_ns), cpu=_or_dash(ev.cpu), proc=process_text(ev),
             func=func_text(ev), flow=flow_text(ev), len=_or_dash(ev.length),
-            pcolor=_process_color(ev), fcolor=_func_color(ev))
-            + extra_text(ev, self._cmdline) + "\n")
+            pcolor=_process_color(ev), fcolor=_func_color(ev)) + extra_text(ev, self._cmdline) + "\n"
 
     def close(self, summary):
         """Nothing to finish: every event is already out."""

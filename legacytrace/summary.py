@@ -1,6 +1,7 @@
 """What a trace saw, counted: printed on exit (stderr) or as the last JSON Lines object.
 
-The orchestrator feeds it: `add(ev)` for every event shown, `filtered` for
+The orchestrator feeds it: `add(ev)` for every event shown, `lines_read` for the
+event lines the mechanism delivered (before any check in user space), `filtered` for
 events the user-space flow and process checks dropped, `add_lost(session.lost)` once the
 session ends. A renderer that drops packets from its own view (the --flows
 view evicting open packets) adds them to `evicted` in its `close()`, so the
@@ -28,6 +29,8 @@ class Summary(object):
         #: events without an address tuple (a tracepoint that knows only the sk_buff)
         self.no_flow_events = 0
         self.lost = collections.Counter()
+        #: event lines read from the mechanism (trace_pipe, bpftrace, staprun, a capture)
+        self.lines_read = 0
         self.filtered = 0
         self.evicted = 0
         self.first_ns = None
@@ -101,6 +104,7 @@ class Summary(object):
             "lost_total": sum(self.lost.values()),
             "filter": self.filter,
             "processes": self.processes,
+            "lines_read": self.lines_read,
             "filtered": self.filtered,
             "evicted": self.evicted,
             "first_ns": self.first_ns,
@@ -134,6 +138,8 @@ class Summary(object):
                 "{}: {}".format(cause, n) for cause, n in sorted(self.lost.items()))))
         else:
             lines.append("lost events: none")
+        if self.lines_read > self.events:
+            lines.append("event lines read from the tracer: {}".format(self.lines_read))
         if self.filtered:
             lines.append("filtered out in user space: {}".format(self.filtered))
         if self.evicted:

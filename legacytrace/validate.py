@@ -198,6 +198,19 @@ def run_id(value):
     return value
 
 
+#: --buffer-size bounds, KiB per CPU: below 64 a burst of a few hundred events fills it; 1 GiB
+#: per CPU is more than any host should pin for tracing.
+BUFFER_KB_MIN, BUFFER_KB_MAX = 64, 1048576
+
+
+def buffer_kb(value):
+    """A buffer size in KiB per CPU: an int (not a bool) within the bounds above."""
+    if type(value) is not int or not BUFFER_KB_MIN <= value <= BUFFER_KB_MAX:
+        raise UsageError("--buffer-size {!r}: give KiB per CPU, from {} to {}".format(
+            value, BUFFER_KB_MIN, BUFFER_KB_MAX))
+    return value
+
+
 def release(value):
     """A kernel release as it may appear in a program or a command (RELEASE_RE)."""
     if not isinstance(value, str) or not RELEASE_RE.match(value):
@@ -289,11 +302,12 @@ def expression(expr, depth=0):
 
 def request(found):
     """A model.TraceRequest whose every value is checked: its probes, run id, target
-    release, flow filter and process filter."""
+    release, buffer size, flow filter and process filter."""
     for each in found.probes:
         probe(each)
     run_id(found.run_id)
     release(found.host.release)
+    buffer_kb(found.buffer_kb)
     if found.flow is not None and found.flow.expr is not None:
         expression(found.flow.expr)
     if found.processes is not None:

@@ -186,6 +186,13 @@ def test_unknown_program_format():
     check(run(["generate", "-b", "bpf", "-f", "xml"]), 2, "backend bpf has no format 'xml'")
 
 
+@pytest.mark.parametrize("size", ["10", "2097152", "4k"])
+def test_a_buffer_size_out_of_bounds(size):
+    words = ["--buffer-size", size] + (["from 64 to 1048576"] if size.isdigit() else
+                                       ["is not a valid integer"])
+    check(run(["generate", "-b", "ftrace", "--buffer-size", size]), 2, *words)
+
+
 def test_json_and_flows_together():
     check(run(["parse", "-b", "ftrace", "--json", "--flows", os.devnull]), 2,
           "--json and --flows are alternatives")

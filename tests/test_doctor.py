@@ -84,3 +84,9 @@ def test_the_json_report_has_the_order_and_a_verdict_for_each_backend():
     assert [b["name"] for b in report["backends"]] == ["bpf", "ftrace", "stap"]
     assert [b["available"] for b in report["backends"]] == [True, True, False]
     assert report["pick"]["name"] == "bpf"
+
+
+def test_doctor_says_what_the_default_buffer_costs():
+    lines = doctor.format_doctor(facts("el7-3.10"), SHARED, cpus=4).splitlines()
+    assert "buffer: 4096 KiB per CPU (--buffer-size), 16 MiB on this host's 4 CPUs, while a " \
+           "trace runs" in lines

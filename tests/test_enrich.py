@@ -13,8 +13,8 @@ TINY_BTF = os.path.join(DATA, "btf", "tiny.btf")
 
 
 class NoCmdlines(object):
-    def enrich(self, ev):
-        return ev
+    def enrich_all(self, events):
+        return list(events)
 
 
 def kallsyms(datadir):
@@ -33,21 +33,20 @@ def test_kallsyms_names_addresses_with_offsets(datadir):
 def test_enricher_names_numbers_and_keeps_names(datadir):
     enrich = Enricher(NoCmdlines(), TINY_BTF, kallsyms=lambda: kallsyms(datadir))
     ev = FlowEvent(fields={"reason": 3, "caller": 0xffffffff81000004, "mark": 7})
-    enrich(ev)
-    assert ev.fields == {"reason": "NO_SOCKET", "caller": "srso_alias_untrain_ret+0x4", "mark": 7}
     named = FlowEvent(fields={"reason": "NO_SOCKET", "caller": "ip_rcv+0x10"})
-    assert enrich(named).fields == {"reason": "NO_SOCKET", "caller": "ip_rcv+0x10"}
+    assert enrich([ev, named]) == [ev, named]
+    assert ev.fields == {"reason": "NO_SOCKET", "caller": "srso_alias_untrain_ret+0x4", "mark": 7}
+    assert named.fields == {"reason": "NO_SOCKET", "caller": "ip_rcv+0x10"}
 
 
 def test_enricher_keeps_unknown_numbers(datadir):
     enrich = Enricher(NoCmdlines(), None, kallsyms=lambda: symbols.Kallsyms(()))
-    ev = enrich(FlowEvent(fields={"reason": 77, "caller": 0xffffffff81000004}))
+    [ev] = enrich([FlowEvent(fields={"reason": 77, "caller": 0xffffffff81000004})])
     assert ev.fields == {"reason": 77, "caller": "0xffffffff81000004"}
 
 
 def test_tables_are_read_only_when_needed():
     reads = []
     enrich = Enricher(NoCmdlines(), None, kallsyms=lambda: reads.append(1))
-    enrich(FlowEvent(fields={"mark": 1}))
-    enrich(FlowEvent())
+    enrich([FlowEvent(fields={"mark": 1}), FlowEvent()])
     assert reads == []

@@ -150,15 +150,18 @@ def event(**values):
     return FlowEvent(**base)
 
 
-def test_enrich_fills_task_context_only(fake):
+def test_enrich_fills_task_context_only_and_looks_each_pid_up_once(fake):
     cache, processes, _ = fake
     processes.table[4242] = (1.0, ["ping", "x"], "ping")
-    assert cache.enrich(event()).cmdline == "ping x"
-    for context in ("softirq", "hardirq", "nmi"):
-        assert cache.enrich(event(context=context)).cmdline is None
-    assert cache.enrich(event(pid=0, comm="swapper/0")).cmdline is None
-    assert cache.enrich(event(pid=None)).cmdline is None
-    assert cache.enrich(event(cmdline="from the mechanism")).cmdline == "from the mechanism"
+    events = [event(), event(time_ns=2)]
+    events += [event(context=context) for context in ("softirq", "hardirq", "nmi")]
+    events += [event(pid=0, comm="swapper/0"), event(pid=None),
+               event(cmdline="from the mechanism")]
+    enriched = cache.enrich_all(events)
+    assert [ev.cmdline for ev in enriched] == ["ping x", "ping x"] + [None] * 5 + [
+        "from the mechanism"]
+    assert [ev._replace(cmdline=None) for ev in enriched[:2]] == events[:2]
+    assert enriched[2:] == events[2:]
     assert processes.lookups == 1
 
 

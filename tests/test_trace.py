@@ -7,17 +7,18 @@ import pytest
 
 from legacytrace import model, summary, trace
 from legacytrace.flowfilter import FlowFilter
+from legacytrace.trace import RateLimit
 
 
-def test_rate_limit_counts_per_second_window():
+def test_rate_limit_lets_through_rate_events_per_second_window():
     now = [100.2]
     limit = trace.RateLimit(2, clock=lambda: now[0])
-    assert [limit.allow() for _ in range(3)] == [True, True, False]
+    assert [limit.take(1), limit.take(3), limit.take(1)] == [1, 1, 0]
     now[0] = 101.0
-    assert limit.allow()
+    assert limit.take(5) == 2
 
 
-def test_sigterm_becomes_stop_once_and_handlers_are_restored():
+def test_sigterm_while_attaching_raises_stop_once_and_handlers_are_restored():
     before = signal.getsignal(signal.SIGTERM)
     with pytest.raises(trace.Stop, match="SIGTERM"):
         with trace.stop_on_signals():
@@ -36,19 +37,30 @@ def test_second_signal_during_cleanup_is_ignored():
                 os.kill(os.getpid(), signal.SIGINT)  # arrives while "detaching": no raise
 
 
-def test_duration_alarm_stops_once_started():
-    with pytest.raises(trace.Stop, match="duration of 0.05 s reached"):
-        with trace.stop_on_signals(duration=0.05) as start:
-            assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
-            start()
-            signal.pause()
+def test_once_watched_a_signal_is_kept_not_raised():
+    """While lines flow a stop is looked at between batches: raising it in the middle of
+    one would drop what was read."""
+    with trace.stop_on_signals() as stops:
+        stops.watch()
+        os.kill(os.getpid(), signal.SIGTERM)
+        os.kill(os.getpid(), signal.SIGINT)
+        assert stops.reason == "terminated (SIGTERM)"
+
+
+def test_duration_alarm_stops_once_watched():
+    with trace.stop_on_signals(duration=0.05) as stops:
+        assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+        stops.watch()
+        signal.pause()
+        assert stops.reason == "duration of 0.05 s reached"
 
 
 # --- the loop: a stop lets a session that can finish deliver what it already produced ---
 
 class _Session(object):
-    """Yields its lines; a Ctrl-C comes while it waits for the third. With `can_finish`, finish()
-    is honoured and the rest still comes; otherwise lines() is never asked again."""
+    """Yields its lines in batches of two; a Ctrl-C comes while it reads the batch of "3"
+    (its batch still comes whole). With `can_finish`, finish() is honoured and the rest
+    still comes; otherwise batches() is never asked again."""
 
     def __init__(self, lines, can_finish):
         self.lines_left = list(lines)
@@ -63,12 +75,12 @@ class _Session(object):
         self.detached = True
         self.lost["unread at stop"] += len(self.lines_left)
 
-    def lines(self):
+    def batches(self):
         while self.lines_left:
-            if self.lines_left[0] == "3" and not self.finished:   # waiting for it
+            batch, self.lines_left = self.lines_left[:2], self.lines_left[2:]
+            if "3" in batch and not self.finished:
                 os.kill(os.getpid(), signal.SIGINT)
-                signal.pause()
-            yield self.lines_left.pop(0)
+            yield batch
 
     def finish(self):
         self.finished = self.can_finish
@@ -82,29 +94,64 @@ class _Backend(object):
     def run(self, program):
         return self.session
 
-    def parse(self, line, program):
-        event = model.FlowEvent(backend="test", func="f{}".format(line))
-        return event
+    def parse_lines(self, lines, program):
+        return [model.FlowEvent(backend="test", func="f{}".format(line), pid=int(line))
+                for line in lines]
 
 
 class _Sink(object):
     def __init__(self):
         self.funcs = []
 
-    def event(self, event):
-        self.funcs.append(event.func)
+    def events(self, events):
+        self.funcs.extend(event.func for event in events)
 
 
 @pytest.mark.parametrize("can_finish, delivered, unread", [
     (True, ["f1", "f2", "f3", "f4", "f5"], 0),
-    (False, ["f1", "f2"], 3),
+    (False, ["f1", "f2", "f3", "f4"], 1),
 ])
 def test_a_stop_delivers_what_a_finishing_session_still_has(can_finish, delivered, unread):
     session, sink, stats = _Session("12345", can_finish), _Sink(), summary.Summary()
     ended = trace.run(_Backend(session), None, FlowFilter.parse(), model.Limits(), sink, stats)
     assert ended == "interrupted (SIGINT)"
-    assert sink.funcs == delivered and stats.events == len(delivered)
+    assert sink.funcs == delivered and stats.events == stats.lines_read == len(delivered)
     assert session.detached and stats.lost.get("unread at stop", 0) == unread
+
+
+@pytest.mark.parametrize("limits, shown, ended, rate_limited", [
+    (model.Limits(count=3), ["f1", "f2", "f3"], "count of 3 events reached", 0),
+    (model.Limits(rate=2), ["f1", "f2"], "the tracer ended", 4),
+    (model.Limits(count=2, rate=2), ["f1", "f2"], "count of 2 events reached", 0),
+    (model.Limits(count=3, rate=2), ["f1", "f2"], "the tracer ended", 4),
+])
+def test_count_and_rate_limit_cut_batches_where_one_event_at_a_time_would(
+        limits, shown, ended, rate_limited, monkeypatch):
+    """--count ends at its event, events after it are not wanted (no loss); the rate limit
+    counts every event it holds back."""
+    monkeypatch.setattr(trace, "RateLimit", lambda rate: RateLimit(rate, clock=lambda: 7.0))
+    session = _Session("123456", can_finish=False)
+    session.finished = True                             # no Ctrl-C
+    sink, stats = _Sink(), summary.Summary()
+    assert trace.run(_Backend(session), None, FlowFilter.parse(), limits, sink, stats) == ended
+    assert sink.funcs == shown and stats.events == len(shown)
+    assert stats.lost.get("rate limit", 0) == rate_limited
+
+
+def test_the_flow_filter_counts_what_it_drops_and_lines_read_count_all():
+    session = _Session("1234", can_finish=False)
+    session.finished = True
+    sink, stats = _Sink(), summary.Summary()
+
+    class Odd(object):
+        def is_empty(self):
+            return False
+
+        def matches(self, event):
+            return event.pid % 2 == 1
+
+    trace.run(_Backend(session), None, Odd(), model.Limits(), sink, stats)
+    assert sink.funcs == ["f1", "f3"] and stats.filtered == 2 and stats.lines_read == 4
 
 
 class _SlowAttach(_Session):
@@ -118,9 +165,9 @@ class _SlowAttach(_Session):
         self.alarm["attach"] = signal.getitimer(signal.ITIMER_REAL)[0]
         return self
 
-    def lines(self):
+    def batches(self):
         self.alarm["lines"] = signal.getitimer(signal.ITIMER_REAL)[0]
-        return iter(["1"])
+        return iter([["1"]])
 
 
 def test_the_duration_starts_when_tracing_starts():

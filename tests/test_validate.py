@@ -62,6 +62,14 @@ def test_a_run_id_is_one_rule_for_every_backend(run_id):
         validate.request(request(run_id=run_id))
 
 
+@pytest.mark.parametrize("size", [63, 1048577, True, 4096.0, "4096", None])
+def test_a_buffer_size_is_an_int_within_bounds(size):
+    request_ = request()
+    request_.buffer_kb = size
+    with pytest.raises(UsageError, match="--buffer-size"):
+        validate.request(request_)
+
+
 @pytest.mark.parametrize("release", ["3.10 */ evil", "6.1\n", "x" * 101])
 def test_a_release_that_could_leave_a_comment_is_refused(release):
     with pytest.raises(UsageError, match="is not a release name"):

@@ -54,6 +54,9 @@ class BpfBackend(Backend):
     def parse(self, line, program=None):
         return self.parser.parse(line)
 
+    def parse_lines(self, lines, program=None):
+        return self.parser.parse_lines(lines)
+
     def leftovers(self, host):
         return session.leftovers()
 

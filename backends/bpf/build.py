@@ -13,6 +13,8 @@ from legacytrace.backends.bpf import predicate
 from legacytrace.backends.bpf.parse import TAG
 from legacytrace.errors import LegacytraceError, UsageError
 from legacytrace.kernel import btf, context, structs, tracepoints
+from legacytrace.model import BUFFER_KB
+
 
 
 class BpfPart(collections.namedtuple("BpfPart", "functions env")):
@@ -184,6 +186,8 @@ class PeekPlan(collections.namedtuple(
 _PEEK = Extra("peek", "buf(uptr($lt_ubase), $lt_plen)", "%rx", None)
 #: bpftrace's buf() reads at most BPFTRACE_STRLEN bytes (0.17's default: 64).
 STRLEN_DEFAULT = 64
+#: x86_64's page, the unit of a perf ring.
+PAGE_KB = 4
 
 
 def peek_plan(probe, types):
@@ -317,17 +321,29 @@ def tracepoint_plans(probes, host, types=None):
     return plans, warnings
 
 
-def bpftrace_env(plans, btf=None):
+def bpftrace_env(plans, btf=None, buffer_kb=BUFFER_KB):
     """Environment bpftrace needs for `plans`: a longer BPFTRACE_STRLEN for a peek past
-    its default (buf() reads at most that many bytes); and BPFTRACE_BTF naming the kernel's
+    its default (buf() reads at most that many bytes); BPFTRACE_BTF naming the kernel's
     BTF file `btf`: bpftrace 0.17 looks the kernel's BTF up by its object id, which kernels
     before 5.11 do not give it (commit 5329722057d4; on the 5.10 lab kernel it said `btf: no`
-    and knew no struct sk_buff), while the file is there from 5.2."""
-    env = {"BPFTRACE_BTF": btf} if btf else {}
+    and knew no struct sk_buff), while the file is there from 5.2; and the perf ring's
+    pages per CPU for `buffer_kb` (perf_rb_pages)."""
+    env = {"BPFTRACE_PERF_RB_PAGES": str(perf_rb_pages(buffer_kb))}
+    if btf:
+        env["BPFTRACE_BTF"] = btf
     longest = max([plan.peek.bytes for plan in plans if plan.peek] + [STRLEN_DEFAULT])
     if longest != STRLEN_DEFAULT:
         env["BPFTRACE_STRLEN"] = str(longest)
     return env
+
+
+def perf_rb_pages(buffer_kb):
+    """bpftrace's perf ring per CPU in 4 KiB pages, a power of two as the kernel requires
+    of a perf ring (perf_mmap), rounded up from `buffer_kb`."""
+    pages = 1
+    while pages * PAGE_KB < buffer_kb:
+        pages *= 2
+    return pages
 
 
 def _comment(text):
@@ -362,4 +378,6 @@ def program(request, types_for):
     text = render(plans, predicate.combined(request.flow and request.flow.expr,
                                             request.processes), run_id, mode, warnings)
     return Program("bpf", text, run_id=run_id, mode=mode, warnings=warnings,
-                   part=BpfPart([plan.func for plan in plans], bpftrace_env(plans, host.btf)))
+                   part=BpfPart([plan.func for plan in plans],
+                                bpftrace_env(plans, host.btf, request.buffer_kb)),
+                   buffer_kb=request.buffer_kb)

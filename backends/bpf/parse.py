@@ -33,10 +33,20 @@ class LineParser(object):
 
     def parse(self, line):
         """The event on `line`, or None for anything else (never raises)."""
-        try:
-            return self._parse(line)
-        except Exception:  # a captured file may hold anything: not an event
-            return None
+        events = self.parse_lines((line,))
+        return events[0] if events else None
+
+    def parse_lines(self, lines):
+        """The events of a batch of lines, non-events left out (never raises)."""
+        events = []
+        for line in lines:
+            try:
+                event = self._parse(line)
+            except Exception:  # a captured file may hold anything: not an event
+                continue
+            if event is not None:
+                events.append(event)
+        return events
 
     def _parse(self, line):
         if not line.startswith(TAG + "\t"):

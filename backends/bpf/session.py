@@ -26,10 +26,19 @@ START_TIMEOUT = 300.0
 STOP_GRACE = 5.0
 #: How long lines may still come after finish() asked bpftrace to stop.
 FINISH_TIMEOUT = 30.0
+#: After finish(), bpftrace gets SIGINT once its output pauses this long (it has printed
+#: what its perf buffers held), or at the latest SETTLE seconds after finish(): bpftrace
+#: drops what it reads from them after SIGINT until it has detached its probes.
+QUIET = 0.05
+SETTLE = 1.0
 #: Names this backend gives what it leaves on disk; the run id follows (lt<pid>).
 PREFIX = "legacytrace_"
 OWNER_RE = re.compile(r"^" + PREFIX + r"lt(\d+)_")
 _LOST_RE = re.compile(r"^Lost (\d+) events")
+#: The program's count of the events it printed, which bpftrace prints at its exit.
+_EMITTED_RE = re.compile(r"^@lt_emitted: (\d+)$")
+_EVENT = TAG + "\t"
+_BEGIN = TAG + "\tBEGIN\t"
 #: bpftrace's own error text -> what the user can do about it.
 _HINTS = (
     ("root user", "run legacytrace as root"),
@@ -55,7 +64,13 @@ def explain(stderr_lines, returncode):
 
 
 class BpftraceSession(Session):
-    """bpftrace running the program: attach waits for its BEGIN line, detach stops it."""
+    """bpftrace running the program: attach waits for its BEGIN line, detach stops it.
+
+    The program counts the events it printed (`@lt_emitted`, which bpftrace prints at its
+    exit); what it printed beyond the lines that came out and the losses bpftrace reported
+    is counted too: bpftrace drops what it reads from its perf buffers after SIGINT until
+    its probes are detached, and a perf buffer's loss is only reported with a later event.
+    """
 
     def __init__(self, program, bpftrace="bpftrace", start_timeout=START_TIMEOUT,
                  grace=STOP_GRACE):
@@ -70,7 +85,11 @@ class BpftraceSession(Session):
         self.stderr = collections.deque(maxlen=50)
         self.stderr_thread = None
         self.stopping = False
-        self.finish_by = None
+        self.finish_by = self.settle_by = None
+        #: event lines that came out of bpftrace, and what the program says it printed
+        self.delivered = 0
+        self.emitted = None
+        self.ended = False
 
     def attach(self):
         # bpftrace reads tracepoint formats from tracefs, which may not be mounted yet.
@@ -105,25 +124,38 @@ class BpftraceSession(Session):
             self.lost["bpftrace perf buffer full"] += int(match.group(1))
         return match is not None
 
-    def _read_chunk(self, timeout):
-        """Read what bpftrace printed into the line buffer; False at end of output."""
+    def _read(self, timeout):
+        """What bpftrace printed within `timeout` s (None: wait): bytes, None when nothing
+        came, b"" at the end of its output."""
         fd = self.proc.stdout.fileno()
         if timeout is not None and not select.select([fd], [], [], timeout)[0]:
-            return True
-        data = os.read(fd, 1 << 16)
-        self.buffer += data
-        return bool(data)
+            return None
+        return os.read(fd, 1 << 16)
 
-    def _split(self):
-        """Complete lines from the buffer, without lost-event notices."""
+    def _split(self, data):
+        """The complete lines of the buffer and `data`, without bpftrace's own notices (lost
+        events, the emitted count), counting the event lines."""
+        self.buffer += data
         if b"\n" not in self.buffer:
             return []
         *complete, self.buffer = self.buffer.split(b"\n")
         lines = [raw.decode("utf-8", "replace") for raw in complete]
-        return [line for line in lines if not (line.startswith("Lost") and self._count_lost(line))]
+        events = sum(1 for line in lines if line.startswith(_EVENT))
+        self.delivered += events - sum(1 for line in lines if line.startswith(_BEGIN))
+        if len(lines) == events:
+            return lines
+        return [line for line in lines if not self._notice(line)]
+
+    def _notice(self, line):
+        """True for a line bpftrace printed about the run, which is counted here."""
+        if line.startswith("Lost"):
+            return self._count_lost(line)
+        emitted = _EMITTED_RE.match(line)
+        if emitted:
+            self.emitted = int(emitted.group(1))
+        return emitted is not None
 
     def _wait_for_begin(self):
-        marker = "{}\tBEGIN\t".format(TAG)
         deadline = time.monotonic() + self.start_timeout
         while True:
             left = deadline - time.monotonic()
@@ -131,49 +163,71 @@ class BpftraceSession(Session):
                 raise LegacytraceError("bpftrace did not attach its probes within {:g} s: "
                                        "try again on a less busy machine".format(
                                            self.start_timeout))
-            alive = self._read_chunk(min(left, 0.5))
-            lines = self._split()
+            data = self._read(min(left, 0.5))
+            lines = self._split(data or b"")
             for index, line in enumerate(lines):
-                if line.startswith(marker):
+                if line.startswith(_BEGIN):
                     self.pending.extend(lines[index + 1:])
                     return
                 if line.startswith(TAG):  # an event before BEGIN; not "Attaching N probes..."
                     self.pending.append(line)
-            if not alive or self.proc.poll() is not None:
+            if data == b"" or self.proc.poll() is not None:
                 self.proc.wait()
                 self.stderr_thread.join(2)
                 raise BackendUnavailable(explain(self.stderr, self.proc.returncode))
 
-    def lines(self):
+    def batches(self):
         pending, self.pending = self.pending, []
-        for line in pending:
-            yield line
-        while self._read_chunk(None if self.finish_by is None else 0.5):
-            for line in self._split():
-                yield line
+        if pending:
+            yield pending
+        while True:
+            data = self._read(self._wait())
+            if data == b"":
+                break
+            yield [] if data is None else self._split(data)
+            if data is None and self.settle_by is not None:
+                self._interrupt()                # its output paused: nothing left to drop
             if self.finish_by is not None and time.monotonic() > self.finish_by:
                 return                   # detach counts what is still coming
         if self.buffer:
-            tail, self.buffer = self.buffer.decode("utf-8", "replace"), b""
-            yield tail
+            yield self._split(b"\n")            # a last line without its newline
+        self.ended = True
         returncode = self.proc.wait()
         if returncode and not self.stopping:
             self.stderr_thread.join(2)
             raise LegacytraceError(explain(self.stderr, returncode))
 
+    def _wait(self):
+        """How long the next read may wait: IDLE, QUIET while SIGINT waits for a pause."""
+        if self.settle_by is None:
+            return self.IDLE
+        if time.monotonic() >= self.settle_by:
+            self._interrupt()
+            return self.IDLE
+        return QUIET
+
+    def _interrupt(self):
+        """SIGINT to bpftrace (once): it detaches its probes, prints the rest and ends."""
+        self.settle_by = None
+        if self.proc.poll() is None:
+            os.kill(self.proc.pid, signal.SIGINT)
+
     def finish(self):
-        """SIGINT to bpftrace: it detaches its probes and ends; lines() reads its output to the end."""
+        """Stop bpftrace (SIGINT once its output pauses, or after SETTLE s); batches() reads
+        its output to the end."""
         if self.proc is None or self.stopping or self.proc.poll() is not None:
             return False
         self.stopping = True
-        self.finish_by = time.monotonic() + FINISH_TIMEOUT
-        os.kill(self.proc.pid, signal.SIGINT)
+        now = time.monotonic()
+        self.finish_by, self.settle_by = now + FINISH_TIMEOUT, now + SETTLE
         return True
 
     def detach(self):
-        """Stop bpftrace (SIGINT, SIGTERM, SIGKILL) and remove the script; never raises."""
+        """Stop bpftrace (SIGINT, SIGTERM, SIGKILL), count what it printed and nobody read,
+        and remove the script; never raises."""
         self.stopping = True
         steps = ((self._stop, "stop bpftrace"), (self._close, "close bpftrace's pipes"),
+                 (self._count_undelivered, "count bpftrace's undelivered events"),
                  (self._remove_folder, "remove the script folder"))
         for step, what in steps:
             try:
@@ -181,8 +235,20 @@ class BpftraceSession(Session):
             except Exception as exc:  # teardown goes on whatever failed before
                 warn("cannot {}: {}".format(what, exc))
 
+    def _count_undelivered(self):
+        """The events the program printed that neither came out nor were reported lost,
+        once bpftrace said how many it printed. Not after --count: the rest is not wanted."""
+        if self.emitted is None or not (self.ended or self.finish_by is not None):
+            return
+        missing = self.emitted - self.delivered - self.lost["bpftrace perf buffer full"]
+        if missing > 0:
+            self.lost["bpftrace events undelivered at its exit"] += missing
+
     def _stop(self):
-        if self.proc is None or self.proc.poll() is not None:
+        if self.proc is None:
+            return
+        if self.proc.poll() is not None:            # ended: read what it printed before
+            self._drain_until_exit(time.monotonic() + self.grace)
             return
         for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGKILL):
             try:
@@ -194,18 +260,21 @@ class BpftraceSession(Session):
         warn("bpftrace (pid {}) did not end after SIGKILL".format(self.proc.pid))
 
     def _drain_until_exit(self, deadline):
-        """Read output so bpftrace never blocks on a full pipe while it ends; after finish()
-        its events are counted as lost (its time to deliver them is over)."""
-        while self.proc.poll() is None and time.monotonic() < deadline:
-            try:
-                if not self._read_chunk(0.1):
+        """Read output to its end so bpftrace never blocks on a full pipe while it ends;
+        after finish() its events are counted as lost (their time to be shown is over)."""
+        while time.monotonic() < deadline:
+            data = self._read(0.1)
+            if data == b"":
+                try:
                     self.proc.wait(max(0.0, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
+                except subprocess.TimeoutExpired:
+                    pass
                 break
-            unread = [line for line in self.pending + self._split() if line.startswith(TAG + "\t")]
+            unread = [line for line in self.pending + self._split(data or b"")
+                      if line.startswith(_EVENT)]
             if unread and self.finish_by is not None:   # after --count they are not wanted
                 self.lost["bpftrace lines unread at stop"] += len(unread)
-            self.pending, self.buffer = [], b""
+            self.pending = []
         return self.proc.poll() is not None
 
     def _close(self):

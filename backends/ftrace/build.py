@@ -9,8 +9,6 @@ from legacytrace.backends.ftrace import eventfilter, kprobe
 from legacytrace.errors import UsageError
 from legacytrace.kernel import btf, offsets, tracepoints
 
-#: Per-CPU buffer of the own instance, in KiB.
-BUFFER_KB = 4096
 #: Trace clocks in order of preference: mono (about 4.0), then global (3.10: across CPUs).
 CLOCKS = ("mono", "global")
 
@@ -56,8 +54,8 @@ def program(request, layout_for, types_for):
     else:
         part, warnings = _tracepoint_part(request, group)
         mode = "tracepoint"
-    return Program("ftrace", _text(mode, part), run_id=request.run_id, mode=mode,
-                   warnings=warnings, part=part)
+    return Program("ftrace", _text(mode, part), run_id=request.run_id,
+                   mode=mode, warnings=warnings, part=part, buffer_kb=request.buffer_kb)
 
 
 def _kprobe_part(request, group, layout_for, types_for):
@@ -118,7 +116,7 @@ def export(program, fmt):
     if fmt == "text":
         return program.text
     if fmt == "sh":
-        return _shell(program.mode, program.part)
+        return _shell(program.mode, program.part, program.buffer_kb)
     raise UsageError("the ftrace backend writes --format text or sh, not {!r}".format(fmt))
 
 
@@ -196,7 +194,7 @@ _SH_CAPTURE = (
 )
 
 
-def _shell(mode, part):
+def _shell(mode, part, buffer_kb):
     """A standalone POSIX sh script: set up, capture trace_pipe to a file, clean up on exit.
 
     The group is `legacytrace_lt$$` (the script's pid), so `legacytrace cleanup` finds
@@ -222,7 +220,7 @@ def _shell(mode, part):
     out += ['mkdir "$I" || exit 1', 'MADE=1',
             'for c in {}; do echo $c > "$I/trace_clock" 2>/dev/null && break; done'.format(
                 " ".join(CLOCKS)),
-            'echo {} > "$I/buffer_size_kb"'.format(BUFFER_KB),
+            'echo {} > "$I/buffer_size_kb"'.format(int(buffer_kb)),
             '[ -e "$I/options/hash-ptr" ] && echo 0 > "$I/options/hash-ptr"']
     out.extend(_sh_events(mode, part))
     out.extend(_SH_CAPTURE)

@@ -8,7 +8,7 @@ import time
 
 from legacytrace.backends.base import Session
 from legacytrace.backends.ftrace import tracefs
-from legacytrace.backends.ftrace.build import BUFFER_KB, CLOCKS
+from legacytrace.backends.ftrace.build import CLOCKS
 from legacytrace.errors import LegacytraceError, warn
 from legacytrace.kernel import tracefs as kernel_tracefs
 
@@ -137,7 +137,7 @@ class FtraceSession(Session):
         if instance:
             self._step("remove instance " + instance, functools.partial(fs.make_instance, instance),
                        functools.partial(fs.remove_instance, instance))
-            self._options(fs, instance)
+            self._options(fs, instance, self.program.buffer_kb)
         for system, event, text in part.events:
             if not kprobes or event in attached:
                 self._enable(fs, instance, system, event, text)
@@ -172,13 +172,13 @@ class FtraceSession(Session):
                    functools.partial(fs.set_enabled, instance, system, event, False))
 
     @staticmethod
-    def _options(fs, instance):
+    def _options(fs, instance, buffer_kb):
         """Own-instance settings only (never the top level's): clock, buffer, raw pointers."""
         clocks = fs.trace_clocks(instance)
         clock = next((name for name in CLOCKS if name in clocks), None)
         if clock:
             fs.set_option(instance, "trace_clock", clock)
-        fs.set_option(instance, "buffer_size_kb", str(BUFFER_KB))
+        fs.set_option(instance, "buffer_size_kb", str(int(buffer_kb)))
         # tracepoints print %p hashed from 4.15; options/hash-ptr (5.12+) lets us see the
         # sk_buff address itself, as the kprobes print it
         fs.set_option(instance, "options/hash-ptr", "0")
@@ -187,11 +187,14 @@ class FtraceSession(Session):
         self._fd = fs.open_pipe(instance)
 
     def _close(self, fs, instance):
-        """Count what the ring buffer lost, then close the pipe."""
+        """Count what the ring buffer lost (and, after finish(), what it still holds), then
+        close the pipe."""
+        causes = [("overrun", "ring buffer overrun"), ("dropped events", "ring buffer full")]
+        if self._finish_by is not None:     # after --count the rest is not wanted
+            causes.append(("entries", "ftrace lines unread at stop"))
         try:
             for stats in fs.cpu_stats(instance).values():
-                for key, cause in (("overrun", "ring buffer overrun"),
-                                   ("dropped events", "ring buffer full")):
+                for key, cause in causes:
                     if stats.get(key):
                         self.lost[cause] += stats[key]
         finally:
@@ -199,16 +202,18 @@ class FtraceSession(Session):
             if fd is not None:
                 os.close(fd)
 
-    def lines(self):
+    def batches(self):
         if self._fd is None:
             return
-        for line in tracefs.read_lines(self._fd):
-            if self._finish_by is not None and (not line or time.monotonic() > self._finish_by):
-                return               # finish(): the ring buffer is read (an idle '') or time is up
-            yield line
+        for batch in tracefs.read_batches(self._fd, self.IDLE):
+            if self._finish_by is not None and not batch:
+                return               # finish(): the ring buffer is read (an idle [])
+            yield batch
+            if self._finish_by is not None and time.monotonic() > self._finish_by:
+                return               # finish() ran out of time: _close counts what is left
 
     def finish(self):
-        """Our instance stops recording (its tracing_on); lines() reads what its ring buffer
+        """Our instance stops recording (its tracing_on); batches() reads what its ring buffer
         holds. Not without an instance: the top level's tracing_on is everyone's."""
         if self._fd is None or self._instance is None or self._finish_by is not None:
             return False

@@ -20,6 +20,10 @@ import time
 from legacytrace.errors import LegacytraceError
 
 _STAT = re.compile(r"^([a-z ]+):\s+(\d+)\s*$", re.M)
+#: Bytes a read of trace_pipe asks for (the kernel returns at most a page of formatted
+#: events per read: its trace_seq), and how much a batch gathers from repeated reads.
+READ_SIZE = 1 << 16
+BATCH_BYTES = 1 << 18
 
 
 class TracefsError(LegacytraceError):
@@ -181,25 +185,26 @@ class Tracefs(object):
         return result
 
 
-def read_lines(fd, idle=0.2):
-    """Yield lines from a non-blocking trace_pipe descriptor; '' after `idle` s without data.
+def read_batches(fd, idle=0.2):
+    """Yield the lines each read of a non-blocking trace_pipe descriptor returns, as a
+    list; an empty list after `idle` s without data.
 
-    The empty lines let a caller check its duration limit while nothing is traced
-    (parse('') is None). A read is tried after every wait, ready or not: poll on
-    trace_pipe may wait for the buffer_percent watermark on some kernels (6.1), while a
-    non-blocking read returns what is there. Ends at end of file or a closed descriptor.
+    The empty lists let a caller check its stop requests and duration while nothing is
+    traced. A read is tried after every wait, ready or not: poll on trace_pipe may wait for
+    the buffer_percent watermark on some kernels (6.1), while a non-blocking read returns
+    what is there. Ends at end of file or a closed descriptor.
     """
     pending = b""
     while True:
         try:
             ready, _, _ = select.select([fd], [], [], idle)
-            chunk = os.read(fd, 65536)
+            chunk = _read_some(fd)
         except OSError as exc:
             if exc.errno not in (errno.EAGAIN, errno.EINTR):
                 return
             if ready:
                 time.sleep(idle)          # ready but nothing to read: do not spin
-            yield ""
+            yield []
             continue
         except ValueError:
             return
@@ -207,5 +212,21 @@ def read_lines(fd, idle=0.2):
             return
         lines = (pending + chunk).split(b"\n")
         pending = lines.pop()
-        for line in lines:
-            yield line.decode("utf-8", "replace")
+        yield [line.decode("utf-8", "replace") for line in lines]
+
+
+def _read_some(fd):
+    """What trace_pipe holds now, up to BATCH_BYTES, from reads repeated until it has no
+    more (EAGAIN) or the batch is full; OSError (EAGAIN) when it had nothing."""
+    chunks = [os.read(fd, READ_SIZE)]
+    size = len(chunks[0])
+    while chunks[-1] and size < BATCH_BYTES:
+        try:
+            chunk = os.read(fd, READ_SIZE)
+        except OSError as exc:
+            if exc.errno != errno.EAGAIN:
+                raise
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)

@@ -17,6 +17,7 @@ template).
 """
 from legacytrace.backends.base import Backend
 from legacytrace.backends.stap import build, cache, check, parse, session
+from legacytrace.model import BUFFER_KB
 
 
 class StapBackend(Backend):
@@ -30,9 +31,9 @@ class StapBackend(Backend):
     def program(self, request):
         return build.program(request)
 
-    def module_program(self, path):
+    def module_program(self, path, buffer_kb=BUFFER_KB):
         """A Program for a module built elsewhere (`legacytrace trace --stap-module`)."""
-        return build.module_program(path)
+        return build.module_program(path, buffer_kb)
 
     def compile(self, program, release=None, runtime=None, out=None):
         """The path of the module for `program`, compiled unless cached (cache.compile)."""
@@ -47,6 +48,9 @@ class StapBackend(Backend):
 
     def parse(self, line, program=None):
         return parse.parse(line)
+
+    def parse_lines(self, lines, program=None):
+        return parse.parse_lines(lines)
 
     def leftovers(self, host):
         return session.leftovers()

@@ -5,12 +5,13 @@ import collections
 import os
 import re
 
-from legacytrace import filterexpr, trust
+from legacytrace import filterexpr, trust, validate
 from legacytrace.backends.base import Program, template
 from legacytrace.backends.stap import condition
 from legacytrace.backends.stap.parse import PROTOCOL
 from legacytrace.errors import UsageError, warn
 from legacytrace.kernel import structs
+from legacytrace.model import BUFFER_KB
 from legacytrace.validate import ARG_TYPES
 
 TEMPLATE = "flows.stp.j2"
@@ -67,10 +68,11 @@ def program(request):
         process=condition.process_condition(processes),
         process_words=processes.describe() if processes else "every process")
     return Program("stap", text, run_id=request.run_id,
-                   part=StapPart(release, [probe["name"] for probe in probes], None))
+                   part=StapPart(release, [probe["name"] for probe in probes], None),
+                   buffer_kb=request.buffer_kb)
 
 
-def module_program(path):
+def module_program(path, buffer_kb=BUFFER_KB):
     """A Program for a module built elsewhere (`legacytrace trace --stap-module`).
 
     staprun needs the file to keep the name it was built with (NAME.ko holds NAME).
@@ -88,4 +90,5 @@ def module_program(path):
         warn("stap: --stap-module {}: {}: whoever can change it runs code in the kernel"
              .format(path, unsafe))
     return Program("stap", "# prebuilt SystemTap module {}\n".format(path),
-                   part=StapPart(None, [], os.path.abspath(path)))
+                   part=StapPart(None, [], os.path.abspath(path)),
+                   buffer_kb=validate.buffer_kb(buffer_kb))

@@ -39,10 +39,21 @@ EXIT_REPORT_RE = re.compile(r"Number of errors|skipped probes|Skipped due to|tra
 
 def parse(line):
     """The FlowEvent of one line (a damaged one: of the whole line at its end), or None."""
-    try:
-        return parse_line(salvage(line)[0])
-    except (ValueError, IndexError, KeyError, TypeError, AttributeError, UnicodeError):
-        return None
+    events = parse_lines((line,))
+    return events[0] if events else None
+
+
+def parse_lines(lines):
+    """The FlowEvents of a batch of lines, as `parse` gives them, non-events left out."""
+    events = []
+    for line in lines:
+        try:
+            event = parse_line(salvage(line)[0])
+        except (ValueError, IndexError, KeyError, TypeError, AttributeError, UnicodeError):
+            continue
+        if event is not None:
+            events.append(event)
+    return events
 
 
 def salvage(line):

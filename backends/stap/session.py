@@ -1,7 +1,6 @@
 """Running a SystemTap module: staprun loads it and prints its lines; the session stops it
 on every exit path and counts what was lost; leftovers are modules of killed runs.
 """
-import collections
 import os
 import queue
 import re
@@ -54,7 +53,6 @@ class StapSession(Session):
         self._stderr_thread = None
         self._stdout_thread = None
         self._chunks = queue.Queue()
-        self._pending = collections.deque()
         self._backlog = 0                 # lines in _chunks, under _backlog_lock
         self._backlog_lock = threading.Lock()
         self._backlog_max = _backlog_max()
@@ -69,7 +67,8 @@ class StapSession(Session):
             self.program, self.release, self.runtime)
         # -R: load under NAME_<pid> so that runs of one cached module do not collide
         rename = [] if self.program.part.module else ["-R"]
-        self.proc = subprocess.Popen([trust.program("staprun")] + rename + [module],
+        self.proc = subprocess.Popen([trust.program("staprun")] + rename + buffer_args(self.program)
+                                     + [module],
                                      stdin=subprocess.DEVNULL,
                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                      preexec_fn=die_with_parent)
@@ -78,8 +77,8 @@ class StapSession(Session):
         self._stdout_thread = threading.Thread(target=self._read_stdout, args=(self.proc,),
                                                daemon=True)
         self._stdout_thread.start()
-        for line in self._take(time.monotonic() + ATTACH_TIMEOUT):
-            if line == PROTOCOL + "\tB":
+        for batch in self._take(time.monotonic() + ATTACH_TIMEOUT):
+            if PROTOCOL + "\tB" in batch:
                 return
         if self._eof.is_set():
             _wait(self.proc)
@@ -87,12 +86,12 @@ class StapSession(Session):
         raise LegacytraceError("staprun could not start {}: {}".format(
             module, cache.errors(self.stderr) or "exit status {}".format(self.proc.poll())))
 
-    def lines(self):
+    def batches(self):
         proc = self.proc
         if proc is None:
             return
-        for line in self._take():
-            yield line
+        for batch in self._take():
+            yield batch
         if not self._eof.is_set():
             return                   # finish() ran out of time: detach counts the rest
         if not _wait(proc):
@@ -103,7 +102,7 @@ class StapSession(Session):
                 proc.returncode, cache.errors(self.stderr) or "no message"))
 
     def finish(self):
-        """SIGTERM to staprun: the module unloads, and its last lines still come from lines()."""
+        """SIGTERM to staprun: the module unloads, and its last lines still come from batches()."""
         if self.proc is None or self._stopped:
             return False
         self._stopped = True
@@ -132,7 +131,7 @@ class StapSession(Session):
             _kill(proc)
         try:
             self._stdout_thread.join(5)
-            unread = events_in(self._pending)
+            unread = 0
             while not self._chunks.empty():
                 unread += events_in(self._chunks.get_nowait())
             if unread and self._finish_by is not None:   # after --count they are not wanted
@@ -148,24 +147,22 @@ class StapSession(Session):
             warn("stap: reading staprun's report: {}".format(exc))
 
     def _take(self, until=None):
-        """Lines from the queue until staprun's output ends, or `until` (monotonic) passes;
-        the chunk being taken is kept in `_pending`, so a stop loses none of it."""
-        pending = self._pending
+        """Batches from the queue until staprun's output ends, or `until` (monotonic) passes;
+        [] after IDLE s without one."""
         while True:
-            while pending:
-                yield pending.popleft()
             deadline = self._finish_by if until is None else until
             if deadline is not None and time.monotonic() > deadline:
                 return
             try:
-                chunk = self._chunks.get(timeout=0.2)
+                chunk = self._chunks.get(timeout=self.IDLE)
             except queue.Empty:
                 if self._eof.is_set() and self._chunks.empty():
                     return
+                yield []
                 continue
             with self._backlog_lock:
                 self._backlog -= len(chunk)
-            pending.extend(chunk)
+            yield chunk
 
     def _read_stdout(self, proc):
         """staprun's stdout into the queue, a read at a time; counts what the backlog cannot take."""
@@ -203,6 +200,12 @@ class StapSession(Session):
             self.stderr.append(line)
             if not EXIT_REPORT_RE.search(line):
                 sys.stderr.write("legacytrace: stap: {}\n".format(line))
+
+
+def buffer_args(program):
+    """staprun's -b for the program's buffer: whole MiB per CPU (staprun takes 1 to 4095),
+    rounded up; it replaces the size the module was built with."""
+    return ["-b", str(min(4095, -(-program.buffer_kb // 1024)))]
 
 
 def _backlog_max():

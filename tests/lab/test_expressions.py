@@ -9,10 +9,15 @@ packets it printed. The ftrace tracers' `filtered` count (events the kernel pass
 space dropped) is kept in LEGACYTRACE_LAB_SHARED as a figure.
 
 Host phase: the three stap programs are compiled into the lab's module cache (the guest has
-no kernel headers), from the same request the guest's CLI builds.
+no kernel headers), from the same request the guest's CLI builds. The traffic is IPv4 and the
+traces take the manifest's IPv4 and device functions only (`-r IPV4`): the host resolves the
+manifest against System.map, the CLI against available_filter_functions, and on EL7 the two
+differ for an IPv6 function (udpv6_rcv is in one, not the other), which would change the
+program and miss the cache.
 """
 import json
 import os
+import re
 import signal
 import socket
 import time
@@ -23,7 +28,7 @@ from click.testing import CliRunner
 import labkit
 from legacytrace import manifest as manifestmod
 from legacytrace.backends import stap
-from legacytrace.backends.stap import cache as stap_cache
+from test_manifests_stap import module_cache  # noqa: F401 (a fixture: the same module cache)
 from legacytrace.cli import cli
 from legacytrace.flowfilter import FlowFilter
 from legacytrace.kernel.host import HostFacts
@@ -36,23 +41,18 @@ EXPRESSIONS = {
     "icmp": "icmp and host {}".format(HOST_A),
     "tcp": "tcp port {} and not src host {}".format(TCP_PORT, HOST_B),
 }
+#: -r: the generic manifest without its IPv6 functions.
+IPV4 = r"^(?!ip6|ipv6|tcp_v6|udpv6|icmpv6)"
 ATTACH_TIMEOUT = 600
 BPF = pytest.param("bpf", marks=pytest.mark.unsupported("el7", reason=labkit.NO_BPFTRACE))
 
 
 def stap_request(expression, release):
     """What `legacytrace trace -b stap EXPRESSION` builds in the guest (same text, same module)."""
-    return TraceRequest(labkit.manifest_probes("generic"), FlowFilter.parse(expression=expression),
+    probes = [p for p in labkit.manifest_probes("generic") if re.search(IPV4, p.name)]
+    return TraceRequest(probes, FlowFilter.parse(expression=expression),
                         HostFacts(release=release), run_id="lt{}".format(os.getpid()),
                         manifest="generic")
-
-
-@pytest.fixture
-def module_cache(lab_cache, monkeypatch, stap_runtime):
-    path = lab_cache / "stap-expressions"
-    monkeypatch.setenv(stap_cache.CACHE_ENV, str(path))
-    monkeypatch.setenv(stap_cache.RUNTIME_ENV, str(stap_runtime))
-    return path
 
 
 @pytest.mark.host
@@ -106,7 +106,7 @@ def test_each_backend_traces_exactly_the_flows_tcpdump_picks(backend, tmp_path, 
         request.getfixturevalue("module_cache")
     dumps = dict((name, labkit.Tcpdump(expression=text.split()).start())
                  for name, text in EXPRESSIONS.items())
-    tracers = dict((name, labkit.CliTrace(["-b", backend, text], tmp_path))
+    tracers = dict((name, labkit.CliTrace(["-b", backend, "-r", IPV4, text], tmp_path))
                    for name, text in EXPRESSIONS.items())
     try:
         for tracer in tracers.values():

@@ -323,7 +323,8 @@ def test_a_function_kprobes_refuse_is_a_clean_error(foreign, tmp_path):
     assert candidates, "the kprobe blacklist is empty"
     manifest = tmp_path / "refused.yaml"
     manifest.write_text("functions:\n  - {{name: {}, skb_pos: 1}}\n".format(candidates[0]))
-    done = subprocess.run([labkit.LEGACYTRACE, "trace", "-b", "ftrace", str(manifest), "-T", "5"],
+    done = subprocess.run([labkit.LEGACYTRACE, "trace", "-b", "ftrace", "-m", str(manifest),
+                           "-T", "5"],
                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                           universal_newlines=True, timeout=120)
     last = done.stderr.strip().splitlines()[-1]

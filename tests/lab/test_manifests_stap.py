@@ -310,17 +310,17 @@ def test_host_builds_a_module_with_a_tiny_transport_buffer(lab_release, stap_bui
 def test_a_flood_nobody_reads_loses_events_and_the_summary_counts_them(stap_module, loopback):
     """The CLI's stdout is not read during the flood, so the CLI blocks writing while its
     reader thread keeps staprun drained: lines beyond the backlog are dropped and counted,
-    in the summary's JSON and text. The backlog (20 lines) and the stdout pipe (one page)
-    are small so that the few hundred lines a boot whose SystemTap transport fails still
-    delivers overflow them too (a CI run with 2,000 lines of backlog and a 64 KiB pipe got
-    1,548 events and no overflow). Every line the module produced, 5 a datagram, was an
+    in the summary's JSON and text. The backlog (one line, the least it takes) and the stdout
+    pipe (one page) are small so that the few lines a boot whose SystemTap transport fails
+    still delivers overflow them too (CI runs got 1,548 events and no overflow with 2,000
+    lines of backlog and a 64 KiB pipe, and 30 events with 20 lines and one page). Every line the module produced, 5 a datagram, was an
     event or a counted loss in the run that checked it; SystemTap's own transport can lose
     lines it does not count (README.md), so the test asks no equality."""
     tracer = subprocess.Popen(
         [sys.executable, "-m", "legacytrace", "trace", "--stap-module",
          str(stap_module(FLOOD_MODULE)), "--json", "-T", "600"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True,
-        env=dict(os.environ, **{stap_session.BACKLOG_ENV: "20"}))
+        env=dict(os.environ, **{stap_session.BACKLOG_ENV: "1"}))
     fcntl.fcntl(tracer.stdout.fileno(), fcntl.F_SETPIPE_SZ, 4096)   # empty yet: cannot fail
     try:
         before = wait_tracing(tracer)

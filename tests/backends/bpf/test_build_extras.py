@@ -131,18 +131,24 @@ def test_a_kernel_without_iter_ubuf_reads_only_iovecs():
 
 def test_a_long_peek_raises_bpftraces_string_length():
     probe = bundled(LAB_61, "http1")[0]
-    assert build(LAB_61, [probe]).part.env == {"BPFTRACE_BTF": LAB_61["btf"]}
+    assert "BPFTRACE_STRLEN" not in build(LAB_61, [probe]).part.env
     probe.peek = {"arg": "msg", "bytes": 128}
     program = build(LAB_61, [probe])
-    assert program.part.env == {"BPFTRACE_STRLEN": "128", "BPFTRACE_BTF": LAB_61["btf"]}
+    assert program.part.env["BPFTRACE_STRLEN"] == "128"
     assert "if ($lt_plen > 128) { $lt_plen = 128; }" in program.text
 
 
 def test_bpftrace_is_told_where_the_kernels_btf_is():
     """bpftrace 0.17 finds no BTF by object id before 5.11 (the 5.10 lab kernel): the file."""
-    assert bpf_build.bpftrace_env([], "/sys/kernel/btf/vmlinux") == {
-        "BPFTRACE_BTF": "/sys/kernel/btf/vmlinux"}
-    assert bpf_build.bpftrace_env([], None) == {}
+    assert bpf_build.bpftrace_env([], "/sys/kernel/btf/vmlinux")["BPFTRACE_BTF"] == \
+        "/sys/kernel/btf/vmlinux"
+    assert "BPFTRACE_BTF" not in bpf_build.bpftrace_env([], None)
+
+
+@pytest.mark.parametrize("buffer_kb, pages", [(64, 16), (4096, 1024), (4097, 2048), (100, 32)])
+def test_the_buffer_size_is_bpftraces_perf_ring_in_a_power_of_two_pages(buffer_kb, pages):
+    env = bpf_build.bpftrace_env([], None, buffer_kb)
+    assert env["BPFTRACE_PERF_RB_PAGES"] == str(pages)
 
 
 def test_the_backend_says_it_peeks():

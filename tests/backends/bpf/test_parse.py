@@ -104,6 +104,17 @@ def test_truncated_and_damaged_captured_lines_never_raise():
             parser.parse("\t".join(damaged))
 
 
+def test_a_batch_parses_as_its_lines_one_by_one_damaged_ones_included():
+    """The live trace parses what each read of bpftrace returns at once (parse_lines)."""
+    lines = []
+    for line in captured():
+        lines += [line, line[:len(line) // 2], line.replace("\t4\t", "\tzz\t"), ""]
+    parser = backends.get("bpf")
+    alone = [parser.parse(line) for line in lines]
+    assert parser.parse_lines(lines) == [event for event in alone if event is not None]
+    assert len([event for event in alone if event is not None]) > len(captured())
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.text())
 

@@ -7,7 +7,7 @@ import subprocess
 import pytest
 
 from conftest import GOLDEN, golden, saved_host
-from . import build, el7_backend, el7_host
+from . import EL7_PROBES, build, el7_backend, el7_host
 from legacytrace import manifest
 from legacytrace.backends.ftrace import FtraceBackend
 from legacytrace.backends.ftrace.build import hex_types
@@ -34,6 +34,13 @@ def test_golden_tracepoint_mode():
     assert program.mode == "tracepoint"
     golden("ftrace/tracepoints.txt", program.text)
     golden("ftrace/tracepoints.sh", backend.export(program, "sh"))
+
+
+def test_the_sh_script_sizes_the_instance_as_the_request_asks():
+    request = TraceRequest(EL7_PROBES, FlowFilter(), el7_host(), run_id="lt1", buffer_kb=65536)
+    backend = el7_backend()
+    script = backend.export(backend.build(request), "sh")
+    assert 'echo 65536 > "$I/buffer_size_kb"' in script.splitlines()
 
 
 def test_hex_types_where_the_readme_lists_them():

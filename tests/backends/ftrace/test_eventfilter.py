@@ -15,6 +15,8 @@ import struct
 
 import pytest
 
+import filtermodels
+from filtermodels import cases
 from legacytrace import filterexpr as fx
 from legacytrace.backends.ftrace import eventfilter as ff, kprobe
 from legacytrace.kernel import skbuff
@@ -103,11 +105,9 @@ def kernel_keeps(compiled, memory, data, eth=0, sock=b""):
 
 # --- packets and expressions over small pools ---------------------------------------------------
 
-V4 = [ipaddress.IPv4Address(a) for a in ("10.0.0.1", "10.0.0.2", "10.1.7.9", "192.168.69.6",
-                                         "127.0.0.1")]
-V6 = [ipaddress.IPv6Address(a) for a in ("::1", "fe80::1", "2001:db8::45", "2001:db8:1::6")]
-PORTS = [0, 22, 53, 80, 443, 1024, 2048, 32768, 65535]
-PROTOS = [1, 6, 17, 58, 132, 47]
+V4 = [ipaddress.IPv4Address(a) for a in filtermodels.V4]
+V6 = [ipaddress.IPv6Address(a) for a in filtermodels.V6]
+PORTS, PROTOS = filtermodels.PORTS, filtermodels.PROTOS
 
 
 def transport(rng, proto):
@@ -139,39 +139,6 @@ def event_of(ip, eth_le=0):
     """The event user space decodes from the packet's IP header (all of it known)."""
     flow = decode_ip(ip, 0, eth_le) or (None,) * len(FLOW_FIELDS)
     return FlowEvent(**dict(zip(FLOW_FIELDS, flow)))
-
-
-def primitive(rng):
-    kind = rng.choice(("family", "proto", "host", "net", "port", "portrange"))
-    direction = rng.choice((fx.EITHER, fx.SRC, fx.DST, fx.BOTH))
-    if kind == "family":
-        return fx.Family(rng.choice((4, 6)))
-    if kind == "proto":
-        return fx.Proto(rng.choice((None, 4, 6)), rng.choice(PROTOS + [0, 43]))
-    if kind in ("host", "net"):
-        address = rng.choice(V4 + V6)
-        length = address.max_prefixlen if kind == "host" else rng.randrange(address.max_prefixlen + 1)
-        return fx.Net(direction, ipaddress.ip_network((address, length), strict=False))
-    low = rng.choice(PORTS)
-    high = low if kind == "port" else rng.choice([p for p in PORTS if p >= low])
-    return fx.Port(direction, low, high, rng.choice((None, None, 6, 17, 132)))
-
-
-def expression(rng, depth=0):
-    roll = rng.random()
-    if depth > 2 or roll < 0.4:
-        return primitive(rng)
-    if roll < 0.55:
-        return fx.Not(expression(rng, depth + 1))
-    terms = [expression(rng, depth + 1) for _ in range(rng.choice((2, 3)))]
-    return fx.conjoin(*terms) if roll < 0.8 else fx.parse(" or ".join(
-        "({})".format(fx.text(t)) for t in terms))
-
-
-def cases(seed, count):
-    rng = random.Random(seed)
-    for _ in range(count):
-        yield rng, expression(rng)
 
 
 # the views the ftrace backend compiles for (kprobe.ip_views), by where skb->data points

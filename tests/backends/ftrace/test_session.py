@@ -37,6 +37,8 @@ class FakeTracefs(tracefs.Tracefs):
         super(FakeTracefs, self).make_instance(name)
         for system, event in self.events:
             make_event_dir(self.event_dir(name, system, event))
+        with open(self.path("instances", name, "buffer_size_kb"), "w") as handle:
+            handle.write("1408\n")                        # the kernel's default per CPU
         self.log.append(("mkdir " + name, "", ""))
 
     def remove_instance(self, name):
@@ -57,12 +59,12 @@ def make_event_dir(path):
             handle.write("0\n" if leaf == "enable" else "none\n")
 
 
-def program(group="legacytrace_lt77"):
+def program(group="legacytrace_lt77", buffer_kb=4096):
     definitions = [Definition("p", "ip_rcv", "ip_rcv", ("skb=%di:x64",), "f_ver >= 64"),
                    Definition("p", "ip_output", "ip_output", ("skb=%dx:x64",), None)]
     part = FtracePart(group, "6.1.0-56-amd64", "btf /sys/kernel/btf/vmlinux", definitions,
                       [(group, d.event, d.filter) for d in definitions], (), None, None)
-    return Program("ftrace", "", mode="kprobe", part=part)
+    return Program("ftrace", "", mode="kprobe", part=part, buffer_kb=buffer_kb)
 
 
 @pytest.fixture
@@ -101,6 +103,13 @@ def test_session_sets_up_reads_and_tears_down_in_reverse(fake, tmp_path):
     assert ("instances/legacytrace_lt77/trace_clock", "mono", "write") not in fs.log  # no such file here
     session.detach()                                   # idempotent: nothing more happens
     assert fs.log[-1][1] == "-:legacytrace_lt77/ip_rcv"
+
+
+def test_the_instance_gets_the_programs_buffer_size(fake, tmp_path):
+    fs = fake()
+    with FtraceSession(program(buffer_kb=256), root=str(tmp_path)):
+        pass
+    assert ("instances/legacytrace_lt77/buffer_size_kb", "256", "write") in fs.log
 
 
 def test_failed_attach_undoes_what_was_done(fake, tmp_path):
@@ -143,6 +152,25 @@ def test_teardown_step_that_fails_warns_and_goes_on(fake, tmp_path, capsys):
     assert "disable legacytrace_lt77/ip_output failed" in capsys.readouterr().err
     assert [text for _, text, _ in fs.log if text.startswith("-:")] == \
         ["-:legacytrace_lt77/ip_output", "-:legacytrace_lt77/ip_rcv"]
+
+
+@pytest.mark.parametrize("finished, lost", [
+    (True, {"ring buffer overrun": 2, "ftrace lines unread at stop": 5}),
+    (False, {"ring buffer overrun": 2}),          # --count: the rest is not wanted
+])
+def test_what_the_ring_buffer_still_holds_after_a_stop_is_counted(fake, tmp_path, finished, lost):
+    fake()
+    session = FtraceSession(program(), root=str(tmp_path))
+    with session:
+        instance = tmp_path / "instances" / "legacytrace_lt77"
+        (instance / "tracing_on").write_text("1\n")
+        for cpu, (entries, overrun) in enumerate(((5, 0), (0, 2))):
+            (instance / "per_cpu" / "cpu{}".format(cpu)).mkdir(parents=True)
+            (instance / "per_cpu" / "cpu{}".format(cpu) / "stats").write_text(
+                "entries: {}\noverrun: {}\n".format(entries, overrun))
+        if finished:
+            assert session.finish()
+    assert session.lost == lost
 
 
 def test_stale_finds_only_dead_owners():

@@ -7,17 +7,28 @@ import os
 from legacytrace.backends.ftrace import tracefs
 
 
-def test_read_lines_splits_chunks_and_reports_idle(tmp_path):
+def test_read_batches_splits_chunks_and_reports_idle(tmp_path):
     read, write = os.pipe()
     os.set_blocking(read, False)                      # as open_pipe() opens trace_pipe
     os.write(write, b"one\ntw")
-    lines = tracefs.read_lines(read, idle=0.01)
-    assert next(lines) == "one"
-    assert next(lines) == ""                          # idle: nothing complete yet
-    os.write(write, b"o\n")
-    assert next(lines) == "two"
+    batches = tracefs.read_batches(read, idle=0.01)
+    assert next(batches) == ["one"]
+    assert next(batches) == []                        # idle: nothing complete yet
+    os.write(write, b"o\nthree\nfour\n")
+    assert next(batches) == ["two", "three", "four"]  # what the reads returned, at once
     os.close(write)
-    assert list(lines) == []
+    assert list(batches) == []
+    os.close(read)
+
+
+def test_a_batch_gathers_reads_until_the_pipe_is_empty(tmp_path, monkeypatch):
+    """trace_pipe returns at most a page a read: a batch takes reads until there is no more."""
+    monkeypatch.setattr(tracefs, "READ_SIZE", 4)
+    read, write = os.pipe()
+    os.set_blocking(read, False)
+    os.write(write, b"one\ntwo\nthree\n")
+    assert next(tracefs.read_batches(read, idle=0.01)) == ["one", "two", "three"]
+    os.close(write)
     os.close(read)
 
 

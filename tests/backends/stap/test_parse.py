@@ -28,6 +28,14 @@ def test_every_event_line_parses_and_the_lost_line_does_not(lines, events):
     assert lines[-1] == "LT1\tL\tfault\t12" and events[-1] is None
 
 
+def test_a_batch_parses_as_its_lines_one_by_one(lines, datadir):
+    """The live trace parses what each read of staprun returns at once (parse_lines)."""
+    damaged = (datadir / "stap" / "lab-damaged-6.1.0-56-amd64.txt").read_text().splitlines()
+    batch = lines + [line[:len(line) // 2] for line in lines] + damaged
+    alone = [stap_parse.parse(line) for line in batch]
+    assert stap.StapBackend().parse_lines(batch) == [e for e in alone if e is not None]
+
+
 def test_ping_request_sent_by_ping(events):
     first = events[0]
     assert (first.backend, first.source, first.kind) == ("stap", "kprobe", "entry")

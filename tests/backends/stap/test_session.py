@@ -9,6 +9,7 @@ import threading
 import pytest
 
 from legacytrace.backends import stap
+from legacytrace.backends.base import Program
 from legacytrace.backends.stap import cache as stap_cache, session as stap_session
 from legacytrace.errors import UsageError
 from legacytrace.kernel.host import HostFacts
@@ -22,6 +23,13 @@ def lines(datadir):
     return (datadir / "stap" / CAPTURE).read_text().splitlines()
 
 
+@pytest.mark.parametrize("buffer_kb, megabytes", [(64, "1"), (4096, "4"), (4097, "5"),
+                                                   (1048576, "1024")])
+def test_the_buffer_size_is_stapruns_b_in_whole_megabytes(buffer_kb, megabytes):
+    program = Program("stap", "", buffer_kb=buffer_kb)
+    assert stap_session.buffer_args(program) == ["-b", megabytes]
+
+
 def test_the_backlog_between_staprun_and_the_parser_counts_what_it_drops(monkeypatch):
     """The reader thread's bookkeeping, without staprun: lines beyond the backlog are
     counted, damaged ones too, and a stop after finish() leaves the rest to detach."""
@@ -33,11 +41,11 @@ def test_the_backlog_between_staprun_and_the_parser_counts_what_it_drops(monkeyp
     session._put(["t\0\0\0" + event.format(4)])
     assert session.lost == {"stap lines the parser fell behind on": 1, "stap fault": 2,
                             "stap damaged lines": 1}
-    taken = session._take(until=0)     # a deadline in the past: only what is in hand
+    taken = session._take(until=0)     # a deadline in the past: nothing
     assert list(taken) == []
     session._eof.set()
-    assert list(session._take()) == [event.format(1), event.format(2),
-                                     "t\0\0\0" + event.format(4)]
+    assert list(session._take()) == [[event.format(1), event.format(2)],
+                                     ["t\0\0\0" + event.format(4)]]
 
 
 @pytest.mark.parametrize("value", ["lots", "-5", "0", "1e3"])
