@@ -52,7 +52,7 @@ PID_LIMIT = 4 * 1024 * 1024
 #: no quote or backslash can reach a string of generated code.
 COMM_RE = re.compile(r"^[A-Za-z0-9_.:/@+=,~# -]{1,15}\Z")
 #: What -p meant before it was the process id: a protocol name, which --proto now takes.
-_PROTOCOL_WORDS = ("tcp", "udp", "icmp", "icmp6", "sctp", "ip", "ip6")
+_PROTOCOL_WORDS = ("tcp", "udp", "icmp", "icmp6")
 
 
 def symbol(name, where):
@@ -221,15 +221,17 @@ def release(value):
 
 def pid_text(text):
     """A process id from the command line (`-p/--pid`): ASCII digits, 1 to PID_LIMIT - 1.
-    A protocol there is what -p meant before: the message says how to say it now."""
+    -p was the protocol before: anything but a number fails saying how to ask for one now."""
     value = str(text).strip()
-    if value.lower() in _PROTOCOL_WORDS:
-        raise UsageError("invalid PID {!r}: -p/--pid is a process id (as in bcc); for the "
-                         "protocol use --proto {} or the expression {}".format(
-                             text, value.lower(), value.lower()))
-    if not re.match(r"^[0-9]{1,7}\Z", value) or not 0 < int(value) < PID_LIMIT:
-        raise UsageError("invalid PID {!r}: use a process id from 1 to {} (the protocol is "
-                         "--proto)".format(text, PID_LIMIT - 1))
+    if not re.match(r"^[0-9]+\Z", value):
+        word = value.lower()
+        how = ("--proto {0} or the expression {0}".format(word) if word in _PROTOCOL_WORDS
+               else "--proto or the filter expression")
+        raise UsageError("invalid PID {!r}: -p/--pid is a process id (as in bcc); for a "
+                         "protocol use {}".format(text, how))
+    if not 0 < int(value) < PID_LIMIT:
+        raise UsageError("invalid PID {!r}: use a process id from 1 to {}".format(
+            text, PID_LIMIT - 1))
     return int(value)
 
 
