@@ -119,8 +119,8 @@ class LiveRenderer(Renderer):
     `cmdline=False` leaves cmd out (a replay: those processes are not here).
     """
 
-    PLAIN = "{time:>15} {cpu:>3} {proc:<22} {func:<26} {len:>5} {flow}"
-    COLOR = (_DIM + "{time:>15}" + _RESET + " {cpu:>3} {pcolor}{proc:<22}" + _RESET + " {fcolor}"
+    PLAIN = "{time:>15} {cpu:>3} {proc:<28} {func:<26} {len:>5} {flow}"
+    COLOR = (_DIM + "{time:>15}" + _RESET + " {cpu:>3} {pcolor}{proc:<28}" + _RESET + " {fcolor}"
              + "{func:<26}" + _RESET + " {len:>5} " + _GREEN + "{flow}" + _RESET)
 
     def __init__(self, stream, color=False, cmdline=True):
@@ -268,8 +268,8 @@ class FlowsRenderer(Renderer):
     """
 
     HEADER = "=== {flow}  skb={skb}  at {time}"
-    PLAIN = "{delta:>14} {cpu:>3} {proc:<22} {func:<26} {len:>5}"
-    COLOR = (_DIM + "{delta:>14}" + _RESET + " {cpu:>3} {pcolor}{proc:<22}" + _RESET
+    PLAIN = "{delta:>14} {cpu:>3} {proc:<28} {func:<26} {len:>5}"
+    COLOR = (_DIM + "{delta:>14}" + _RESET + " {cpu:>3} {pcolor}{proc:<28}" + _RESET
              + " {fcolor}{func:<26}" + _RESET + " {len:>5}")
 
     def __init__(self, stream, egress=(), color=False, cmdline=True, max_functions=None,
@@ -318,7 +318,7 @@ class FlowsRenderer(Renderer):
         flow = flow_text(first)
         out = [self.HEADER.format(flow=flow, skb=_skb_text(first.skb), time=time_text(first.time_ns))]
         if self._cmdline:
-            out.extend("{:>14} by {} cmd={}".format("", process, _quote(cmdline or "[exited]"))
+            out.extend("{:>14} {} cmd={}".format("", process, _quote(cmdline or "[exited]"))
                        for process, cmdline in packet.owners())
         shown = packet.events if self._shown is None else packet.events[:self._shown]
         for ev in shown:
@@ -368,11 +368,16 @@ class _Packet(object):
             self.last_ns = ev.time_ns
 
     def owners(self):
-        """(process text, command line) of each task that handled the packet, in order."""
+        """("by comm[pid]", command line) of each task that handled the packet and ("for
+        comm[pid]", command line) of each other process that owns it, in order."""
         seen = collections.OrderedDict()
         for ev in self.events:
             if ev.context == "task":
-                seen.setdefault((ev.pid, ev.comm), (process_text(ev), ev.cmdline))
+                seen.setdefault(ev.pid, ("by " + _named(ev.comm, ev.pid), ev.cmdline))
+        for ev in self.events:
+            if ev.owner_pid is not None:
+                seen.setdefault(ev.owner_pid, ("for " + _named(ev.owner_comm, ev.owner_pid),
+                                               ev.owner_cmdline))
         return list(seen.values())
 
 
@@ -384,11 +389,24 @@ def time_text(time_ns):
 
 
 def process_text(ev):
-    """comm[pid] of the owning task, or [softirq]/[hardirq]/[nmi]: never the interrupted task."""
+    """comm[pid] of the task, or [softirq]/[hardirq]/[nmi] (never the interrupted task), and
+    " for comm[pid]" of the packet's owner where it is another process ("[softirq] for
+    nginx[812]")."""
     if ev.context != "task":
-        return "[" + ev.context + "]"
-    comm = "?" if ev.comm is None else _clean(ev.comm)
-    return comm if ev.pid is None else "{}[{}]".format(comm, ev.pid)
+        text = "[" + ev.context + "]"
+    else:
+        text = _named(ev.comm, ev.pid)
+        if ev.owner_pid == ev.pid:
+            return text
+    if ev.owner_pid is None:
+        return text
+    return text + " for " + _named(ev.owner_comm, ev.owner_pid)
+
+
+def _named(comm, pid):
+    """comm[pid] ("?" for an unknown comm; the comm alone for an unknown pid)."""
+    comm = "?" if comm is None else _clean(comm)
+    return comm if pid is None else "{}[{}]".format(comm, pid)
 
 
 def func_text(ev):
@@ -415,7 +433,8 @@ def flow_text(ev):
 
 
 def extra_text(ev, cmdline):
-    """" name=value ..." for dev, the custom fields and (task context only) cmd; "" if none."""
+    """" name=value ..." for dev, the custom fields and cmd (the task's command line in
+    task context, else the owner's where there is one); "" if none."""
     parts = []
     if ev.dev is not None:
         parts.append("dev=" + _quote(ev.dev))
@@ -423,6 +442,8 @@ def extra_text(ev, cmdline):
         parts.append("{}={}".format(_clean(str(name)), _quote(value)))
     if cmdline and ev.context == "task":
         parts.append("cmd=" + _quote(ev.cmdline or "[exited]"))
+    elif cmdline and ev.owner_pid is not None:
+        parts.append("cmd=" + _quote(ev.owner_cmdline or "[exited]"))
     return " " + " ".join(parts) if parts else ""
 
 

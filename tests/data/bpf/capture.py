@@ -146,9 +146,10 @@ def main():
     with backend.run(program) as session:
         worker.start()
         end = time.time() + 8
-        for line in session.lines():
-            if "\tlo\t" in line:
-                print(line)
+        for lines in session.batches():
+            for line in lines:
+                if "\tlo\t" in line:
+                    print(line)
             if time.time() > end:
                 break
     worker.join()
