@@ -9,10 +9,12 @@ a received packet is handled there. The packet's process is the owner of its soc
    every task-context event with a socket teaches `socket -> (pid, comm)`.
 2. Else the socket by the packet's addresses: the end that is this host's is the
    destination on the receive path and the source on the transmit path
-   (legacytrace.kernel.skbuff.RECEIVE, TRANSMIT); a function on neither may see either,
-   and then an owner counts only when both ends agree. First the sockets this trace saw
-   with those ends, then the sockets of this host's processes (SocketTable: sockets that
-   existed before the trace, or were never used in task context while it ran).
+   (legacytrace.kernel.skbuff.RECEIVE, TRANSMIT; an ICMP echo's by its type); a function
+   on neither may see either, and then an owner counts only when both ends agree. First
+   the sockets this trace saw with those ends (a socket of a known owner teaches its ends,
+   TCP's and UDP's ports, an echo's identifier), then the sockets of this host's processes
+   (SocketTable: sockets that existed before the trace, or were never used in task context
+   while it ran).
 
 Cost: a few dict lookups per event; the socket table is read again only when asked for a
 socket it does not know, and at most every `interval` seconds (BENCHMARKS.md).
@@ -79,14 +81,24 @@ class Owners(object):
                 self._saw_socket(sk, ev.pid, ev.comm)
             owner = self._by_socket.get(sk)
             if owner is not None:
+                self._learn_ends(ev, sk)
                 return owner
         if ev.family is None:
             return None
         sides = _sides(ev)
-        if sk and len(sides) == 1 and ev.proto in _PORTED:
-            _remember(self._by_ends, _ends(ev, sides[0]), sk)
         found = set(filter(None, (self._owner_of(_ends(ev, local)) for local in sides)))
         return found.pop() if len(found) == 1 else None
+
+    def _learn_ends(self, ev, sk):
+        """Remember the ends of a packet of a socket whose owner is known, where the side that
+        is this host's is known and has a port (TCP, UDP, an ICMP echo's identifier)."""
+        if ev.family is None:
+            return
+        sides = _sides(ev)
+        if len(sides) == 1:
+            ends = _ends(ev, sides[0])
+            if ends[3] is not None and self._by_ends.get(ends) != sk:
+                _remember(self._by_ends, ends, sk)
 
     def _saw_socket(self, sk, pid, comm):
         known = self._by_socket.get(sk)
