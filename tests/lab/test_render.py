@@ -66,9 +66,9 @@ class Tee(object):
     def __init__(self, *renderers):
         self.renderers = renderers
 
-    def event(self, ev):
+    def events(self, evs):
         for renderer in self.renderers:
-            renderer.event(ev)
+            renderer.events(evs)
 
     def close(self, summary):
         for renderer in self.renderers:
@@ -110,7 +110,7 @@ def traced_ping(request, loopback, lab_shared):
     try:
         thread.start()
         ended = trace.run(backend, program, flow, Limits(duration=600), sink, summary,
-                          enrich=CmdlineCache().enrich, attached=attached.set)
+                          enrich=CmdlineCache().enrich_all, attached=attached.set)
     finally:
         finished.set()
         thread.join()
