@@ -44,10 +44,16 @@ _OWNER_PID = EVENT_FIELDS.index("owner_pid")
 _new_event = tuple.__new__
 _tuple_of = fields_getter("family", "proto", "saddr", "sport", "daddr", "dport", "icmp_type",
                           "icmp_id")
+_flow_of = fields_getter("func", "family", "proto", "saddr", "sport", "daddr", "dport",
+                         "icmp_type", "icmp_id")
+#: SocketTable.find's memo: not looked up yet.
+_UNKNOWN = object()
 
 
-class Owner(collections.namedtuple("Owner", "pid comm")):
-    """A process: its pid (thread group id) and comm."""
+class Owner(collections.namedtuple("Owner", "pid comm cmdline")):
+    """A process: its pid (thread group id) and comm, as the owner_* fields that end a
+    FlowEvent (cmdline None: procinfo.CmdlineCache adds it to the events shown), so that an
+    event takes its owner in one step."""
 
     __slots__ = ()
 
@@ -62,15 +68,16 @@ class Owners(object):
         self._table = table
         self._by_socket = {}       # sk -> Owner seen using it in task context
         self._by_ends = {}         # (family, proto, local, lport, remote, rport) -> sk
+        self._ends = {}            # _flow_of(ev) -> the ends its packet may have here
 
     def attribute(self, events):
         """`events` (a list) with owner_pid and owner_comm set where an owner is found."""
+        owner_of = self.owner
         out = []
+        append = out.append
         for ev in events:
-            owner = self.owner(ev)
-            if owner is not None:
-                ev = _new_event(FlowEvent, ev[:_OWNER_PID] + owner + ev[_OWNER_PID + 2:])
-            out.append(ev)
+            owner = owner_of(ev)
+            append(ev if owner is None else _new_event(FlowEvent, ev[:_OWNER_PID] + owner))
         return out
 
     def owner(self, ev):
@@ -83,33 +90,39 @@ class Owners(object):
             if owner is not None:
                 self._learn_ends(ev, sk)
                 return owner
-        if ev.family is None:
-            return None
-        sides = _sides(ev)
-        found = set(filter(None, (self._owner_of(_ends(ev, local)) for local in sides)))
+        ends = self._ends_of(ev)
+        if len(ends) == 1:
+            return self._owner_of(ends[0])
+        found = set(filter(None, map(self._owner_of, ends)))
         return found.pop() if len(found) == 1 else None
+
+    def _ends_of(self, ev):
+        """The ends `ev`'s packet may have at this host (see _sides), remembered per flow and
+        function: () without an IP header."""
+        key = _flow_of(ev)
+        ends = self._ends.get(key)
+        if ends is None:
+            ends = () if ev.family is None else tuple(_ends(ev, local) for local in _sides(ev))
+            _remember(self._ends, key, ends)
+        return ends
 
     def _learn_ends(self, ev, sk):
         """Remember the ends of a packet of a socket whose owner is known, where the side that
         is this host's is known and has a port (TCP, UDP, an ICMP echo's identifier)."""
-        if ev.family is None:
-            return
-        sides = _sides(ev)
-        if len(sides) == 1:
-            ends = _ends(ev, sides[0])
-            if ends[3] is not None and self._by_ends.get(ends) != sk:
-                _remember(self._by_ends, ends, sk)
+        ends = self._ends_of(ev)
+        if len(ends) == 1 and ends[0][3] is not None and self._by_ends.get(ends[0]) != sk:
+            _remember(self._by_ends, ends[0], sk)
 
     def _saw_socket(self, sk, pid, comm):
         known = self._by_socket.get(sk)
         if known is None or known.pid != pid or known.comm != comm:
-            _remember(self._by_socket, sk, Owner(pid, comm))
+            _remember(self._by_socket, sk, Owner(pid, comm, None))
 
     def _owner_of(self, ends):
         """The owner of the socket this trace saw with these ends, else the table's."""
         owner = self._by_socket.get(self._by_ends.get(ends))
         if owner is None and self._table is not None:
-            owner = self._table.find(*ends)
+            owner = self._table.find(ends)
         return owner
 
 
@@ -175,29 +188,40 @@ class SocketTable(object):
         self._read = read or read_sockets
         self._comm = comm or read_comm
         self._read_at = None
-        self._exact = {}
-        self._bound = {}
-        self._comms = {}
+        self._exact, self._bound, self._comms, self._found = {}, {}, {}, {}
 
-    def find(self, family, proto, local, lport, remote, rport):
-        """The Owner of the socket with these ends (a connected socket's exactly, else one
-        bound to the local end; for ICMP a ping socket of the echo's identifier, else the
-        raw socket of one process), or None."""
-        ends = (family, proto, local, lport, remote, rport)
-        pids = self._pids(*ends)
-        if not pids and (self._read_at is None
-                         or self._clock() - self._read_at >= self._interval):
+    def find(self, ends):
+        """The Owner of the socket with these ends, (family, proto, local, lport, remote,
+        rport): a connected socket's exactly, else one bound to the local end; for ICMP a ping
+        socket of the echo's identifier, else the raw socket of one process; or None. An
+        answer is remembered until the next read; a socket not found reads the table again
+        once it is `interval` old."""
+        owner = self._found.get(ends, _UNKNOWN)
+        if owner is None and self._stale():
             self.refresh()
-            pids = self._pids(*ends)
+            owner = _UNKNOWN
+        if owner is _UNKNOWN:
+            owner = self._lookup(ends)
+            if owner is None and self._stale():
+                self.refresh()
+                owner = self._lookup(ends)
+            _remember(self._found, ends, owner)
+        return owner
+
+    def _stale(self):
+        return self._read_at is None or self._clock() - self._read_at >= self._interval
+
+    def _lookup(self, ends):
+        pids = self._pids(*ends)
         if not pids:
             return None
         pid = min(pids)          # a socket forked servers share: the lowest pid
-        return Owner(pid, self._comm_of(pid))
+        return Owner(pid, self._comm_of(pid), None)
 
     def refresh(self):
         """Read the sockets again."""
         self._read_at = self._clock()
-        self._exact, self._bound, self._comms = {}, {}, {}
+        self._exact, self._bound, self._comms, self._found = {}, {}, {}, {}
         for found in self._read():
             for family, local in _families(found.family, found.local):
                 if found.remote:

@@ -9,6 +9,7 @@ import os
 import pytest
 
 from legacytrace import backends, owners
+from legacytrace.model import EVENT_FIELDS
 from legacytrace.procfilter import ProcessFilter
 
 DATA = os.path.join(os.path.dirname(__file__), "data")
@@ -108,11 +109,11 @@ def test_an_unknown_socket_reads_the_table_again_only_after_the_interval():
     clock, reads = Clock(), []
     table = recorded_table(record, reads, clock)
     unknown = (4, 17, "127.0.0.1", 9, None, None)
-    assert table.find(*unknown) is None and len(reads) == 1
+    assert table.find(unknown) is None and len(reads) == 1
     clock.now += 1.0
-    assert table.find(*unknown) is None and len(reads) == 1
+    assert table.find(unknown) is None and len(reads) == 1
     clock.now += 1.5
-    assert table.find(*unknown) is None and len(reads) == 2
+    assert table.find(unknown) is None and len(reads) == 2
 
 
 def test_without_the_table_only_what_the_trace_saw_names_an_owner():
@@ -166,5 +167,9 @@ def test_one_raw_socket_owns_the_icmp_it_is_given_but_not_when_two_processes_hol
     def table(pids):
         return owners.SocketTable(read=lambda: [owners.Socket(4, 1, None, None, None, None, pid)
                                                 for pid in pids], comm=lambda pid: "ping")
-    assert table([435]).find(4, 1, "127.0.0.1", 435, "127.0.0.1", 435) == (435, "ping")
-    assert table([435, 442]).find(4, 1, "127.0.0.1", 435, "127.0.0.1", 435) is None
+    assert table([435]).find((4, 1, "127.0.0.1", 435, "127.0.0.1", 435)) == (435, "ping", None)
+    assert table([435, 442]).find((4, 1, "127.0.0.1", 435, "127.0.0.1", 435)) is None
+
+
+def test_the_owner_fields_end_an_event_so_that_an_owner_is_added_in_one_step():
+    assert EVENT_FIELDS[-3:] == tuple("owner_" + name for name in owners.Owner._fields)
