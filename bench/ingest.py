@@ -169,10 +169,21 @@ def stages(backend, path):
         print("    {:<26} {:6.2f}  {:4.0%}".format(name, seconds / lines * 1e6, seconds / total))
 
 
-def table_read(repeat=5):
+def table_read(sockets, repeat=5):
     """What one read of the owners' socket table costs on this host (it is read at most every
-    SocketTable interval, never per event): the least CPU and wall time of `repeat` reads."""
+    SocketTable interval, never per event), with `sockets` more UDP sockets of this process
+    open: the least CPU and wall time of `repeat` reads."""
+    import resource
+    import socket
     from legacytrace import owners
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = sockets + 256
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
+        sockets = min(sockets, hard - 256)
+    held = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(sockets)]
+    for each in held:
+        each.bind(("127.0.0.1", 0))
     best = None
     for _ in range(repeat):
         cpu, wall = time.process_time(), time.monotonic()
@@ -182,6 +193,8 @@ def table_read(repeat=5):
     print("  owners.read_sockets(): {:,} sockets of {:,} processes, {:.1f} ms CPU, {:.1f} ms "
           "wall (least of {})".format(len(found), len(set(s.pid for s in found)),
                                       best[0] * 1e3, best[1] * 1e3, repeat))
+    for each in held:
+        each.close()
 
 
 def main():
@@ -231,7 +244,8 @@ def main():
         print("where the time goes (in-process, Python {}):".format(sys.version.split()[0]))
         for backend in chosen:
             stages(backend, replicated(backend, STAGE_LINES, args.workdir))
-        table_read()
+        for sockets in (0, 1000, 10000):
+            table_read(sockets)
 
 
 def _shell_quote(arg):
