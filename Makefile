@@ -75,6 +75,13 @@ BENCH_ARGS ?=
 bench: venv
 	$(VENV)/bin/python bench/ingest.py $(BENCH_ARGS)
 
+# The highest UDP rate each backend traces on this machine without loss (root; tracepoints here).
+# make bench-flood BENCH_FLOOD_ARGS='-b ftrace --rates 30000 50000'
+BENCH_FLOOD_ARGS ?=
+.PHONY: bench-flood
+bench-flood: venv
+	$(VENV)/bin/python bench/flood.py $(BENCH_FLOOD_ARGS)
+
 # The lab benchmarks (attach/detach, per-event cost, filtering): one boot, not part of `make test`.
 # make bench-lab BENCH_LAB_ARGS='--cpus 1 --icount -- -b ftrace --count 1000'
 BENCH_LAB_ARGS ?= --cpus 1 --icount

@@ -20,6 +20,7 @@ instructions, so a figure repeats from run to run whatever else the host does.
 Benchmarks print figures; nothing here asserts a speed.
 """
 import argparse
+import collections
 import json
 import os
 import shutil
@@ -41,10 +42,13 @@ PAYLOAD = b"legacytrace-bench"
 #: The workload's flows: one sending socket to 100 receiving ports, 47100..47199.
 BASE_PORT = 47100
 FLOWS = 100
-#: The 1% filter: one destination port of the hundred (fixed: the stap module is built first).
-FILTER = ("udp dst port {}".format(BASE_PORT),)
-#: stap modules built on the host: lt_bench_<name>.ko for each flow filter.
-STAP_MODULES = (("all", ()), ("filtered", FILTER))
+#: The 1% filters, by name: one destination port of the hundred, as one term and as an
+#: expression of five (fixed: the stap modules are built first). Each keeps the same flow.
+FILTERS = collections.OrderedDict([
+    ("filtered", ("udp dst port {}".format(BASE_PORT),)),
+    ("filtered5", ("udp and dst port {} and dst host 127.0.0.1 and not src port 7 and "
+                   "(src net 127.0.0.0/8 or src host 10.0.0.1)".format(BASE_PORT),)),
+])
 #: Group and event prefix of the bare probes (kprobe_profile shows event names only).
 BARE_GROUP = "ltbench"
 BARE_PREFIX = "bench_"
@@ -99,8 +103,9 @@ def cmd_host(args):
             rows.append((label, "{:.1f}".format(timed.wall), "{:.1f}".format(timed.cpu)))
     finally:
         shutil.rmtree(cold, ignore_errors=True)
-    stap_build(args.shared, "filtered", FILTER,
-               os.path.join(os.environ["LEGACYTRACE_LAB_CACHE"], "stap-backend"))
+    for name, flow in FILTERS.items():
+        stap_build(args.shared, name, flow,
+                   os.path.join(os.environ["LEGACYTRACE_LAB_CACHE"], "stap-backend"))
     benchkit.table(rows)
     write_json(args.json, {"stap_build": {row[0]: {"wall": float(row[1]), "cpu": float(row[2])}
                                           for row in rows[1:]}})
@@ -300,14 +305,14 @@ class TraceFailed(Exception):
 class Trace(object):
     """`legacytrace trace --json` of one backend in its own session; output into files."""
 
-    def __init__(self, backend, flow, workdir, shared, root):
-        argv = [LEGACYTRACE, "trace", "--json"] + list(flow)
+    def __init__(self, backend, name, workdir, shared, root):
+        """`name`: "all" (no flow filter) or one of FILTERS."""
+        argv = [LEGACYTRACE, "trace", "--json"] + list(FILTERS.get(name, ()))
         if backend == "stap":
-            name = "filtered" if flow else "all"
             argv += ["--stap-module", stap_module_path(shared, name)]
         else:
             argv += ["-b", backend]
-        label = "{}-{}".format(backend, "filtered" if flow else "all")
+        label = "{}-{}".format(backend, name)
         self.out_path = os.path.join(workdir, label + ".jsonl")
         self.err_path = os.path.join(workdir, label + ".stderr")
         self.root = root
@@ -326,14 +331,18 @@ class Trace(object):
         with open(self.out_path, "rb") as out:
             return out.read().count(b"\n")
 
-    def lost(self):
-        """The CLI's count of lost events by cause: its summary, the last JSON line at exit."""
+    def summary(self):
+        """The CLI's summary: the last JSON line, written at exit."""
         with open(self.out_path, "rb") as out:
             last = out.read().rstrip(b"\n").rsplit(b"\n", 1)[-1]
         summary = json.loads(last.decode("utf-8")) if last else {}
         if summary.get("type") != "summary":
             raise TraceFailed("no summary line at the end of {}".format(self.out_path))
-        return summary["lost"]
+        return summary
+
+    def lost(self):
+        """The CLI's count of lost events by cause."""
+        return self.summary()["lost"]
 
     def _fail(self, what):
         if self.proc.poll() is None:
@@ -408,7 +417,7 @@ def cost_runs(workload, count, repeat, trace=None):
 
 
 def attach_and_cost(backend, workload, args, workdir, root):
-    trace = Trace(backend, (), workdir, args.shared, root)
+    trace = Trace(backend, "all", workdir, args.shared, root)
     result = {"attached": trace.wait_attached(), "first_event": trace.wait_first_event(workload)}
     progress("{}: attached after {:.1f} s, first event after {:.1f} s".format(
         backend, result["attached"], result["first_event"]))
@@ -428,10 +437,13 @@ def describe_lost(lost):
     return ", ".join("{}: {}".format(cause, n) for cause, n in sorted(lost.items())) or "none"
 
 
-def filtering(backend, workload, functions, args, workdir, root):
+def filtering(backend, name, workload, functions, args, workdir, root):
     """Probe hits (the bare counters on the same functions; the backend's own counter where
-    it has one) against the lines that reached user space, for a 1% filter."""
-    trace = Trace(backend, FILTER, workdir, args.shared, root)
+    it has one) against the lines that reached user space, for a 1% filter: the event lines
+    the CLI read from the mechanism (its summary's lines_read, less those read before the
+    loop, which were all printed: only matching datagrams went before it), and those it
+    printed."""
+    trace = Trace(backend, name, workdir, args.shared, root)
     trace.wait_attached()
     trace.wait_first_event(workload)
     with BareProbes(functions) as bare, bpf_stats():
@@ -442,9 +454,11 @@ def filtering(backend, workload, functions, args, workdir, root):
         result = {"lines": trace.settle() - lines, "hits": bare.hits() - hits,
                   "own_hits": own(root, trace.pid) - own_hits if own else None}
     result["exit"], result["clean"], result["left"] = trace.stop()
-    result["fraction"] = result["lines"] / float(result["hits"] or 1)
-    progress("{} filtered: {} of {} probe hits reached user space (own counter: {}){}".format(
-        backend, result["lines"], result["hits"], result["own_hits"],
+    result["read"] = trace.summary()["lines_read"] - lines
+    result["fraction"] = result["read"] / float(result["hits"] or 1)
+    progress("{} {}: {} of {} probe hits reached user space, {} printed (own counter: "
+             "{}){}".format(backend, name, result["read"], result["hits"], result["lines"],
+                            result["own_hits"],
         "; LEFT: " + ", ".join(result["left"]) if result["left"] else ""))
     return result
 
@@ -479,8 +493,10 @@ def cmd_guest(args):
         .format(args.count, FLOWS, args.repeat),
         "bare: p:{}/{}FUNC FUNC without fetch args on the same {} functions, enabled in an own "
         "instance".format(BARE_GROUP, BARE_PREFIX, len(functions)),
-        "filtering: {} {} datagrams (1 flow of {} matches); hits from the bare probes' "
-        "kprobe_profile, lines from stdout".format(" ".join(FILTER), args.filter_count, FLOWS),
+        "filtering: {} datagrams (1 flow of {} matches) under each of: {}; hits from the bare "
+        "probes' kprobe_profile, lines read from the CLI's summary (lines_read), printed from "
+        "stdout".format(args.filter_count, FLOWS, "; ".join(
+            "{} = '{}'".format(name, " ".join(flow)) for name, flow in FILTERS.items())),
         "functions: " + " ".join(functions)])
     workdir = tempfile.mkdtemp(prefix="ltbench-")
     figures = {"functions": functions, "count": args.count, "filter_count": args.filter_count,
@@ -494,8 +510,9 @@ def cmd_guest(args):
     for backend in args.backends:
         try:
             figures[backend] = attach_and_cost(backend, workload, args, workdir, root)
-            figures[backend]["filtering"] = filtering(backend, workload, functions, args, workdir,
-                                                      root)
+            figures[backend]["filtering"] = dict(
+                (name, filtering(backend, name, workload, functions, args, workdir, root))
+                for name in FILTERS)
         except TraceFailed as failed:
             figures[backend] = {"failed": str(failed)}
             progress("{}: FAILED: {}".format(backend, failed))
@@ -540,11 +557,13 @@ def report(figures, backends):
                      describe_lost(figures[b]["lost"])))
     benchkit.table(rows)
     print("filtering (1 flow of {}, {} datagrams):".format(FLOWS, figures["filter_count"]))
-    rows = [("backend", "probe hits", "own counter", "lines", "fraction reaching user space")]
+    rows = [("backend", "filter", "probe hits", "own counter", "lines read", "lines printed",
+             "fraction reaching user space")]
     for b in backends:
-        f = figures[b]["filtering"]
-        rows.append((b, str(f["hits"]), "-" if f["own_hits"] is None else str(f["own_hits"]),
-                     str(f["lines"]), "{:.4f}".format(f["fraction"])))
+        for name, f in figures[b]["filtering"].items():
+            rows.append((b, name, str(f["hits"]),
+                         "-" if f["own_hits"] is None else str(f["own_hits"]), str(f["read"]),
+                         str(f["lines"]), "{:.4f}".format(f["fraction"])))
     benchkit.table(rows)
     sys.stdout.flush()
 

@@ -84,8 +84,9 @@ class Owners(object):
         """The Owner of `ev`'s socket, or None when neither its socket nor its ends tell."""
         sk = ev.sk
         if sk:
-            if ev.context == "task" and ev.pid and not ev.comm.startswith(_KSOFTIRQD):
-                self._saw_socket(sk, ev.pid, ev.comm)
+            comm = ev.comm           # None where ftrace printed "<...>"
+            if ev.context == "task" and ev.pid and not (comm and comm.startswith(_KSOFTIRQD)):
+                self._saw_socket(sk, ev.pid, comm)
             owner = self._by_socket.get(sk)
             if owner is not None:
                 self._learn_ends(ev, sk)

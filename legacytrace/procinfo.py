@@ -23,12 +23,18 @@ from legacytrace.errors import LegacytraceError
 from legacytrace.model import EVENT_FIELDS, FlowEvent
 
 _CMDLINE = EVENT_FIELDS.index("cmdline")
+_COMM = EVENT_FIELDS.index("comm")
 _OWNER_CMDLINE = EVENT_FIELDS.index("owner_cmdline")
+_OWNER_COMM = EVENT_FIELDS.index("owner_comm")
 _new_event = tuple.__new__
+#: The kernel keeps a task's comm in 16 bytes with its NUL (TASK_COMM_LEN).
+COMM_MAX = 15
+_UNKNOWN = (None, None)
 
 
 class CmdlineCache(object):
-    """Command lines by (pid, start time), bounded to the `maxsize` most recently used pids.
+    """Command lines and names by (pid, start time), bounded to the `maxsize` most recently
+    used pids.
 
     `process` is the psutil.Process constructor and `clock` a monotonic clock
     in seconds; tests replace them.
@@ -39,7 +45,7 @@ class CmdlineCache(object):
         self._recheck = recheck
         self._clock = clock
         self._process = process
-        # pid -> [checked at (clock), start time or None when unknown, command line or None]
+        # pid -> [checked at (clock), start time or None when unknown, (command line, name)]
         self._entries = collections.OrderedDict()
 
     def get(self, pid):
@@ -47,6 +53,11 @@ class CmdlineCache(object):
 
         Kernel threads have no command line; they get ps's notation, "[kthreadd]".
         """
+        return self.identity(pid)[0]
+
+    def identity(self, pid):
+        """(command line, name as the kernel's comm) of process `pid`; None for what nobody
+        can tell."""
         now = self._clock()
         entry = self._entries.get(pid)
         if entry is not None:
@@ -59,22 +70,23 @@ class CmdlineCache(object):
             started = proc.create_time()
             if entry is not None and entry[1] == started:
                 return entry[2]
-            cmdline = _cmdline(proc)
+            found = (_cmdline(proc), proc.name()[:COMM_MAX])
         except psutil.NoSuchProcess:
             # Exited (or a zombie, whose /proc/PID/cmdline is empty): keep what we knew.
             if entry is None:
-                self._store(pid, [now, None, None])
-                return None
+                self._store(pid, [now, None, _UNKNOWN])
+                return _UNKNOWN
             return entry[2]
         except psutil.AccessDenied:
-            cmdline, started = None, None
-        self._store(pid, [now, started, cmdline])
-        return cmdline
+            found, started = _UNKNOWN, None
+        self._store(pid, [now, started, found])
+        return found
 
     def enrich_all(self, events):
-        """`events` with the command line of each task-context event's process added where
-        the event has none, and the owner's (owner_cmdline) where it has an owner; each pid
-        is looked up once per batch, not once per event.
+        """`events` with the command line, and the comm where the mechanism could not name it
+        (ftrace's "<...>": a task its comm cache had not seen yet), of each task-context
+        event's process, and the same of the process that owns its packet (owner_cmdline,
+        owner_comm); each pid is looked up once per batch, not once per event.
 
         Interrupt-context events keep None: the interrupted task is not the owner.
         """
@@ -82,16 +94,14 @@ class CmdlineCache(object):
         out = []
         for ev in events:
             pid = ev.pid
-            if ev.cmdline is None and ev.context == "task" and pid and pid > 0:
-                cmdline = known[pid] if pid in known else known.setdefault(pid, self.get(pid))
-                if cmdline is not None:
-                    ev = _new_event(FlowEvent, ev[:_CMDLINE] + (cmdline,) + ev[_CMDLINE + 1:])
+            if (ev.cmdline is None or ev.comm is None) and ev.context == "task" and pid and pid > 0:
+                found = known[pid] if pid in known else known.setdefault(pid, self.identity(pid))
+                ev = _filled(ev, found, _CMDLINE, _COMM)
             owner = ev.owner_pid
-            if owner is not None and ev.owner_cmdline is None:
-                cmdline = known[owner] if owner in known else known.setdefault(owner,
-                                                                               self.get(owner))
-                if cmdline is not None:
-                    ev = _new_event(FlowEvent, ev[:_OWNER_CMDLINE] + (cmdline,))
+            if owner is not None and (ev.owner_cmdline is None or ev.owner_comm is None):
+                found = known[owner] if owner in known else known.setdefault(
+                    owner, self.identity(owner))
+                ev = _filled(ev, found, _OWNER_CMDLINE, _OWNER_COMM)
             out.append(ev)
         return out
 
@@ -100,6 +110,19 @@ class CmdlineCache(object):
         self._entries.move_to_end(pid)
         while len(self._entries) > self._maxsize:
             self._entries.popitem(last=False)
+
+
+def _filled(ev, found, cmdline_at, comm_at):
+    """`ev` with the command line and comm of `found` at those positions where it has none."""
+    cmdline, comm = found
+    if (cmdline is None or ev[cmdline_at] is not None) and (comm is None or ev[comm_at] is not None):
+        return ev
+    values = list(ev)
+    if values[cmdline_at] is None:
+        values[cmdline_at] = cmdline
+    if values[comm_at] is None:
+        values[comm_at] = comm
+    return _new_event(FlowEvent, values)
 
 
 def _cmdline(proc):
