@@ -30,6 +30,7 @@ value the mechanism could not know is null.
 | kind      | string      | "entry" or "return"                                                  | never |
 | retval    | integer     | the function's return value                                          | kind is "entry" |
 | skb       | integer     | address of the `struct sk_buff` (the packet's identity while it lives) | the probe has no sk_buff |
+| sk        | integer     | address of the `struct sock` the event names: the function's socket argument, else `skb->sk` | no socket (a received packet before its socket is looked up), or a tracepoint of ftrace's tracepoint mode |
 | family    | integer     | 4 or 6                                                               | no IP header was read |
 | proto     | string or integer | "icmp", "tcp", "udp", "icmp6", or the IP protocol number for others | no IP header was read |
 | saddr     | string      | source address, canonical text ("10.0.2.15", "fe80::1")             | no IP header was read |
@@ -43,16 +44,19 @@ value the mechanism could not know is null.
 | length    | integer     | `skb->len` in bytes at this function                                 | the probe has no sk_buff |
 | dev       | string      | network device name                                                  | no device attached yet, or not read |
 | fields    | object      | the manifest's custom fields by name, plus extras of a mechanism (e.g. "reason" of skb:kfree_skb) | never (empty object) |
-| cmdline   | string      | command line of the owning process ("[kthreadd]" for a kernel thread) | interrupt context, process already gone, or a replay |
+| cmdline   | string      | command line of the task's process ("[kthreadd]" for a kernel thread) | interrupt context, process already gone, or a replay |
+| owner_pid | integer     | the process that owns the packet's socket (legacytrace.owners): in softirq context the process a received packet is for | no socket of a process found |
+| owner_comm | string     | that process's comm                                                  | as owner_pid |
+| owner_cmdline | string  | that process's command line                                          | as owner_pid, process already gone, or a replay |
 
 With a summary requested, the last line is one object with "type": "summary"
 (event objects have no "type" key): events, flows (distinct flows counted),
 flows_capped, other_flow_events, no_flow_events, functions (name -> events),
 top_flows (list of {family, proto, saddr, sport, daddr, dport, events}, proto
 named as in events),
-lost (cause -> events), lost_total, filtered (dropped by the user-space flow
-check), evicted (packets the --flows view printed before their end),
-first_ns, last_ns.
+lost (cause -> events), lost_total, processes (the process filter in words, or null),
+filtered (dropped by the user-space flow or process check), evicted (packets the --flows
+view printed before their end), first_ns, last_ns.
 """
 import collections
 import json
