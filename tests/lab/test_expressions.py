@@ -124,12 +124,15 @@ def test_each_backend_traces_exactly_the_flows_tcpdump_picks(backend, tmp_path, 
     for name, tracer in tracers.items():
         assert codes[name] == 0, tracer.stderr
         summary = tracer.summary
-        assert summary["filter"] == EXPRESSIONS[name] and summary["lost_total"] == 0, summary
+        assert summary["filter"] == EXPRESSIONS[name], summary
+        # SystemTap's transport may lose a few lines under TCG (README.md), counted by cause:
+        # the flows must still be all there
+        assert summary["lost_total"] == 0 or backend == "stap", summary["lost"]
         wire = flows_of_packets(packets[name])
         assert len(packets[name]) >= {"udp": 3, "icmp": 4, "tcp": 10}[name], packets[name]
         assert flows_of_events(tracer.events) == wire, (name, tracer.stderr)
         figures[name] = {"events": summary["events"], "filtered_in_user_space": summary["filtered"],
-                         "packets": len(packets[name])}
+                         "packets": len(packets[name]), "lost": summary["lost"]}
     (lab_shared / "expressions-{}-{}.json".format(backend, labkit.kernel_release())).write_text(
         json.dumps(figures, indent=2, sort_keys=True))
 
