@@ -281,9 +281,9 @@ def output_options(command):
     return command
 
 
-def _output(opts, probes, stream, flow, replay=False):
+def _output(opts, probes, stream, flow, replay=False, processes=None):
     """The sink for events, from the output flags; colour only on a terminal; `flow` the
-    filter that --flows names in its header.
+    filter that --flows names in its header, with `processes` (a ProcessFilter or None).
 
     A replay (`parse`) shows no command lines: the processes of a capture are not here.
     """
@@ -302,7 +302,9 @@ def _output(opts, probes, stream, flow, replay=False):
             tracepoints.names(p.name, p.tracepoint) for p in probes if p.egress))
         return render.FlowsRenderer(stream, color=use_color, egress=egress,
                                     cmdline=not replay, max_functions=length,
-                                    title="packets of: " + flow.describe())
+                                    title="packets of: " + flow.describe() + (
+                                        "; processes: " + processes.describe()
+                                        if processes else ""))
     return render.LiveRenderer(stream, color=use_color, cmdline=not replay)
 
 
@@ -398,7 +400,7 @@ def _run_trace(chosen, program, facts, probes, filters, opts):
     from legacytrace import enrich, owners, procinfo, summary, trace as tracemod
     flow, limits, processes = filters
     stream = _line_buffered(sys.stdout)
-    sink = _output(opts, probes, stream, flow)
+    sink = _output(opts, probes, stream, flow, processes=processes)
     _warn_leftovers(chosen, facts)
     stats = summary.Summary()
     stats.filter = flow.describe()
@@ -619,7 +621,7 @@ def parse(capture, backend, **opts):
     flow = _flow(opts)
     processes = _processes(opts)
     chosen = _load_backend(backend)
-    sink = _output(opts, [], sys.stdout, flow, replay=True)
+    sink = _output(opts, [], sys.stdout, flow, replay=True, processes=processes)
     stats = summary.Summary()
     stats.filter = flow.describe()
     stats.processes = processes and processes.describe()
