@@ -223,3 +223,10 @@ def test_generate_puts_the_process_filter_into_the_bpftrace_predicate(datadir):
                  "-p", "812", "--comm", "nginx", "udp")
     assert result.exit_code == 0, result.output
     assert '|| pid == 812 || comm == "nginx")' in result.output
+
+
+def test_the_flows_header_names_the_process_filter(datadir):
+    result = run("parse", "-b", "bpf", str(datadir / "bpf" / "owners-6.18.txt"), "--flows",
+                 "--comm", "ping", "icmp")
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[0] == "# packets of: icmp; processes: comm ping"
