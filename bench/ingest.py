@@ -31,9 +31,9 @@ CAPTURES = {
                "tests/data/ftrace/lab-tracepoints-hashptr-6.1.0-56-amd64.trace_pipe"],
 }
 
-#: Columns of the line protocols (backends/bpf/templates/bpftrace.bt.j2: LTB1,
+#: Columns of the line protocols (backends/bpf/templates/bpftrace.bt.j2: LTB2,
 #: stap_templates/flows.stp.j2: LT1).
-BPF_COLUMNS = ("tag source func time_ns cpu pid tid context skb len dev family proto saddr0 saddr1 "
+BPF_COLUMNS = ("tag source func time_ns cpu pid tid context skb sk len dev family proto saddr0 saddr1 "
                "daddr0 daddr1 sport dport icmp_type icmp_code icmp_id icmp_seq extras comm").split()
 STAP_COLUMNS = ("tag kind time_ns cpu pid tid context func skb family proto saddr daddr sport "
                 "dport icmp_type icmp_code icmp_id icmp_seq len dev comm cmdline").split()
@@ -129,7 +129,7 @@ def stages(backend, path):
 
     Each step runs over every line or event at once, in the batches the CLI uses.
     """
-    from legacytrace import backends, cli, flowfilter, render, summary
+    from legacytrace import backends, cli, flowfilter, owners, render, summary
     chosen = backends.get(backend)
     batches = []
     events = []
@@ -155,6 +155,10 @@ def stages(backend, path):
         step("read lines", read)
         step("backend.parse", parse)
         step("flow.is_empty (no filter)", lambda: [flow.is_empty() for batch in events])
+        replay = owners.Owners()
+        step("Owners.attribute (replay)", lambda: [replay.attribute(batch) for batch in events])
+        live = owners.Owners(owners.SocketTable())
+        step("Owners.attribute (live)", lambda: [live.attribute(batch) for batch in events])
         step("Summary.add_all", lambda: [stats.add_all(batch) for batch in events])
         step("JsonRenderer.events", lambda: [renderer.events(batch) for batch in events])
     total = sum(seconds for _, seconds in steps)
@@ -163,6 +167,34 @@ def stages(backend, path):
         backend, lines, sum(map(len, events))))
     for name, seconds in steps:
         print("    {:<26} {:6.2f}  {:4.0%}".format(name, seconds / lines * 1e6, seconds / total))
+
+
+def table_read(sockets, repeat=5):
+    """What one read of the owners' socket table costs on this host (it is read at most every
+    SocketTable interval, never per event), with `sockets` more UDP sockets of this process
+    open: the least CPU and wall time of `repeat` reads."""
+    import resource
+    import socket
+    from legacytrace import owners
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    wanted = sockets + 256
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(wanted, hard), hard))
+        sockets = min(sockets, hard - 256)
+    held = [socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(sockets)]
+    for each in held:
+        each.bind(("127.0.0.1", 0))
+    best = None
+    for _ in range(repeat):
+        cpu, wall = time.process_time(), time.monotonic()
+        found = owners.read_sockets()
+        spent = (time.process_time() - cpu, time.monotonic() - wall)
+        best = spent if best is None or spent < best else best
+    print("  owners.read_sockets(): {:,} sockets of {:,} processes, {:.1f} ms CPU, {:.1f} ms "
+          "wall (least of {})".format(len(found), len(set(s.pid for s in found)),
+                                      best[0] * 1e3, best[1] * 1e3, repeat))
+    for each in held:
+        each.close()
 
 
 def main():
@@ -212,6 +244,8 @@ def main():
         print("where the time goes (in-process, Python {}):".format(sys.version.split()[0]))
         for backend in chosen:
             stages(backend, replicated(backend, STAGE_LINES, args.workdir))
+        for sockets in (0, 1000, 10000):
+            table_read(sockets)
 
 
 def _shell_quote(arg):

@@ -48,6 +48,36 @@ def flow_options(command):
     return command
 
 
+def process_options(command):
+    """The process filter in bcc's spelling: -p/--pid PID and --comm NAME, each repeatable
+    (any of them: the packets of any). -p was the protocol before --proto: a protocol
+    there fails saying so (legacytrace.validate.pid_text)."""
+    for option in reversed([
+            click.option("-p", "--pid", "pids", multiple=True, metavar="PID",
+                         help="Only this process's packets, the ones it receives included "
+                              "(repeatable)."),
+            click.option("--comm", "comms", multiple=True, metavar="NAME",
+                         help="Only the packets of processes named NAME (the kernel's 15 "
+                              "characters; repeatable)."),
+    ]):
+        command = option(command)
+    return command
+
+
+def _processes(opts, live=False):
+    """The ProcessFilter of -p and --comm, or None without them, popping them from `opts`.
+    For a live trace each pid must be running here; its threads are named for ftrace,
+    which filters by thread."""
+    from legacytrace import procfilter, procinfo
+    found = procfilter.ProcessFilter.parse(opts.pop("pids"), opts.pop("comms"))
+    if found.is_empty():
+        return None
+    if live:
+        found = procfilter.ProcessFilter(found.pids, found.comms,
+                                         procinfo.threads_of(found.pids))
+    return found
+
+
 #: The manifest option of the commands that probe functions.
 manifest_option = click.option(
     "-m", "--manifest", metavar="NAME|FILE",
@@ -251,9 +281,9 @@ def output_options(command):
     return command
 
 
-def _output(opts, probes, stream, flow, replay=False):
+def _output(opts, probes, stream, flow, replay=False, processes=None):
     """The sink for events, from the output flags; colour only on a terminal; `flow` the
-    filter that --flows names in its header.
+    filter that --flows names in its header, with `processes` (a ProcessFilter or None).
 
     A replay (`parse`) shows no command lines: the processes of a capture are not here.
     """
@@ -272,12 +302,15 @@ def _output(opts, probes, stream, flow, replay=False):
             tracepoints.names(p.name, p.tracepoint) for p in probes if p.egress))
         return render.FlowsRenderer(stream, color=use_color, egress=egress,
                                     cmdline=not replay, max_functions=length,
-                                    title="packets of: " + flow.describe())
+                                    title="packets of: " + flow.describe() + (
+                                        "; processes: " + processes.describe()
+                                        if processes else ""))
     return render.LiveRenderer(stream, color=use_color, cmdline=not replay)
 
 
 @cli.command(context_settings=CONTEXT)
 @flow_options
+@process_options
 @manifest_option
 @click.option("-b", "--backend", type=click.Choice(BACKEND_CHOICES), default="auto",
               show_default=True, help="Tracing mechanism; auto picks as `doctor` shows.")
@@ -301,17 +334,19 @@ def trace(manifest, backend, count, duration, rate_limit, regex, stap_module, bu
 
     EXPRESSION is tcpdump's filter language at IP level (host, net, port, portrange, proto,
     src, dst, ip, ip6, tcp, udp, sctp, icmp, icmp6, and, or, not); the flags join it with
-    `and`. Without either every packet is traced. Needs root.
+    `and`. Without either every packet is traced. -p/--pid and --comm keep the packets of
+    those processes: the ones they send, and the ones for their sockets. Needs root.
 
     \b
     Examples:
       sudo legacytrace trace icmp                          # who sends ICMP, live
       sudo legacytrace trace --flows 'tcp port 80 and net 10.0.0.0/8'
       sudo legacytrace trace --json -c 100 'udp and (port 53 or port 853)' > dns.jsonl
+      sudo legacytrace trace -p 812 tcp                    # nginx's TCP, received too
       sudo legacytrace trace -b ftrace -m my-manifest.yaml -T 10 'host 10.0.0.5'
       sudo legacytrace trace --stap-module lt_icmp.ko     # built on another host
     """
-    flow = _flow(opts)
+    flow, processes = _flow(opts), _processes(opts, live=True)
     limits = Limits(count=count, duration=duration, rate=rate_limit)
     facts = _probe_mounted("stap" if stap_module else backend)
     if stap_module:
@@ -319,11 +354,17 @@ def trace(manifest, backend, count, duration, rate_limit, regex, stap_module, bu
     else:
         functions = symbols.KernelFunctions(facts.tracefs)
         manifest_obj, probes = _manifest_probes(manifest, facts, regex, functions, live=True)
-        request = TraceRequest(probes, flow, facts, limits=limits,
-                               run_id="lt{}".format(os.getpid()), manifest=manifest_obj.source,
-                               buffer_kb=buffer_kb)
-        chosen, program = _runnable(backend, request, verbose)
-    _run_trace(chosen, program, facts, probes, (flow, limits), opts)
+        chosen, program = _runnable(backend, _request(
+            probes, (flow, processes), facts, manifest_obj, limits, buffer_kb), verbose)
+    _run_trace(chosen, program, facts, probes, (flow, limits, processes), opts)
+
+
+def _request(probes, filters, facts, manifest_obj, limits=None, buffer_kb=BUFFER_KB):
+    """The TraceRequest of this run (`filters`: the flow and process filters); its run id
+    lt<pid> names what it attaches."""
+    flow, processes = filters
+    return TraceRequest(probes, flow, facts, limits=limits, run_id="lt{}".format(os.getpid()),
+                        manifest=manifest_obj.source, buffer_kb=buffer_kb, processes=processes)
 
 
 def _prebuilt(path, backend, probes_asked, buffer_kb):
@@ -354,17 +395,19 @@ def _runnable(name, request, verbose):
 
 
 def _run_trace(chosen, program, facts, probes, filters, opts):
-    """Run `program` (`filters`: its flow filter and limits) into the output the options
-    ask for; the summary goes to stderr."""
-    from legacytrace import enrich, procinfo, summary, trace as tracemod
-    flow, limits = filters
+    """Run `program` (`filters`: its flow filter, limits and process filter) into the output
+    the options ask for; the summary goes to stderr."""
+    from legacytrace import enrich, owners, procinfo, summary, trace as tracemod
+    flow, limits, processes = filters
     stream = _line_buffered(sys.stdout)
-    sink = _output(opts, probes, stream, flow)
+    sink = _output(opts, probes, stream, flow, processes=processes)
     _warn_leftovers(chosen, facts)
     stats = summary.Summary()
     stats.filter = flow.describe()
+    stats.processes = processes and processes.describe()
+    own = owners.Attribution(owners.Owners(owners.SocketTable()), processes)
     try:
-        ended = tracemod.run(chosen, program, flow, limits, sink, stats,
+        ended = tracemod.run(chosen, program, flow, limits, sink, stats, own=own,
                              enrich=enrich.Enricher(procinfo.CmdlineCache(), facts.btf),
                              attached=lambda: click.echo(
                                  "legacytrace: tracing with {} ({}); Ctrl-C to stop".format(
@@ -457,6 +500,7 @@ def _warn_leftovers(backend, facts):
 
 @cli.command(context_settings=CONTEXT)
 @flow_options
+@process_options
 @manifest_option
 @click.option("-b", "--backend", type=click.Choice(BACKEND_CHOICES), default="auto",
               show_default=True, help="Backend whose program to print.")
@@ -478,8 +522,10 @@ def generate(manifest, backend, fmt, regex, host_facts, buffer_kb, verbose, **op
       legacytrace generate -b ftrace --format sh 'udp dst port 53' > dns-trace.sh
       legacytrace generate -b bpf -m http1
       legacytrace generate -b ftrace --host-facts el7-doctor.json --format sh > el7.sh
+      legacytrace generate -b stap -p 812 'tcp port 80'
     """
     flow = _flow(opts)
+    processes = _processes(opts)
     if host_facts is None:
         facts = hostmod.probe_host(try_bpftrace=False)
         functions = symbols.KernelFunctions(facts.tracefs)
@@ -489,8 +535,7 @@ def generate(manifest, backend, fmt, regex, host_facts, buffer_kb, verbose, **op
               else _load_backend(backend))
     manifest_obj, probes = _manifest_probes(manifest, facts, regex, functions,
                                              live=host_facts is None)
-    request = TraceRequest(probes, flow, facts, run_id="lt{}".format(os.getpid()),
-                           manifest=manifest_obj.source, buffer_kb=buffer_kb)
+    request = _request(probes, (flow, processes), facts, manifest_obj, buffer_kb=buffer_kb)
     program = _build(chosen, request, verbose)
     if fmt not in chosen.formats:
         raise UsageError("backend {} has no format {!r}: choose one of {}".format(
@@ -500,6 +545,7 @@ def generate(manifest, backend, fmt, regex, host_facts, buffer_kb, verbose, **op
 
 @cli.command(context_settings=CONTEXT)
 @flow_options
+@process_options
 @manifest_option
 @click.option("-b", "--backend", type=click.Choice(["stap"]), default="stap",
               show_default=True, help="Backend that builds a binary program.")
@@ -524,6 +570,7 @@ def build(manifest, backend, release, runtime, output, **opts):
     """
     from legacytrace.kernel.release import KernelRelease
     flow = _flow(opts)
+    processes = _processes(opts)
     if release:
         facts = hostmod.HostFacts(release=KernelRelease.parse(release).raw)
         functions, live = None, False
@@ -533,10 +580,8 @@ def build(manifest, backend, release, runtime, output, **opts):
     chosen = _load_backend(backend)
     manifest_obj, probes = _manifest_probes(manifest, facts, regex=None, functions=functions,
                                             live=live)
-    request = TraceRequest(probes, flow, facts, run_id="lt{}".format(os.getpid()),
-                           manifest=manifest_obj.source)
-    path = chosen.compile(_build(chosen, request), release=release, runtime=runtime,
-                          out=output)
+    path = chosen.compile(_build(chosen, _request(probes, (flow, processes), facts, manifest_obj)),
+                          release=release, runtime=runtime, out=output)
     click.echo("legacytrace: built {} for kernel {}".format(path, facts.release), err=True)
 
 
@@ -559,6 +604,7 @@ def _load_backend(name):
 @click.option("-b", "--backend", type=click.Choice(BACKEND_CHOICES[1:]), required=True,
               help="Backend that produced FILE.")
 @flow_options
+@process_options
 @output_options
 @handle_errors
 def parse(capture, backend, **opts):
@@ -569,26 +615,32 @@ def parse(capture, backend, **opts):
       legacytrace parse -b ftrace trace-capture.txt --json
       sh dns-trace.sh; legacytrace parse -b ftrace legacytrace-capture.txt --flows
       legacytrace parse -b stap capture.txt 'tcp and not port 22'
+      legacytrace parse -b bpf capture.txt --comm nginx
     """
     from legacytrace import summary
     flow = _flow(opts)
+    processes = _processes(opts)
     chosen = _load_backend(backend)
-    sink = _output(opts, [], sys.stdout, flow, replay=True)
+    sink = _output(opts, [], sys.stdout, flow, replay=True, processes=processes)
     stats = summary.Summary()
     stats.filter = flow.describe()
+    stats.processes = processes and processes.describe()
     ended = ""
     try:
-        _replay(capture, chosen, backend, flow, sink, stats)
+        _replay(capture, chosen, backend, (flow, processes), sink, stats)
     except BrokenPipeError:
         _discard(sys.stdout)
         ended = PIPE_CLOSED + ". "
     click.echo("legacytrace: {}{}".format(ended, stats.to_text()), err=True)
 
 
-def _replay(capture, chosen, backend, flow, sink, stats):
-    """Parse `capture` into `sink`, with a warning counting the lines that are not events;
-    LegacytraceError when no line is one (naming the format the file has)."""
-    every_flow = flow.is_empty()
+def _replay(capture, chosen, backend, filters, sink, stats):
+    """Parse `capture` into `sink` through `filters` (the flow filter, the process filter or
+    None), with a warning counting the lines that are not events; LegacytraceError when no
+    line is one (naming the format the file has). Owners come from the capture itself (a
+    socket its task-context events used): its processes are not here."""
+    from legacytrace import owners
+    own = owners.Attribution(owners.Owners(), filters[1])
     parsed = others = 0                 # events, and lines that are none (comments aside)
     sample = []
     for lines in _line_batches(capture):
@@ -599,10 +651,7 @@ def _replay(capture, chosen, backend, flow, sink, stats):
         others += max(0, len(candidates) - len(events))
         if not parsed and len(sample) < SNIFF_LINES:
             sample.extend(candidates[:SNIFF_LINES])
-        if not every_flow:
-            kept = [ev for ev in events if flow.matches(ev)]
-            stats.filtered += len(events) - len(kept)
-            events = kept
+        events = _kept(events, filters[0], own, stats)
         stats.add_all(events)
         sink.events(events)
     if others and not parsed:
@@ -612,6 +661,15 @@ def _replay(capture, chosen, backend, flow, sink, stats):
     if others:
         click.echo("legacytrace: warning: {} line(s) of {} are not events of the {} backend: "
                    "skipped".format(others, capture.name, backend), err=True)
+
+
+def _kept(events, flow, own, stats):
+    """The events the flow filter keeps, with their owners, that the process filter keeps
+    (owners.Attribution `own`); the others are counted as filtered."""
+    kept = events if flow.is_empty() else [ev for ev in events if flow.matches(ev)]
+    kept = own(kept)
+    stats.filtered += len(events) - len(kept)
+    return kept
 
 
 #: How many lines of a capture that holds no event of its backend are tried with the others.

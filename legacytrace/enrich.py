@@ -2,7 +2,9 @@
 
 Backends report what their mechanism can see; some facts are cheaper or only possible
 in user space, once per value rather than once per event:
-- the command line of a task-context event's process (procinfo.CmdlineCache);
+- the command line of a task-context event's process, and of the process that owns the
+  packet's socket (procinfo.CmdlineCache; the owner itself is found before, by
+  legacytrace.owners, since the process filter needs it);
 - a drop reason's name, when the backend gave its number (enum skb_drop_reason, from
   the running kernel's BTF: the numbers differ between releases);
 - a return address's symbol ("ip_rcv_core+0x1a4"), when the backend gave a number
@@ -18,7 +20,8 @@ _fields_of = fields_getter("fields")
 
 class Enricher(object):
     """A callable for trace.run's `enrich`: returns a batch of events with what it adds
-    (the command line makes a new event; names replace numbers in its `fields` dict).
+    (the command lines of the task and of the owner make new events; names replace
+    numbers in their `fields` dicts).
 
     `cmdlines` is a procinfo.CmdlineCache; `btf_path` the running kernel's BTF (or
     None); `kallsyms` a callable returning a symbols.Kallsyms (tests pass their own).

@@ -47,16 +47,16 @@ def _endpoint(family, addr, port):
 #: FlowEvent's fields, in the order of the JSON Lines schema (README, "JSON output").
 EVENT_FIELDS = (
     "backend", "source", "time_ns", "cpu", "pid", "tid", "comm", "context",
-    "func", "kind", "retval", "skb", "family", "proto", "saddr", "daddr",
+    "func", "kind", "retval", "skb", "sk", "family", "proto", "saddr", "daddr",
     "sport", "dport", "icmp_type", "icmp_code", "icmp_id", "icmp_seq",
-    "length", "dev", "fields", "cmdline",
+    "length", "dev", "fields", "cmdline", "owner_pid", "owner_comm", "owner_cmdline",
 )
 
 
 #: FlowEvent fields that hold text (or None). `fields` holds a dict; every other field an
 #: int (never a bool or a float) or None: the JSON renderer relies on it.
 TEXT_FIELDS = frozenset(("backend", "source", "comm", "context", "func", "kind", "saddr", "daddr",
-                         "dev", "cmdline"))
+                         "dev", "cmdline", "owner_comm", "owner_cmdline"))
 
 
 class FlowEvent(collections.namedtuple("FlowEvent", EVENT_FIELDS)):
@@ -64,30 +64,34 @@ class FlowEvent(collections.namedtuple("FlowEvent", EVENT_FIELDS)):
 
     Fields that a mechanism cannot know stay None (a tracepoint knows no tuple,
     an interrupt-context event has no meaningful sender). `backend` names the
-    mechanism and `source` the kind of probe (kprobe, kretprobe, tracepoint).
+    mechanism and `source` the kind of probe (kprobe, kretprobe, tracepoint). `sk` is
+    the socket the event names (a socket function's argument, else skb->sk); the
+    owner_* fields name the process that owns it (legacytrace.owners), which user space
+    adds.
 
     A tuple, made in one step: a parser builds it with `tuple.__new__(FlowEvent,
     values)` from the values in EVENT_FIELDS order, and the JSON renderer and the
     summary read fields by position in C (operator.itemgetter). An object with 26
     slots set one by one cost bpf and stap 3,000 more instructions a line
     (BENCHMARKS.md). Other code makes one by keyword, and changes one with `_replace`
-    (the command line, added after parsing). The keyword constructor checks each
-    field's type (TEXT_FIELDS); tests check that parsers keep them.
+    (the command line and the owner, added after parsing). The keyword constructor
+    checks each field's type (TEXT_FIELDS); tests check that parsers keep them.
     """
 
     __slots__ = ()
     __hash__ = None        # `fields` is a dict
 
     def __new__(cls, *, backend=None, source=None, time_ns=None, cpu=None, pid=None, tid=None,
-                comm=None, context=None, func=None, kind=None, retval=None, skb=None,
+                comm=None, context=None, func=None, kind=None, retval=None, skb=None, sk=None,
                 family=None, proto=None, saddr=None, daddr=None, sport=None, dport=None,
                 icmp_type=None, icmp_code=None, icmp_id=None, icmp_seq=None, length=None,
-                dev=None, fields=None, cmdline=None):
+                dev=None, fields=None, cmdline=None, owner_pid=None, owner_comm=None,
+                owner_cmdline=None):
         values = (
             backend, source, time_ns, cpu, pid, tid, comm, "task" if context is None else context,
-            func, "entry" if kind is None else kind, retval, skb, family, proto, saddr, daddr,
-            sport, dport, icmp_type, icmp_code, icmp_id, icmp_seq, length, dev,
-            {} if fields is None else fields, cmdline)
+            func, "entry" if kind is None else kind, retval, skb, sk, family, proto, saddr,
+            daddr, sport, dport, icmp_type, icmp_code, icmp_id, icmp_seq, length, dev,
+            {} if fields is None else fields, cmdline, owner_pid, owner_comm, owner_cmdline)
         for name, value in zip(EVENT_FIELDS, values):
             if value is None or name == "fields":
                 continue
@@ -201,12 +205,14 @@ class TraceRequest(object):
     host, or recorded facts of another one when generating for elsewhere).
     `run_id` names what this run attaches, so that leftovers can be found.
     `buffer_kb` sizes the mechanism's buffer per CPU (BUFFER_KB).
+    `processes` is a procfilter.ProcessFilter, or None for every process.
     """
 
-    __slots__ = ("probes", "flow", "limits", "host", "run_id", "manifest", "buffer_kb")
+    __slots__ = ("probes", "flow", "limits", "host", "run_id", "manifest", "buffer_kb",
+                 "processes")
 
     def __init__(self, probes, flow, host, limits=None, run_id=None, manifest=None,
-                 buffer_kb=BUFFER_KB):
+                 buffer_kb=BUFFER_KB, processes=None):
         self.probes = list(probes)
         self.flow = flow
         self.host = host
@@ -214,3 +220,4 @@ class TraceRequest(object):
         self.run_id = run_id
         self.manifest = manifest
         self.buffer_kb = buffer_kb
+        self.processes = processes

@@ -19,10 +19,13 @@ import time
 
 import psutil
 
+from legacytrace.errors import LegacytraceError
 from legacytrace.model import EVENT_FIELDS, FlowEvent
 
 _CMDLINE = EVENT_FIELDS.index("cmdline")
 _COMM = EVENT_FIELDS.index("comm")
+_OWNER_CMDLINE = EVENT_FIELDS.index("owner_cmdline")
+_OWNER_COMM = EVENT_FIELDS.index("owner_comm")
 _new_event = tuple.__new__
 #: The kernel keeps a task's comm in 16 bytes with its NUL (TASK_COMM_LEN).
 COMM_MAX = 15
@@ -82,7 +85,8 @@ class CmdlineCache(object):
     def enrich_all(self, events):
         """`events` with the command line, and the comm where the mechanism could not name it
         (ftrace's "<...>": a task its comm cache had not seen yet), of each task-context
-        event's process; each pid is looked up once per batch, not once per event.
+        event's process, and the same of the process that owns its packet (owner_cmdline,
+        owner_comm); each pid is looked up once per batch, not once per event.
 
         Interrupt-context events keep None: the interrupted task is not the owner.
         """
@@ -92,7 +96,12 @@ class CmdlineCache(object):
             pid = ev.pid
             if (ev.cmdline is None or ev.comm is None) and ev.context == "task" and pid and pid > 0:
                 found = known[pid] if pid in known else known.setdefault(pid, self.identity(pid))
-                ev = _filled(ev, *found)
+                ev = _filled(ev, found, _CMDLINE, _COMM)
+            owner = ev.owner_pid
+            if owner is not None and (ev.owner_cmdline is None or ev.owner_comm is None):
+                found = known[owner] if owner in known else known.setdefault(
+                    owner, self.identity(owner))
+                ev = _filled(ev, found, _OWNER_CMDLINE, _OWNER_COMM)
             out.append(ev)
         return out
 
@@ -103,13 +112,16 @@ class CmdlineCache(object):
             self._entries.popitem(last=False)
 
 
-def _filled(ev, cmdline, comm):
-    """`ev` with `cmdline` and `comm` where it has none."""
+def _filled(ev, found, cmdline_at, comm_at):
+    """`ev` with the command line and comm of `found` at those positions where it has none."""
+    cmdline, comm = found
+    if (cmdline is None or ev[cmdline_at] is not None) and (comm is None or ev[comm_at] is not None):
+        return ev
     values = list(ev)
-    if values[_CMDLINE] is None:
-        values[_CMDLINE] = cmdline
-    if values[_COMM] is None:
-        values[_COMM] = comm
+    if values[cmdline_at] is None:
+        values[cmdline_at] = cmdline
+    if values[comm_at] is None:
+        values[comm_at] = comm
     return _new_event(FlowEvent, values)
 
 
@@ -119,3 +131,18 @@ def _cmdline(proc):
     if args:
         return " ".join(args)
     return "[{}]".format(proc.name())
+
+
+def threads_of(pids, process=psutil.Process):
+    """The thread ids of processes `pids` now; LegacytraceError naming a pid that is not a
+    running process here (a process filter on it would show nothing)."""
+    found = set()
+    for pid in sorted(pids):
+        try:
+            found.update(thread.id for thread in process(pid).threads())
+        except psutil.NoSuchProcess:
+            raise LegacytraceError("no process {} is running here: give -p the pid of a "
+                                   "running process (or --comm its name)".format(pid))
+        except psutil.AccessDenied:
+            found.add(pid)
+    return found

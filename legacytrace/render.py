@@ -30,6 +30,7 @@ value the mechanism could not know is null.
 | kind      | string      | "entry" or "return"                                                  | never |
 | retval    | integer     | the function's return value                                          | kind is "entry" |
 | skb       | integer     | address of the `struct sk_buff` (the packet's identity while it lives) | the probe has no sk_buff |
+| sk        | integer     | address of the `struct sock` the event names: the function's socket argument, else `skb->sk` | no socket (a received packet before its socket is looked up), or a tracepoint of ftrace's tracepoint mode |
 | family    | integer     | 4 or 6                                                               | no IP header was read |
 | proto     | string or integer | "icmp", "tcp", "udp", "icmp6", or the IP protocol number for others | no IP header was read |
 | saddr     | string      | source address, canonical text ("10.0.2.15", "fe80::1")             | no IP header was read |
@@ -43,16 +44,19 @@ value the mechanism could not know is null.
 | length    | integer     | `skb->len` in bytes at this function                                 | the probe has no sk_buff |
 | dev       | string      | network device name                                                  | no device attached yet, or not read |
 | fields    | object      | the manifest's custom fields by name, plus extras of a mechanism (e.g. "reason" of skb:kfree_skb) | never (empty object) |
-| cmdline   | string      | command line of the owning process ("[kthreadd]" for a kernel thread) | interrupt context, process already gone, or a replay |
+| cmdline   | string      | command line of the task's process ("[kthreadd]" for a kernel thread) | interrupt context, process already gone, or a replay |
+| owner_pid | integer     | the process that owns the packet's socket (legacytrace.owners): in softirq context the process a received packet is for | no socket of a process found |
+| owner_comm | string     | that process's comm                                                  | as owner_pid |
+| owner_cmdline | string  | that process's command line                                          | as owner_pid, process already gone, or a replay |
 
 With a summary requested, the last line is one object with "type": "summary"
 (event objects have no "type" key): events, flows (distinct flows counted),
 flows_capped, other_flow_events, no_flow_events, functions (name -> events),
 top_flows (list of {family, proto, saddr, sport, daddr, dport, events}, proto
 named as in events),
-lost (cause -> events), lost_total, filtered (dropped by the user-space flow
-check), evicted (packets the --flows view printed before their end),
-first_ns, last_ns.
+lost (cause -> events), lost_total, processes (the process filter in words, or null),
+filtered (dropped by the user-space flow or process check), evicted (packets the --flows
+view printed before their end), first_ns, last_ns.
 """
 import collections
 import json
@@ -119,8 +123,8 @@ class LiveRenderer(Renderer):
     `cmdline=False` leaves cmd out (a replay: those processes are not here).
     """
 
-    PLAIN = "{time:>15} {cpu:>3} {proc:<22} {func:<26} {len:>5} {flow}"
-    COLOR = (_DIM + "{time:>15}" + _RESET + " {cpu:>3} {pcolor}{proc:<22}" + _RESET + " {fcolor}"
+    PLAIN = "{time:>15} {cpu:>3} {proc:<28} {func:<26} {len:>5} {flow}"
+    COLOR = (_DIM + "{time:>15}" + _RESET + " {cpu:>3} {pcolor}{proc:<28}" + _RESET + " {fcolor}"
              + "{func:<26}" + _RESET + " {len:>5} " + _GREEN + "{flow}" + _RESET)
 
     def __init__(self, stream, color=False, cmdline=True):
@@ -268,8 +272,8 @@ class FlowsRenderer(Renderer):
     """
 
     HEADER = "=== {flow}  skb={skb}  at {time}"
-    PLAIN = "{delta:>14} {cpu:>3} {proc:<22} {func:<26} {len:>5}"
-    COLOR = (_DIM + "{delta:>14}" + _RESET + " {cpu:>3} {pcolor}{proc:<22}" + _RESET
+    PLAIN = "{delta:>14} {cpu:>3} {proc:<28} {func:<26} {len:>5}"
+    COLOR = (_DIM + "{delta:>14}" + _RESET + " {cpu:>3} {pcolor}{proc:<28}" + _RESET
              + " {fcolor}{func:<26}" + _RESET + " {len:>5}")
 
     def __init__(self, stream, egress=(), color=False, cmdline=True, max_functions=None,
@@ -318,7 +322,7 @@ class FlowsRenderer(Renderer):
         flow = flow_text(first)
         out = [self.HEADER.format(flow=flow, skb=_skb_text(first.skb), time=time_text(first.time_ns))]
         if self._cmdline:
-            out.extend("{:>14} by {} cmd={}".format("", process, _quote(cmdline or "[exited]"))
+            out.extend("{:>14} {} cmd={}".format("", process, _quote(cmdline or "[exited]"))
                        for process, cmdline in packet.owners())
         shown = packet.events if self._shown is None else packet.events[:self._shown]
         for ev in shown:
@@ -368,11 +372,16 @@ class _Packet(object):
             self.last_ns = ev.time_ns
 
     def owners(self):
-        """(process text, command line) of each task that handled the packet, in order."""
+        """("by comm[pid]", command line) of each task that handled the packet and ("for
+        comm[pid]", command line) of each other process that owns it, in order."""
         seen = collections.OrderedDict()
         for ev in self.events:
             if ev.context == "task":
-                seen.setdefault((ev.pid, ev.comm), (process_text(ev), ev.cmdline))
+                seen.setdefault(ev.pid, ("by " + _named(ev.comm, ev.pid), ev.cmdline))
+        for ev in self.events:
+            if ev.owner_pid is not None:
+                seen.setdefault(ev.owner_pid, ("for " + _named(ev.owner_comm, ev.owner_pid),
+                                               ev.owner_cmdline))
         return list(seen.values())
 
 
@@ -384,11 +393,24 @@ def time_text(time_ns):
 
 
 def process_text(ev):
-    """comm[pid] of the owning task, or [softirq]/[hardirq]/[nmi]: never the interrupted task."""
+    """comm[pid] of the task, or [softirq]/[hardirq]/[nmi] (never the interrupted task), and
+    " for comm[pid]" of the packet's owner where it is another process ("[softirq] for
+    nginx[812]")."""
     if ev.context != "task":
-        return "[" + ev.context + "]"
-    comm = "?" if ev.comm is None else _clean(ev.comm)
-    return comm if ev.pid is None else "{}[{}]".format(comm, ev.pid)
+        text = "[" + ev.context + "]"
+    else:
+        text = _named(ev.comm, ev.pid)
+        if ev.owner_pid == ev.pid:
+            return text
+    if ev.owner_pid is None:
+        return text
+    return text + " for " + _named(ev.owner_comm, ev.owner_pid)
+
+
+def _named(comm, pid):
+    """comm[pid] ("?" for an unknown comm; the comm alone for an unknown pid)."""
+    comm = "?" if comm is None else _clean(comm)
+    return comm if pid is None else "{}[{}]".format(comm, pid)
 
 
 def func_text(ev):
@@ -415,7 +437,8 @@ def flow_text(ev):
 
 
 def extra_text(ev, cmdline):
-    """" name=value ..." for dev, the custom fields and (task context only) cmd; "" if none."""
+    """" name=value ..." for dev, the custom fields and cmd (the task's command line in
+    task context, else the owner's where there is one); "" if none."""
     parts = []
     if ev.dev is not None:
         parts.append("dev=" + _quote(ev.dev))
@@ -423,6 +446,8 @@ def extra_text(ev, cmdline):
         parts.append("{}={}".format(_clean(str(name)), _quote(value)))
     if cmdline and ev.context == "task":
         parts.append("cmd=" + _quote(ev.cmdline or "[exited]"))
+    elif cmdline and ev.owner_pid is not None:
+        parts.append("cmd=" + _quote(ev.owner_cmdline or "[exited]"))
     return " " + " ".join(parts) if parts else ""
 
 

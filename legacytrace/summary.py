@@ -2,7 +2,7 @@
 
 The orchestrator feeds it: `add(ev)` for every event shown, `lines_read` for the
 event lines the mechanism delivered (before any check in user space), `filtered` for
-events the user-space flow check dropped, `add_lost(session.lost)` once the
+events the user-space flow and process checks dropped, `add_lost(session.lost)` once the
 session ends. A renderer that drops packets from its own view (the --flows
 view evicting open packets) adds them to `evicted` in its `close()`, so the
 summary is complete only after the renderers are closed.
@@ -37,6 +37,8 @@ class Summary(object):
         self.last_ns = None
         #: the flow filter as its normalised expression ("all flows" without one)
         self.filter = None
+        #: the process filter in words ("pid 812 or comm nginx"), None without one
+        self.processes = None
         self._max_flows = max_flows
 
     def add(self, ev):
@@ -101,6 +103,7 @@ class Summary(object):
             "lost": dict(self.lost),
             "lost_total": sum(self.lost.values()),
             "filter": self.filter,
+            "processes": self.processes,
             "lines_read": self.lines_read,
             "filtered": self.filtered,
             "evicted": self.evicted,
@@ -120,6 +123,8 @@ class Summary(object):
             "flow" if len(self.flows) == 1 and not self.other_flow_events else "flows", span)]
         if self.filter:
             lines.append("filter: " + self.filter)
+        if self.processes:
+            lines.append("processes: " + self.processes)
         if self.functions:
             lines.append("events per function:")
             lines.extend("{:>10}  {}".format(n, func) for func, n in _ranked(self.functions))

@@ -1,6 +1,7 @@
 """Running a trace: the one loop between a backend's live session and the output.
 
-    session.batches() -> backend.parse_lines() -> flow filter -> limits -> enrich -> sink
+    session.batches() -> backend.parse_lines() -> flow filter -> owners and process filter
+        -> limits -> enrich -> sink
 
 The session hands over what each read of the mechanism returned, and every step takes
 the whole batch, as `legacytrace parse` does with a capture: a busy host delivers tens of
@@ -98,18 +99,21 @@ class RateLimit(object):
         return allowed
 
 
-def run(backend, program, flow, limits, sink, stats, enrich=None, attached=None):
+def run(backend, program, flow, limits, sink, stats, enrich=None, attached=None, own=None):
     """Run `program` with `backend` until it ends, a limit is reached or a signal stops it.
 
     `sink.events(evs)` receives the kept events of each batch; `stats` (a summary.Summary)
     counts the lines read, events, user-space filtering, rate-limited events and the
     session's lost events. `enrich(evs)`, when given, returns the events as they are
-    shown (events are tuples: what user space adds makes new ones). `attached()` is called
+    shown (events are tuples: what user space adds makes new ones). `own(evs)`, when given,
+    returns the events with their owners that the process filter keeps (before the limits:
+    the owners are learnt from every event); the others count as filtered. `attached()` is called
     once the probes are in place, and the duration starts then. On a stop (a signal, the
     duration) a session that can `finish()` stops producing and what it already produced
     still comes out. Returns the reason the trace ended, in words.
     """
     ingest = _Ingest(backend, program, flow, limits, sink, stats, enrich)
+    ingest.own = own
     ended = "the tracer ended"
     with stop_on_signals(limits.duration) as stops:
         session = backend.run(program)
@@ -138,6 +142,8 @@ class _Ingest(object):
         self.count = limits.count
         self.rate = RateLimit(limits.rate) if limits.rate else None
         self.sink, self.stats, self.enrich = sink, stats, enrich
+        #: owners.Attribution (or None): the owners, and the process filter's verdict
+        self.own = None
         #: why the trace must end (--count reached), None until then
         self.reached = None
 
@@ -159,6 +165,10 @@ class _Ingest(object):
         stats.lines_read += len(events)
         if self.matches is not None:
             kept = list(filter(self.matches, events))
+            stats.filtered += len(events) - len(kept)
+            events = kept
+        if self.own is not None and events:
+            kept = self.own(events)
             stats.filtered += len(events) - len(kept)
             events = kept
         events = self._limited(events)

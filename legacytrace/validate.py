@@ -1,6 +1,6 @@
 """The one validator of what reaches generated code: kernel symbols, argument positions,
-custom field names and paths, extra arguments, peeks, run ids, release names and the
-flow filter, each one rule in one place.
+custom field names and paths, extra arguments, peeks, run ids, release names, the
+flow filter and the process filter, each one rule in one place.
 
 Generated code runs in the kernel or as root (guru-mode SystemTap C, kprobe_events,
 bpftrace), so every value of a request is checked before a backend builds from it:
@@ -45,6 +45,14 @@ RUN_ID_RE = re.compile(r"^[a-z0-9_]{1,32}\Z")
 RELEASE_RE = re.compile(r"^[A-Za-z0-9_.+~-]{1,100}\Z")
 #: What a probe may be: a function's entry or its return.
 KINDS = ("entry", "return")
+#: Process ids run below PID_MAX_LIMIT, 4 * 1024 * 1024 on 64-bit (include/linux/threads.h).
+PID_LIMIT = 4 * 1024 * 1024
+#: A comm the process filter may name: the kernel keeps 15 characters (TASK_COMM_LEN 16 with
+#: its NUL); letters, digits, space and `_.:/@+=,~#-` (kworker/0:1, php-fpm, Web Content):
+#: no quote or backslash can reach a string of generated code.
+COMM_RE = re.compile(r"^[A-Za-z0-9_.:/@+=,~# -]{1,15}\Z")
+#: What -p meant before it was the process id: a protocol name, which --proto now takes.
+_PROTOCOL_WORDS = ("tcp", "udp", "icmp", "icmp6")
 
 
 def symbol(name, where):
@@ -211,6 +219,49 @@ def release(value):
     return value
 
 
+def pid_text(text):
+    """A process id from the command line (`-p/--pid`): ASCII digits, 1 to PID_LIMIT - 1.
+    -p was the protocol before: anything but a number fails saying how to ask for one now."""
+    value = str(text).strip()
+    if not re.match(r"^[0-9]+\Z", value):
+        word = value.lower()
+        how = ("--proto {0} or the expression {0}".format(word) if word in _PROTOCOL_WORDS
+               else "--proto or the filter expression")
+        raise UsageError("invalid PID {!r}: -p/--pid is a process id (as in bcc); for a "
+                         "protocol use {}".format(text, how))
+    if not 0 < int(value) < PID_LIMIT:
+        raise UsageError("invalid PID {!r}: use a process id from 1 to {}".format(
+            text, PID_LIMIT - 1))
+    return int(value)
+
+
+def pid(value):
+    """A process (or thread) id: an int from 1 to PID_LIMIT - 1; a bool is no number."""
+    if not _int(value, 1, PID_LIMIT - 1):
+        raise UsageError("invalid PID {!r}: use a process id from 1 to {}".format(
+            value, PID_LIMIT - 1))
+    return value
+
+
+def comm(value):
+    """A process name for --comm, as COMM_RE says."""
+    if not isinstance(value, str) or not COMM_RE.match(value):
+        too_long = isinstance(value, str) and len(value) > 15
+        raise UsageError("invalid comm {!r}: {}".format(value, (
+            "the kernel keeps the first 15 characters of a process name: give those"
+            if too_long else "use at most 15 letters, digits, spaces or _.:/@+=,~#-")))
+    return value
+
+
+def processes(found):
+    """A procfilter.ProcessFilter whose pids, thread ids and comms are each checked."""
+    for each in list(found.pids) + list(found.threads):
+        pid(each)
+    for each in found.comms:
+        comm(each)
+    return found
+
+
 def _int(value, low, high):
     return type(value) is int and low <= value <= high
 
@@ -253,7 +304,7 @@ def expression(expr, depth=0):
 
 def request(found):
     """A model.TraceRequest whose every value is checked: its probes, run id, target
-    release, buffer size and flow filter."""
+    release, buffer size, flow filter and process filter."""
     for each in found.probes:
         probe(each)
     run_id(found.run_id)
@@ -261,4 +312,6 @@ def request(found):
     buffer_kb(found.buffer_kb)
     if found.flow is not None and found.flow.expr is not None:
         expression(found.flow.expr)
+    if found.processes is not None:
+        processes(found.processes)
     return found

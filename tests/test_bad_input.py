@@ -148,14 +148,23 @@ def test_unknown_bundled_manifest():
     (["ether", "host", "1.2.3.4"], ["'ether' is not supported", "supported: host"]),
     (["tcp port"], ["ends after 'port'", "expected a value"]),
     (["host 10.0.0.1 and"], ["ends after 'and'"]),
-    (["-p", "icmp"], ["o such option", "-p"]),   # click 8.0 and 8.2 word it apart
+    (["-p", "icmp"], ["invalid PID 'icmp'", "--proto icmp or the expression icmp"]),
+    (["-p", "web"], ["invalid PID 'web'", "--proto or the filter expression"]),
+    (["-p", "0"], ["invalid PID '0'", "from 1 to 4194303"]),
+    (["--comm", "a-very-long-process-name"], ["invalid comm", "first 15 characters"]),
+    (["--comm", "it's"], ["invalid comm", "at most 15 letters"]),
     (["http1"], ["'http1' is a manifest", "a tcpdump filter expression: use -m http1"]),
 ], ids=["address", "cidr", "port-high", "port-negative", "port-unicode-digit", "protocol",
         "protocol-number", "family-mix", "ports-on-icmp", "ipversion", "byte-expression",
         "unsupported-word", "missing-value", "dangling-and", "protocol-is-not-p",
+        "pid-not-a-number", "pid-zero", "comm-too-long", "comm-with-a-quote",
         "bundled-manifest-positional"])
 def test_flow_filter_errors(args, words):
     check(run(["generate", "-b", "ftrace"] + args), 2, *words)
+
+
+def test_a_pid_that_is_not_running_here():
+    check(run(["trace", "-p", "4194000"]), 1, "no process 4194000 is running here")
 
 
 def test_a_manifest_file_as_the_expression_says_use_m(manifest):

@@ -200,3 +200,33 @@ def test_a_command_whose_output_pipe_closes_says_so_and_exits_0(datadir, tmp_pat
     code, err = closed_after_one_line(["generate", "-b", "bpf", "--host-facts",
                                        str(datadir / "hosts" / "lab-6.1.json"), "-m", str(manifest)])
     assert (code, err) == (0, "legacytrace: the output pipe closed\n")
+
+
+def test_parse_with_a_pid_keeps_what_that_process_sent_and_what_came_for_it(datadir):
+    """A replay learns owners from the capture's own task-context events (owners-6.18: the TCP
+    server answers, so the packets that came for it after its answer name it)."""
+    with open(str(datadir / "bpf" / "owners-6.18.json")) as record:
+        server = json.load(record)["workloads"]["tcp_server"]["pid"]
+    result = run("parse", "-b", "bpf", str(datadir / "bpf" / "owners-6.18.txt"), "--json",
+                 "-p", str(server))
+    assert result.exit_code == 0, result.output
+    objects = _json_lines(result)
+    events, summary = objects[:-1], objects[-1]
+    assert events and all(e["owner_pid"] == server for e in events)
+    assert [e for e in events if e["context"] == "task"] and [
+        e for e in events if e["context"] == "softirq"]
+    assert summary["processes"] == "pid {}".format(server) and summary["filtered"] > 0
+
+
+def test_generate_puts_the_process_filter_into_the_bpftrace_predicate(datadir):
+    result = run("generate", "-b", "bpf", "--host-facts", str(datadir / "hosts" / "lab-6.1.json"),
+                 "-p", "812", "--comm", "nginx", "udp")
+    assert result.exit_code == 0, result.output
+    assert '|| pid == 812 || comm == "nginx")' in result.output
+
+
+def test_the_flows_header_names_the_process_filter(datadir):
+    result = run("parse", "-b", "bpf", str(datadir / "bpf" / "owners-6.18.txt"), "--flows",
+                 "--comm", "ping", "icmp")
+    assert result.exit_code == 0, result.output
+    assert "# packets of: icmp; processes: comm ping" in result.output.splitlines()

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 
 import pytest
 
@@ -143,3 +144,65 @@ def test_list_functions_lists_only_what_tracepoint_mode_traces(host):
     names = result.out.split()
     assert "__dev_queue_xmit" in names and all(tracepoints.of(name) for name in names)
     assert "this kernel has no kprobes" in result.err
+
+
+def test_ftrace_refuses_a_process_filter_before_tracing(host, ping):
+    result = run(["trace", "-b", "ftrace", "-p", str(ping.pid), "-T", "3"])
+    check(result, 1, "backend ftrace cannot run this trace here",
+          "the packets a process receives cannot be told (pid {})".format(ping.pid))
+    assert "tracing with" not in result.err
+
+
+#: A UDP echo server in a process of its own; it prints "ready" once bound.
+UDP_ECHO = """
+import socket, sys
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.bind(("127.0.0.1", int(sys.argv[1])))
+print("ready", flush=True)
+while True:
+    data, peer = s.recvfrom(100)
+    s.sendto(data, peer)
+"""
+UDP_ECHO_PORT = 47211
+
+
+@pytest.fixture
+def udp_echo(host):
+    """The echo server and a client process that asks it every 0.2 s, for one test."""
+    server = subprocess.Popen([sys.executable, "-c", UDP_ECHO, str(UDP_ECHO_PORT)],
+                              stdout=subprocess.PIPE, universal_newlines=True)
+    assert server.stdout.readline().strip() == "ready"
+    client = subprocess.Popen([sys.executable, "-c", (
+        "import socket, time\nc = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "c.settimeout(1)\nwhile True:\n    c.sendto(b'x', ('127.0.0.1', {}))\n"
+        "    c.recv(10)\n    time.sleep(0.2)\n").format(UDP_ECHO_PORT)])
+    yield server, client
+    for proc in (client, server):
+        proc.kill()
+        proc.wait()
+
+
+def test_bpf_pid_filter_keeps_what_the_server_sends_and_receives(host, bpftrace, udp_echo):
+    server, client = udp_echo
+    result = run(["trace", "-b", "bpf", "-p", str(server.pid), "-T", "4", "--json", "udp"])
+    assert result.code == 0, result.err
+    found = events(result)
+    assert found, result.err
+    assert all(e["owner_pid"] == server.pid for e in found), found
+    assert all(e["pid"] == server.pid for e in found if e["context"] == "task"), found
+    received = [e for e in found if e["dport"] == UDP_ECHO_PORT]
+    assert received and all(e["context"] == "softirq" for e in received), found
+    assert [e for e in found if e["sport"] == UDP_ECHO_PORT and e["context"] == "task"]
+    assert not [e for e in found if e["pid"] == client.pid and e["context"] == "task"]
+
+
+def test_bpf_attributes_every_ping_from_the_first_event_to_the_last(host, bpftrace, ping):
+    result = run(["trace", "-b", "bpf", "-T", "3", "--json", "icmp"])
+    assert result.code == 0, result.err
+    found = [e for e in events(result) if e["icmp_id"] is not None]
+    assert found, result.err
+    requests = [e for e in found if e["func"] == "net:net_dev_queue" and e["icmp_type"] == 8]
+    assert requests and all((e["context"], e["pid"]) == ("task", ping.pid) for e in requests)
+    others = [e for e in found if e not in requests]
+    assert others and all(e["context"] == "softirq" for e in others), others
+    assert all((e["owner_pid"], e["owner_comm"]) == (ping.pid, "ping") for e in found), found

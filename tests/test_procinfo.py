@@ -176,6 +176,21 @@ def test_enrich_names_a_task_the_mechanism_could_not_name(fake):
         ("ping", "ping x"), ("a-name-longer-t", "python3 -m a"), (None, None)]
 
 
+def test_enrich_gives_the_owner_its_command_line_in_any_context(fake):
+    """A received packet (softirq) gets no command line of the interrupted task, but its
+    owner's; an owner learnt from a "<...>" event gets its comm; one lookup per pid."""
+    cache, processes, _ = fake
+    processes.table[4242] = (1.0, ["ping", "x"], "ping")
+    processes.table[812] = (1.0, ["nginx", "-g", "daemon off;"], "nginx")
+    enriched = cache.enrich_all([
+        event(context="softirq", owner_pid=812, owner_comm="nginx"),
+        event(owner_pid=812, owner_comm=None), event(owner_pid=4242, owner_comm="ping")])
+    assert [(ev.cmdline, ev.owner_comm, ev.owner_cmdline) for ev in enriched] == [
+        (None, "nginx", "nginx -g daemon off;"), ("ping x", "nginx", "nginx -g daemon off;"),
+        ("ping x", "ping", "ping x")]
+    assert processes.lookups == 2
+
+
 def test_real_process_and_its_exit():
     argv = [sys.executable, "-c", "import time; time.sleep(30)", "legacytrace-procinfo-test"]
     child = subprocess.Popen(argv)

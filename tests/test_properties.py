@@ -32,6 +32,9 @@ from legacytrace.errors import LegacytraceError, UsageError
 from legacytrace.flowfilter import FlowFilter
 from legacytrace.kernel.host import HostFacts
 from legacytrace.model import FlowEvent, Probe, TraceRequest
+from legacytrace.procfilter import ProcessFilter
+from legacytrace.backends.bpf import predicate as bpf_predicate
+from legacytrace.backends.stap import condition as stap_condition
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 DATA = os.path.join(HERE, "data")
@@ -488,3 +491,28 @@ def test_a_trailing_newline_never_passes(name, piece):
     probes = [Probe("ip_rcv" + piece, 1)]
     check_build(name, probes, FlowFilter(), "lt4242")
     check_build(name, [Probe("ip_rcv", 1)], FlowFilter(), "lt4242" + piece)
+
+
+@BOUNDED
+@given(st.text(max_size=40))
+def test_any_comm_text_is_refused_or_safe_in_every_program(text):
+    """--comm reaches bpftrace and SystemTap as a quoted string: what validate.comm lets
+    through holds no quote, backslash or newline and fits the kernel's 15 characters."""
+    try:
+        comm = validate.comm(text)
+    except UsageError:
+        return
+    assert len(comm) <= 15 and not set(comm) & set('"\\\n\r\t\0%')
+    processes = ProcessFilter((), [comm])
+    assert 'comm == "{}"'.format(comm) in bpf_predicate.process_predicate(processes)
+    assert 'execname() == "{}"'.format(comm) in stap_condition.process_condition(processes)
+
+
+@BOUNDED
+@given(st.text(max_size=12))
+def test_any_pid_text_is_a_pid_or_a_usage_error(text):
+    try:
+        value = validate.pid_text(text)
+    except UsageError:
+        return
+    assert type(value) is int and 0 < value < validate.PID_LIMIT

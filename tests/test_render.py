@@ -252,3 +252,22 @@ def test_any_events_render_in_every_format(events):
         assert all(c.isprintable() or c == "\n" for c in text)
     assert flows.getvalue().count("\n=== ") + flows.getvalue().startswith("=== ") == \
         flows.getvalue().count("\n--- ")
+
+
+def test_the_owner_stands_beside_the_task_in_both_views():
+    """A datagram the UDP server of the owners-6.18 capture received in softirq, and the
+    client's send in its own task, with their owners (tests/test_owners.py)."""
+    from test_owners import attributed, pid_of
+    events, record, _ = attributed()
+    server, client = pid_of(record, "udp_server"), pid_of(record, "udp_client")
+    udp = [e for e in events if e.dport == record["ports"]["udp"]][:2]
+    udp[0] = udp[0]._replace(cmdline="python client.py")
+    udp[1] = udp[1]._replace(owner_cmdline="python server.py")
+    sent, received = live_text(udp).splitlines()[1:]
+    assert " python[{}] ".format(client) in sent and " for " not in sent
+    assert sent.endswith('cmd="python client.py"')
+    assert " [softirq] for python[{}] ".format(server) in received
+    assert received.endswith('cmd="python server.py"')
+    block = flows_text(udp, egress=()).splitlines()
+    assert block[1].split() == ["by", "python[{}]".format(client), 'cmd="python', 'client.py"']
+    assert block[2].split() == ["for", "python[{}]".format(server), 'cmd="python', 'server.py"']

@@ -177,3 +177,21 @@ def test_the_duration_starts_when_tracing_starts():
               summary.Summary(), attached=lambda: events.append(session.alarm.get("lines")))
     assert session.alarm["attach"] == 0.0 and 0 < session.alarm["lines"] <= 30
     assert events == [None]          # `attached()` comes before the first line
+
+
+def test_the_owners_step_sees_every_event_before_the_count_and_its_drops_are_filtered():
+    """The owners learn from every event (a process filter's verdict needs them), so their
+    step comes before --count; what the process filter drops is counted as filtered."""
+    session = _Session("123456", can_finish=False)
+    session.finished = True
+    seen = []
+
+    def own(events):
+        seen.extend(event.pid for event in events)
+        return [event for event in events if event.pid % 2 == 0]
+    sink, stats = _Sink(), summary.Summary()
+    ended = trace.run(_Backend(session), None, FlowFilter.parse(), model.Limits(count=2), sink,
+                      stats, own=own)
+    assert ended == "count of 2 events reached"
+    assert sink.funcs == ["f2", "f4"] and seen == [1, 2, 3, 4]
+    assert stats.filtered == 2 and stats.lines_read == 4

@@ -12,7 +12,7 @@ from legacytrace.backends.base import Program, template
 from legacytrace.backends.bpf import predicate
 from legacytrace.backends.bpf.parse import TAG
 from legacytrace.errors import LegacytraceError, UsageError
-from legacytrace.kernel import btf, structs, tracepoints
+from legacytrace.kernel import btf, context, structs, tracepoints
 from legacytrace.model import BUFFER_KB
 
 
@@ -352,9 +352,10 @@ def _comment(text):
 
 
 def render(plans, condition, run_id, mode, notes):
-    """The bpftrace script text for validated plans and the flow filter's condition."""
+    """The bpftrace script text for validated plans and the filters' condition."""
     return template("legacytrace.backends.bpf", "templates/bpftrace.bt.j2").render(
-        tag=TAG, probes=plans, filter=condition, run_id=run_id, mode=mode, notes=notes)
+        tag=TAG, probes=plans, filter=condition, run_id=run_id, mode=mode, notes=notes,
+        thread_size=context.THREAD_SIZE)
 
 
 def program(request, types_for):
@@ -374,8 +375,8 @@ def program(request, types_for):
                                "{} ({}): use another manifest or backend".format(
                                    len(request.probes), host.release,
                                    "; ".join(warnings) or "the manifest is empty"))
-    text = render(plans, predicate.predicate(request.flow and request.flow.expr), run_id, mode,
-                  warnings)
+    text = render(plans, predicate.combined(request.flow and request.flow.expr,
+                                            request.processes), run_id, mode, warnings)
     return Program("bpf", text, run_id=run_id, mode=mode, warnings=warnings,
                    part=BpfPart([plan.func for plan in plans],
                                 bpftrace_env(plans, host.btf, request.buffer_kb)),

@@ -10,9 +10,9 @@ from legacytrace.model import FlowEvent
 
 #: The line protocol's version tag: the first field of every line the program prints. Its
 #: own ("B" for bpf), so that a line is never taken for one of stap's LT1.
-TAG = "LTB1"
-#: Fields of an LTB1 line; the last one (comm) is the rest of the line, tabs included.
-FIELDS = 25
+TAG = "LTB2"
+#: Fields of an LTB2 line; the last one (comm) is the rest of the line, tabs included.
+FIELDS = 26
 CONTEXTS = {"0": "task", "1": "softirq", "2": "hardirq"}
 #: ICMP echo request/reply types, which carry an identifier and a sequence number.
 _ECHO = {4: (0, 8), 6: (128, 129)}
@@ -23,7 +23,7 @@ _U64X2 = struct.Struct("<QQ")
 
 
 class LineParser(object):
-    """LTB1 line -> FlowEvent; address text is cached (the same few flows repeat)."""
+    """LTB2 line -> FlowEvent; address text is cached (the same few flows repeat)."""
 
     CACHE_MAX = 65536
 
@@ -54,35 +54,36 @@ class LineParser(object):
         p = line.split("\t", FIELDS - 1)
         if len(p) != FIELDS or p[1] not in _SOURCES:
             return None
-        family = p[11]
+        family = p[12]
         proto = saddr = daddr = sport = dport = icmp_type = icmp_code = icmp_id = icmp_seq = None
         if family == "4" or family == "6":
             family = int(family)
-            proto = int(p[12])
+            proto = int(p[13])
             addresses = self.addresses
-            key = (family, p[13], p[14], p[15], p[16])
+            key = (family, p[14], p[15], p[16], p[17])
             pair = addresses.get(key)
             if pair is None:
                 pair = self._addresses(key)
             saddr, daddr = pair
-            if p[17] != "-1":
-                sport = int(p[17])
-                dport = int(p[18])
-            elif p[19] != "-1":
-                icmp_type = int(p[19])
-                icmp_code = int(p[20])
+            if p[18] != "-1":
+                sport = int(p[18])
+                dport = int(p[19])
+            elif p[20] != "-1":
+                icmp_type = int(p[20])
+                icmp_code = int(p[21])
                 # Identifier and sequence number exist only in echo messages (RFC 792, 4443).
                 if icmp_type in _ECHO[family]:
-                    icmp_id = int(p[21])
-                    icmp_seq = int(p[22])
+                    icmp_id = int(p[22])
+                    icmp_seq = int(p[23])
         else:
             family = None
         # In EVENT_FIELDS order, made in one step (FlowEvent's docstring says why).
         return _new_event(FlowEvent, (
-            self.backend, p[1], int(p[3]), int(p[4]), int(p[5]), int(p[6]), p[24],
-            CONTEXTS.get(p[7], "task"), p[2], "entry", None, int(p[8], 16),
+            self.backend, p[1], int(p[3]), int(p[4]), int(p[5]), int(p[6]), p[25],
+            CONTEXTS.get(p[7], "task"), p[2], "entry", None, int(p[8], 16), int(p[9], 16) or None,
             family, proto, saddr, daddr, sport, dport, icmp_type, icmp_code, icmp_id, icmp_seq,
-            int(p[9]), p[10] or None, {} if p[23] == "-" else extra_fields(p[23]), None))
+            int(p[10]), p[11] or None, {} if p[24] == "-" else extra_fields(p[24]), None,
+            None, None, None))
 
     def _addresses(self, key):
         """(saddr, daddr) text for the raw words of one line, remembered."""
@@ -99,7 +100,7 @@ class LineParser(object):
 
 
 def extra_fields(text):
-    """FlowEvent.fields from an LTB1 extras column, `name=value,...`.
+    """FlowEvent.fields from an LTB2 extras column, `name=value,...`.
 
     %rx values (\\xNN per byte: char arrays, the peek) are decoded: a char array to
     text up to its NUL, the peek through legacytrace.payload (request or peek); an

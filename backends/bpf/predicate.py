@@ -1,4 +1,5 @@
-"""The flow filter's expression (legacytrace.filterexpr) as a bpftrace predicate.
+"""The flow filter's expression (legacytrace.filterexpr) as a bpftrace predicate, and the
+process filter's (legacytrace.procfilter).
 
 The program reads each packet into $family (0, 4 or 6), $proto, the address words $s0 $s1
 $d0 $d1 (IPv4: one u32 each; IPv6: two u64, as a little-endian CPU reads the header's bytes)
@@ -10,6 +11,7 @@ cannot tell.
 import struct
 
 from legacytrace import filterexpr as fx
+from legacytrace.kernel.context import PF_KTHREAD
 
 _U32 = struct.Struct("<I")
 _U64X2 = struct.Struct("<QQ")
@@ -19,6 +21,25 @@ _SIDES = {fx.SRC: ("$s", "$sport"), fx.DST: ("$d", "$dport")}
 def predicate(expr):
     """The bpftrace condition for a checked expression, or None for no expression."""
     return None if expr is None else _condition(expr)
+
+
+def combined(expr, processes):
+    """The condition of a checked expression and a checked process filter together, or None."""
+    parts = [part for part in (predicate(expr), process_predicate(processes)) if part]
+    return " && ".join(parts) or None
+
+
+def process_predicate(processes):
+    """The processes' task-context events (`pid` is the thread group's) and every event a
+    process filter cannot judge in the kernel: an interrupt's, whose packet user space
+    gives its owner, and a kernel thread's (ksoftirqd runs softirqs on its own stack).
+    $ctx is the context the probe found (templates/bpftrace.bt.j2); None: no filter."""
+    if processes is None or processes.is_empty():
+        return None
+    terms = ["$ctx != 0", "(curtask->flags & {:#x}) != 0".format(PF_KTHREAD)]
+    terms += ["pid == {}".format(pid) for pid in sorted(processes.pids)]
+    terms += ['comm == "{}"'.format(comm) for comm in sorted(processes.comms)]
+    return "(" + " || ".join(terms) + ")"
 
 
 def _condition(expr):

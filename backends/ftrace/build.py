@@ -5,7 +5,7 @@ import collections
 import functools
 
 from legacytrace.backends.base import Program
-from legacytrace.backends.ftrace import kprobe
+from legacytrace.backends.ftrace import eventfilter, kprobe
 from legacytrace.errors import UsageError
 from legacytrace.kernel import btf, offsets, tracepoints
 
@@ -14,7 +14,7 @@ CLOCKS = ("mono", "global")
 
 
 class FtracePart(collections.namedtuple(
-        "FtracePart", "group release layout definitions events functions flow")):
+        "FtracePart", "group release layout definitions events functions flow processes")):
     """What the session and the sh script need beyond the text.
 
     group       -- the kprobe group and instance name (`legacytrace_<run id>`)
@@ -23,6 +23,7 @@ class FtracePart(collections.namedtuple(
     events      -- (system, event, filter or None) to enable, in order
     functions   -- (function, tracepoint name) of tracepoint mode, else ()
     flow        -- the flow filter in words where tracepoint mode cannot apply it, else None
+    processes   -- the process filter in words where tracepoint mode cannot apply it, else None
     """
 
     __slots__ = ()
@@ -63,10 +64,21 @@ def _kprobe_part(request, group, layout_for, types_for):
     fetch = kprobe.Fetch(layout, hex_types(host), functools.partial(types_for, layout),
                          host.kprobe_syntax or ())
     warnings = []
-    definitions = kprobe.definitions(request.probes, fetch, request.flow, warnings)
+    definitions = kprobe.definitions(request.probes, fetch, request.flow, warnings,
+                                     _process_filter(request.processes, warnings))
     events = [(group, d.event, d.filter) for d in definitions]
     return FtracePart(group, host.release, layout.describe(), definitions, events, (),
-                      None), warnings
+                      None, None), warnings
+
+
+def _process_filter(processes, warnings):
+    """The process filter's event filter text (eventfilter.process_filter), and a warning
+    where the kernel cannot take it (the processes' threads, written out, are too long)."""
+    text = eventfilter.process_filter(processes)
+    if text is None and processes is not None and processes.pids and not processes.comms:
+        warnings.append("process filter: its {} threads take more filter text than the kernel "
+                        "has room for; user space filters them".format(len(processes.threads)))
+    return text
 
 
 def _tracepoint_part(request, group):
@@ -74,18 +86,28 @@ def _tracepoint_part(request, group):
     if not chosen:
         raise tracepoints.untraceable("ftrace", request)
     flow = None if request.flow is None or request.flow.is_empty() else request.flow.describe()
+    processes = request.processes.describe() if request.processes else None
     return FtracePart(group, request.host.release, None, (),
                       [(tp.system, tp.event, None) for _, tp in chosen],
-                      [(probe.name, tp.name) for probe, tp in chosen], flow), warnings
+                      [(probe.name, tp.name) for probe, tp in chosen], flow,
+                      processes), warnings
 
 
 def ready(program):
-    """Tracepoint mode cannot answer a flow filter: its events carry no tuple."""
-    if program.mode == "tracepoint" and program.part.flow:
+    """Tracepoint mode cannot answer a flow or process filter: its events carry no tuple
+    and no socket, so neither a flow nor the owner of a received packet is known."""
+    if program.mode != "tracepoint":
+        return None
+    if program.part.flow:
         return ("this kernel has no kprobes, and the tracepoints of ftrace's tracepoint mode "
                 "carry no addresses or ports, so no event could match the flow filter ({}): "
                 "use another backend (bpf reads them at the same tracepoints) or no flow "
                 "filter".format(program.part.flow))
+    if program.part.processes:
+        return ("this kernel has no kprobes, and the tracepoints of ftrace's tracepoint mode "
+                "carry no socket and no addresses, so the packets a process receives cannot "
+                "be told ({}): use another backend (bpf reads the socket at the same "
+                "tracepoints)".format(program.part.processes))
     return None
 
 

@@ -26,6 +26,7 @@ import collections
 import struct
 
 from legacytrace import filterexpr as fx
+from legacytrace.kernel.context import INTERRUPT_FLAGS_MIN
 
 #: The IPv6 extension headers user space walks past (hop-by-hop, routing, fragment,
 #: destination options; parse.decode_ip): behind them the kernel's
@@ -421,3 +422,43 @@ def _compiled(fields, formula):
 
 def _mentions(text, name):
     return any(word == name for word in text.replace("(", " ").replace(")", " ").split())
+
+
+# --- the process filter ----------------------------------------------------------------------
+
+#: The process filter's text takes at most half of a filter's page; the flow filter the rest.
+PROCESS_TEXT_MAX = MAX_TEXT // 2
+
+
+def process_filter(processes):
+    """The filter text that keeps the events of a checked process filter's threads
+    (common_pid is a thread id; ProcessFilter.threads) and every interrupt-context event,
+    whose packet user space gives its owner (common_flags, legacytrace.kernel.context), or
+    None: the kernel keeps every event. A comm is no field 3.10 filters on, so with --comm
+    the kernel keeps all; and where the threads take more than PROCESS_TEXT_MAX characters."""
+    if processes is None or not processes.pids or processes.comms:
+        return None
+    terms = ["common_flags >= {}".format(INTERRUPT_FLAGS_MIN)] + [
+        "common_pid == {}".format(low) if low == high else
+        "(common_pid >= {} && common_pid <= {})".format(low, high)
+        for low, high in _runs(sorted(processes.threads))]
+    text = " || ".join(terms)
+    return text if len(text) <= PROCESS_TEXT_MAX else None
+
+
+def _runs(numbers):
+    """(first, last) of each run of consecutive numbers in a sorted list."""
+    runs = []
+    for number in numbers:
+        if runs and number == runs[-1][1] + 1:
+            runs[-1][1] = number
+        else:
+            runs.append([number, number])
+    return [tuple(run) for run in runs]
+
+
+def joined(process, flow):
+    """One filter of both texts (either may be None)."""
+    if process and flow:
+        return "({}) && ({})".format(process, flow)
+    return process or flow

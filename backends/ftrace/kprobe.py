@@ -152,6 +152,14 @@ def skb_args(fetch, reg, position):
     return args
 
 
+def socket_arg(fetch, skb_reg, sk_reg):
+    """`sk=`: the socket an sk_buff probe names, its struct sock * argument where it has one,
+    else skb->sk (NULL before a received packet's socket is looked up)."""
+    if sk_reg:
+        return "sk={}:{}".format(sk_reg, fetch.type(8))
+    return "sk=" + fetch.member("sk_buff", "sk", skb_reg)
+
+
 def sock_args(fetch, reg):
     """Fetch args for a `struct sock *` (its first member is struct sock_common)."""
     args = ["sk={}:{}".format(reg, fetch.type(8)),
@@ -384,9 +392,10 @@ def _event_filter(compiled, fetch, probe, skb_reg, sk_reg, warnings):
     return filter_args(fetch, compiled.fields, skb_reg, sk_reg), compiled.text
 
 
-def definition(probe, fetch, flow, warnings):
+def definition(probe, fetch, flow, warnings, process=None):
     """The Definition for one model.Probe (validated) on the kernel `fetch` describes;
-    what it has to leave out is said in `warnings` ("FUNCTION: why")."""
+    what it has to leave out is said in `warnings` ("FUNCTION: why"). `process` is the
+    process filter's text (eventfilter.process_filter), joined to the flow filter's."""
     kind = "r" if probe.kind == "return" else "p"
     event = event_name(probe.name, probe.kind)
     skb_reg = ARG_REGISTERS[probe.skb_pos - 1] if probe.skb_pos else None
@@ -400,9 +409,10 @@ def definition(probe, fetch, flow, warnings):
         args = ["ret=$retval:{}".format(fetch.type(8))]
     elif skb_reg:
         position = skbuff.DATA_AT.get(probe.name)
-        args = skb_args(fetch, skb_reg, position)
+        args = skb_args(fetch, skb_reg, position) + [socket_arg(fetch, skb_reg, sk_reg)]
+        limit = eventfilter.MAX_TEXT - len(process or "") - len("() && ()")
         extra, filter_text = _event_filter(
-            eventfilter.compile_ip(expr, ip_views(probe.name), eth="eth"),
+            eventfilter.compile_ip(expr, ip_views(probe.name), eth="eth", limit=limit),
             fetch, probe, skb_reg, None, warnings)
         args.extend(extra)
     elif sk_reg:
@@ -421,15 +431,17 @@ def definition(probe, fetch, flow, warnings):
     if too_long or len(args) > MAX_ARGS:
         raise UsageError("probe {}: {} fetch args, or one longer than {} characters ({})".format(
             probe.name, len(args), MAX_ARG_TEXT, ", ".join(too_long)))
-    return Definition(kind, event, probe.name, tuple(args), filter_text)
+    return Definition(kind, event, probe.name, tuple(args),
+                      eventfilter.joined(process, filter_text))
 
 
-def definitions(probes, fetch, flow, warnings):
+def definitions(probes, fetch, flow, warnings, process=None):
     """Definitions for all probes; the same function twice (entry and return) gets two names.
-    `warnings` receives what the kernel cannot give ("FUNCTION: why", e.g. no peek)."""
+    `warnings` receives what the kernel cannot give ("FUNCTION: why", e.g. no peek);
+    `process` is the process filter's text, or None."""
     result, seen = [], set()
     for probe in probes:
-        made = definition(probe, fetch, flow, warnings)
+        made = definition(probe, fetch, flow, warnings, process)
         if made.event in seen:
             raise UsageError("function {} is listed twice in the manifest".format(probe.name))
         seen.add(made.event)

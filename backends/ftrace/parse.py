@@ -401,8 +401,9 @@ def _kprobe(who, symbol, returned_from, layout, values, window):
     elif values.get("sk") is not None:
         flow = _sock(values, func)
     # In EVENT_FIELDS order, made in one step (FlowEvent's docstring says why).
-    return _new_event(FlowEvent, (BACKEND, source, *who, func, kind, ret, skb, *flow,
-                                  values.get("len"), dev, fields, None))
+    return _new_event(FlowEvent, (BACKEND, source, *who, func, kind, ret, skb,
+                                  values.get("sk") or None, *flow, values.get("len"), dev,
+                                  fields, None, None, None, None))
 
 
 def _peeked(values):
@@ -546,5 +547,5 @@ def _tracepoint(who, name, body):
         else:
             fields[key] = value
     return _new_event(FlowEvent, (BACKEND, "tracepoint") + who
-                      + (tracepoint.name, "entry", None, skb)
-                      + _NO_FLOW + (length, dev, fields, None))
+                      + (tracepoint.name, "entry", None, skb, None)
+                      + _NO_FLOW + (length, dev, fields, None, None, None, None))

@@ -43,8 +43,6 @@ def _probe_view(probe):
     peek = probe.peek and {"pos": probe.args[probe.peek["arg"]], "bytes": probe.peek["bytes"]}
     return {"name": probe.name, "skb_pos": probe.skb_pos, "sk_pos": probe.sk_pos,
             "fields": fields, "args": args, "reason": probe.args.get("reason"),
-            "uses_sk": bool(probe.sk_pos and not probe.skb_pos)
-            or any(f["expr"].startswith('@cast(sk,') for f in fields),
             "caller": probe.caller, "peek": peek}
 
 
@@ -63,9 +61,12 @@ def program(request):
     if not probes:
         raise UsageError("no functions to probe: the manifest resolved to nothing on {}"
                          .format(release))
+    processes = request.processes
     text = template("legacytrace.stap_templates", TEMPLATE).render(
         protocol=PROTOCOL, release=release, flow=condition.condition(expr),
-        filter_words="all flows" if expr is None else filterexpr.text(expr), probes=probes)
+        filter_words="all flows" if expr is None else filterexpr.text(expr), probes=probes,
+        process=condition.process_condition(processes),
+        process_words=processes.describe() if processes else "every process")
     return Program("stap", text, run_id=request.run_id,
                    part=StapPart(release, [probe["name"] for probe in probes], None),
                    buffer_kb=request.buffer_kb)

@@ -1,4 +1,5 @@
-"""The flow filter's expression (legacytrace.filterexpr) as the C condition of lt_flow_match().
+"""The flow filter's expression (legacytrace.filterexpr) as the C condition of lt_flow_match(),
+and the process filter (legacytrace.procfilter) as a condition of the script language.
 
 The embedded C parses each packet into a `struct lt_pkt` (family 0, 4 or 6; the protocol,
 -1 where unknown; the addresses as bytes in network order; the ports, -1 where there are
@@ -16,6 +17,16 @@ class Condition(collections.namedtuple("Condition", "text nets")):
     {"name", "bytes", "net", "mask"} for a pair of static arrays (net, mask: 16 numbers)."""
 
     __slots__ = ()
+
+
+def process_condition(processes):
+    """The script condition that a task is one of a checked process filter's (pid() is the
+    thread group's, execname() the task's comm), or None for no filter. The comms hold no
+    quote or backslash (legacytrace.validate.COMM_RE)."""
+    if processes is None or processes.is_empty():
+        return None
+    return " || ".join(["pid() == {}".format(pid) for pid in sorted(processes.pids)]
+                       + ['execname() == "{}"'.format(comm) for comm in sorted(processes.comms)])
 
 
 def condition(expr):

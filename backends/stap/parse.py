@@ -84,9 +84,12 @@ def parse_line(line):
     (_, _, time_ns, cpu, pid, tid, context, func, skb, family, proto, saddr, daddr, sport, dport,
      icmp_type, icmp_code, icmp_id, icmp_seq, length, dev, comm, cmdline) = parts[:_E_COLUMNS]
     fields = {}
+    sk = None
     for item in parts[_E_COLUMNS:]:
         name, _, value = item.partition("=")
-        if name[0] == "@":
+        if name == "@sk":
+            sk = int(value, 16) or None
+        elif name[0] == "@":
             _extra(fields, name, value)
         else:
             fields[name] = None if value == "-" else int(value)
@@ -95,17 +98,18 @@ def parse_line(line):
     return _new_event(FlowEvent, (
         "stap", "kprobe", int(time_ns), int(cpu), int(pid), int(tid),
         unescape(comm) if "\\" in comm else comm, _CONTEXT_CODES[context], func, "entry", None,
-        int(skb, 16) or None, family if family in (4, 6) else None,
+        int(skb, 16) or None, sk, family if family in (4, 6) else None,
         None if proto == "-1" else int(proto), _address(family, saddr), _address(family, daddr),
         None if sport == "-1" else int(sport), None if dport == "-1" else int(dport),
         None if icmp_type == "-1" else int(icmp_type), None if icmp_code == "-1" else int(icmp_code),
         None if icmp_id == "-1" else int(icmp_id), None if icmp_seq == "-1" else int(icmp_seq),
         None if length == "-1" else int(length), None if dev == "-" else dev, fields,
-        (unescape(cmdline) if "\\" in cmdline else cmdline) or None))
+        (unescape(cmdline) if "\\" in cmdline else cmdline) or None, None, None, None))
 
 
 def _extra(fields, name, value):
-    """An @extra of an E line into `fields`: @reason=N, @caller=SYMDATA, @peek=HEX ("-": none).
+    """An @extra of an E line (but @sk, the event's socket) into `fields`: @reason=N,
+    @caller=SYMDATA, @peek=HEX ("-": none).
 
     symdata() prints "kfree_skb_reason+0x1a/0x80 [kernel]" (symbol, offset, size, module),
     or the address in hex when no symbol covers it: kept as the symbol and offset, or an int.

@@ -12,6 +12,7 @@ from legacytrace.errors import LegacytraceError, UsageError
 from legacytrace.flowfilter import FlowFilter
 from legacytrace.kernel.host import HostFacts
 from legacytrace.model import Probe, TraceRequest
+from legacytrace.procfilter import ProcessFilter
 
 
 GENERIC = [Probe("ip_rcv", 1, description="IPv4 receive"),
@@ -51,10 +52,10 @@ def test_build_is_pure_and_repeatable():
 
 def test_kprobe_mode_reads_argument_positions_and_quotes_clone_names():
     text = build(LAB_61).text
-    assert 'kprobe:"ip_output"\n{\n  $skb = (struct sk_buff *)arg2;\n  $sk = (struct sock *)arg1;' \
-        in text
+    assert '  $skb = (struct sk_buff *)arg2;\n  $sk = (struct sock *)arg1;' in \
+        text.split('kprobe:"ip_output"')[1]
     assert 'kprobe:"tcp_v4_rcv.isra.0"' in text
-    assert "LTB1\\tkprobe\\tip_rcv\\t" in text
+    assert "LTB2\\tkprobe\\tip_rcv\\t" in text
 
 
 def test_tracepoint_mode_skips_functions_without_a_tracepoint_and_says_so():
@@ -116,3 +117,17 @@ def test_a_description_cannot_leave_its_comment():
     text = build(LAB_61, probes=[probe]).text
     assert '// ip_rcv: x } BEGIN { system("id") } //' in text
     assert "\nBEGIN { system" not in text and "\r" not in text
+
+
+@pytest.mark.parametrize("name, facts", [("kprobe-process.bt", LAB_61),
+                                         ("tracepoint-process.bt", DEV_618)])
+def test_process_filter_golden(name, facts):
+    """-p 812 -p 900 --comm nginx: task-context events of those, every interrupt's and every
+    kernel thread's (user space judges those by their owner), joined to the flow filter."""
+    processes = ProcessFilter([812, 900], ["nginx"])
+    text = backends.get("bpf").build(TraceRequest(
+        GENERIC, FlowFilter.parse(proto="udp"), HostFacts(**facts), run_id="lt4242",
+        processes=processes)).text
+    golden("bpf/" + name, text)
+    assert ('($ctx != 0 || (curtask->flags & 0x200000) != 0 || pid == 812 || pid == 900 || '
+            'comm == "nginx")') in text

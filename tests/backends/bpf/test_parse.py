@@ -1,4 +1,4 @@
-"""The bpf backend's parser (backends/bpf/parse.py) on LTB1 lines bpftrace printed on a
+"""The bpf backend's parser (backends/bpf/parse.py) on LTB2 lines bpftrace printed on a
 real kernel (tests/data/bpf/README.md says how they were captured), and on damaged ones.
 """
 import os
@@ -76,9 +76,11 @@ def test_tcp_ports_in_both_directions():
 
 
 @pytest.mark.parametrize("line", [
-    "", "Attaching 10 probes...", "LTB1\tBEGIN\tlt4242", "Lost 12 events", "\n", "LTB1",
-    "LT2\ttracepoint\tx" + "\t0" * 22 + "\t-\tping",
-    "LTB1\tuprobe\tx" + "\t0" * 22 + "\t-\tping",
+    "", "Attaching 10 probes...", "LTB2\tBEGIN\tlt4242", "Lost 12 events", "\n", "LTB2",
+    "LT2\ttracepoint\tx" + "\t0" * 23 + "\t-\tping",
+    "LTB2\tuprobe\tx" + "\t0" * 23 + "\t-\tping",
+    # the line protocol before the socket column
+    "LTB1\ttracepoint\tnet:net_dev_queue\t1\t0\t1\t1\t0\tffff" + "\t0" * 15 + "\t-\tping",
 ])
 
 
@@ -118,7 +120,7 @@ def test_a_batch_parses_as_its_lines_one_by_one_damaged_ones_included():
 
 
 def test_parse_never_raises(text):
-    backends.get("bpf").parse("LTB1\t" + text)
+    backends.get("bpf").parse("LTB2\t" + text)
     backends.get("bpf").parse(text)
 
 

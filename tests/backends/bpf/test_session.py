@@ -98,7 +98,7 @@ def test_events_before_begin_are_kept_lost_events_counted_and_stop_escalates(tmp
     # Ignores SIGINT and SIGTERM: detach must go on to SIGKILL and still return.
     first = captured()[0]
     exe = stand_in(tmp_path, "trap '' INT TERM\necho 'Attaching 1 probes...'\n"
-                             "printf '%s\\n' '{}'\necho 'LTB1\tBEGIN\tx'\necho 'Lost 7 events'\n"
+                             "printf '%s\\n' '{}'\necho 'LTB2\tBEGIN\tx'\necho 'Lost 7 events'\n"
                              "printf '%s\\n' '{}'\nexec sleep 60\n".format(first, first))
     with session(exe, grace=0.5) as live:
         lines = live.lines()

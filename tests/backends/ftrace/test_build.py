@@ -16,6 +16,7 @@ from legacytrace.flowfilter import FlowFilter
 from legacytrace.kernel import tracepoints
 from legacytrace.kernel.host import HostFacts
 from legacytrace.model import Probe, TraceRequest
+from legacytrace.procfilter import ProcessFilter
 
 
 def test_golden_el7_udp_flow_text_and_sh():
@@ -91,3 +92,38 @@ def test_every_generated_sh_script_is_valid_sh():
 def test_the_golden_sh_scripts_are_valid_sh(name):
     path = os.path.join(GOLDEN, "ftrace", name)
     assert subprocess.call(["sh", "-n", path]) == 0
+
+
+def test_golden_process_filter_in_every_probe_filter():
+    """-p 812 with its threads 812-814 and 900: common_pid of those threads, or interrupt
+    context (common_flags), joined to the flow filter where there is one."""
+    request = TraceRequest(EL7_PROBES, FlowFilter.parse(proto="udp"), el7_host(),
+                           run_id="lt4242", processes=ProcessFilter([812], (), [812, 813, 814, 900]))
+    backend = el7_backend()
+    program = backend.build(request)
+    golden("ftrace/el7-process.txt", program.text)
+    golden("ftrace/el7-process.sh", backend.export(program, "sh"))
+    assert all(event_filter.lstrip("(").startswith(
+        "common_flags >= 8 || (common_pid >= 812 && common_pid <= 814) || common_pid == 900")
+        for _, _, event_filter in program.part.events)
+
+
+def test_a_comm_or_too_many_threads_leave_the_process_filter_to_user_space():
+    comm = TraceRequest(EL7_PROBES, FlowFilter(), el7_host(), run_id="lt4242",
+                        processes=ProcessFilter([812], ["nginx"]))
+    assert all(f is None or "common_pid" not in f for _, _, f in el7_backend().build(comm).part.events)
+    many = TraceRequest(EL7_PROBES, FlowFilter(), el7_host(), run_id="lt4242",
+                        processes=ProcessFilter([2], (), range(2, 4000, 2)))
+    program = el7_backend().build(many)
+    assert all(f is None or "common_pid" not in f for _, _, f in program.part.events)
+    assert any("process filter" in warning for warning in program.warnings)
+
+
+def test_tracepoint_mode_refuses_a_process_filter_it_cannot_judge():
+    host = HostFacts(release="6.18.44-fc-v669", root=True, tracefs="/sys/kernel/tracing",
+                     instances=True, tracepoints=["net:netif_receive_skb", "net:net_dev_queue"])
+    backend = FtraceBackend(layout_for=None)
+    program = backend.build(TraceRequest([Probe("__netif_receive_skb_core", 1)], FlowFilter(),
+                                         host, run_id="lt4242",
+                                         processes=ProcessFilter([812])))
+    assert "pid 812" in backend.ready(program, host)

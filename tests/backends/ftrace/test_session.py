@@ -63,7 +63,7 @@ def program(group="legacytrace_lt77", buffer_kb=4096):
     definitions = [Definition("p", "ip_rcv", "ip_rcv", ("skb=%di:x64",), "f_ver >= 64"),
                    Definition("p", "ip_output", "ip_output", ("skb=%dx:x64",), None)]
     part = FtracePart(group, "6.1.0-56-amd64", "btf /sys/kernel/btf/vmlinux", definitions,
-                      [(group, d.event, d.filter) for d in definitions], (), None)
+                      [(group, d.event, d.filter) for d in definitions], (), None, None)
     return Program("ftrace", "", mode="kprobe", part=part, buffer_kb=buffer_kb)
 
 

@@ -16,6 +16,7 @@ from legacytrace import filterexpr as fx
 from legacytrace.flowfilter import FlowFilter
 from legacytrace.kernel.host import HostFacts
 from legacytrace.model import Probe, TraceRequest
+from legacytrace.procfilter import ProcessFilter
 
 
 #: 6.1 positions (docs/kernel-facts.md): ip_output/ip_finish_output (net, sk, skb).
@@ -32,12 +33,13 @@ PROBES_EL7 = [
 ]
 
 
-def request(probes, flow=None, release="6.1.0-56-amd64"):
-    return TraceRequest(probes, flow or FlowFilter(), HostFacts(release=release), run_id="lt4242")
+def request(probes, flow=None, release="6.1.0-56-amd64", processes=None):
+    return TraceRequest(probes, flow or FlowFilter(), HostFacts(release=release), run_id="lt4242",
+                        processes=processes)
 
 
-def build(probes, flow=None, release="6.1.0-56-amd64"):
-    return stap.StapBackend().build(request(probes, flow, release))
+def build(probes, flow=None, release="6.1.0-56-amd64", processes=None):
+    return stap.StapBackend().build(request(probes, flow, release, processes))
 
 
 CASES = collections.OrderedDict([
@@ -56,6 +58,9 @@ CASES = collections.OrderedDict([
         proto="tcp", dport="80"))),
     ("drops-61", lambda: build_manifest("drops", "lab-6.1.json", FlowFilter.parse(proto="udp"))),
     ("drops-el7", lambda: build_manifest("drops", "el7-3.10.json", FlowFilter.parse(proto="udp"))),
+    ("process-el7", lambda: build(PROBES_EL7, FlowFilter.parse(proto="udp"),
+                                  release="3.10.0-1160.el7.x86_64",
+                                  processes=ProcessFilter([812, 900], ["nginx"]))),
 ])
 
 
@@ -265,3 +270,10 @@ def test_module_program_needs_a_module_built_under_its_name(tmp_path):
     for bad in ("icmp.ko", "lt_a-b.ko", "lt_x.o", "lt_.ko"):
         with pytest.raises(UsageError):
             backend.module_program(str(tmp_path / bad))
+
+
+def test_the_process_filter_skips_other_tasks_but_never_an_interrupt():
+    text = CASES["process-el7"]().text
+    condition = 'if (lt_context() == 0 && !(pid() == 812 || pid() == 900 || execname() == "nginx"))'
+    assert text.count(condition) == len(PROBES_EL7)
+    assert build(PROBES_EL7).text.count("lt_context() == 0 &&") == 0
