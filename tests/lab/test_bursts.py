@@ -8,6 +8,7 @@ filter keeping that port, the probes produce exactly two events a datagram; the 
 small buffer drops datagrams only after udp_rcv. stap is not here: its transport can lose lines
 without counting them (README.md, "Stopping").
 """
+import json
 import signal
 import socket
 import threading
@@ -63,6 +64,13 @@ def traced(backend, args, port, count, tmp_path, settle=False):
     return tracer.summary
 
 
+def keep(lab_shared, name, backend, summary):
+    """The run's figures in LEGACYTRACE_LAB_SHARED (BENCHMARKS.md quotes them)."""
+    figures = dict((key, summary[key]) for key in ("events", "lines_read", "lost", "filtered"))
+    (lab_shared / "{}-{}-{}.json".format(name, backend, labkit.kernel_release())).write_text(
+        json.dumps(figures, indent=2, sort_keys=True))
+
+
 def read_until_quiet(tracer):
     """Read until no line has come for QUIET seconds: the tracer has read what was made."""
     seen = None
@@ -74,24 +82,24 @@ def read_until_quiet(tracer):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_burst_the_default_buffer_is_sized_for_loses_nothing(backend, foreign, tmp_path):
+def test_a_burst_the_default_buffer_is_sized_for_loses_nothing(backend, foreign, tmp_path,
+                                                               lab_shared):
     port = labkit.free_port(socket.SOCK_DGRAM)
     summary = traced(backend, ["udp and dst port {}".format(port)], port, BURST, tmp_path,
                      settle=True)
-    print("{}: burst of {} datagrams: {} events, {} lines read, lost {}".format(
-        backend, BURST, summary["events"], summary["lines_read"], summary["lost"]))
+    keep(lab_shared, "burst", backend, summary)
     assert summary["lost_total"] == 0, summary
     assert summary["events"] >= 2 * BURST, summary
     assert settled(foreign) == []
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_a_stop_right_after_a_flood_accounts_for_every_event(backend, foreign, tmp_path):
+def test_a_stop_right_after_a_flood_accounts_for_every_event(backend, foreign, tmp_path,
+                                                             lab_shared):
     port = labkit.free_port(socket.SOCK_DGRAM)
     summary = traced(backend, ["-r", TWO_FUNCTIONS, "udp and dst port {}".format(port)], port,
                      FLOOD, tmp_path)
-    print("{}: flood of {} datagrams stopped at once: {} events, lost {}".format(
-        backend, FLOOD, summary["events"], summary["lost"]))
+    keep(lab_shared, "flood-stop", backend, summary)
     assert summary["filtered"] == 0, summary
     assert summary["events"] + summary["lost_total"] == 2 * FLOOD, summary
     assert settled(foreign) == []
