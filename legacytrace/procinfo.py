@@ -12,7 +12,8 @@ time): when the pid now belongs to a process started later than the one we
 cached, the cached command line is dropped instead of being given to the
 newcomer. When the pid is free again (the process exited), the last process
 seen with it is still the best answer: pids are handed out cyclically, so it
-has not been reused since.
+has not been reused since. A process first looked up on its way out has no argv
+left: nobody can tell its command line then.
 """
 import collections
 import time
@@ -125,12 +126,19 @@ def _filled(ev, found, cmdline_at, comm_at):
     return _new_event(FlowEvent, values)
 
 
+#: kthreadd's pid: it and its children, the kernel threads, have no argv.
+KTHREADD = 2
+
+
 def _cmdline(proc):
-    """`proc`'s argv joined by spaces; "[name]" for a kernel thread (empty argv)."""
+    """`proc`'s argv joined by spaces; "[name]" for a kernel thread; None for a process that
+    is exiting (its argv went with its memory: it is no kernel thread for that)."""
     args = proc.cmdline()
     if args:
         return " ".join(args)
-    return "[{}]".format(proc.name())
+    if proc.pid == KTHREADD or proc.ppid() == KTHREADD:
+        return "[{}]".format(proc.name())
+    return None
 
 
 def threads_of(pids, process=psutil.Process):

@@ -199,7 +199,9 @@ def test_tcp_connect_destination_and_process(runs):
     assert (event["func"], event["daddr"], event["dport"], event["comm"]) == \
         ("tcp_connect", "127.0.0.1", port, "curl")
     assert event["fields"]["state"] == 2                    # TCP_SYN_SENT before the SYN goes out
-    assert event["cmdline"] == " ".join(work["curl"].argv)
+    # curl may be gone before user space looks it up: then nobody can tell (null), and
+    # never a wrong command line (the icmp-senders test holds a live ping's)
+    assert event["cmdline"] in (" ".join(work["curl"].argv), None), event
 
 
 def test_drops_reason_and_caller(runs):

@@ -38,6 +38,8 @@ UDP_PORT, TCP_PORT = 47301, 47302
 UDP_COMM, TCP_COMM = "ltlab-udp", "ltlab-tcp"
 SERVED = "port {} or port {}".format(UDP_PORT, TCP_PORT)
 PING = "icmp"
+#: Pings (0.2 s apart) that may go while the probes attach one by one (5.10 under TCG: 2).
+ATTACH_PINGS = 5
 #: The stap programs of the guest's traces: (expression, --comm or None).
 STAP_PROGRAMS = {"served": (SERVED, None), "ping": (PING, None), "comm": (SERVED, TCP_COMM)}
 #: A UDP server that only receives, and a TCP server that answers each line; both rename
@@ -143,7 +145,9 @@ def traced(backend, args, action, folder, request, lossless=True):
         code = tracer.finish(180)
     assert code == 0, tracer.stderr
     assert tracer.summary is not None, tracer.stderr
-    assert tracer.summary["lost_total"] == 0 or not lossless, tracer.summary
+    # SystemTap's transport may lose a few lines under TCG (README.md), counted by cause
+    assert tracer.summary["lost_total"] == 0 or not lossless or backend == "stap", \
+        tracer.summary["lost"]
     return tracer, result
 
 
@@ -212,10 +216,12 @@ def test_the_first_and_last_ping_of_a_short_run_are_attributed_right(backend, lo
     sent = [e for e in ours if e["func"] == "ip_output" and e["icmp_type"] == 8]
     assert sent and all((e["context"], e["pid"]) == ("task", ping.pid) for e in sent), sent
     # the receive path, from the first ping seen to the last: softirq, never the task (the
-    # last few may be lost at the stop, and counted)
+    # last few may be lost at the stop, and counted; the first few may be seen only at the
+    # probes attached first: bpftrace attaches them one at a time while ping runs)
     received = [e for e in ours if e["func"] in RECEIVE]
     got = sorted(set(e["icmp_seq"] for e in received))
-    assert got and got[0] <= seqs[0] + 1 and len(got) >= len(seqs) - 6, (seqs, got)
+    assert got and got[0] <= seqs[0] + ATTACH_PINGS, (seqs, got)
+    assert len(got) >= len([s for s in seqs if s >= got[0]]) - 6, (seqs, got)
     assert all(e["context"] == "softirq" for e in received), [
         e for e in received if e["context"] != "softirq"]
     # and every event of it, the kernel's echo replies too, is ping's
