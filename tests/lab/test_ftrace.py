@@ -157,7 +157,14 @@ class Tracer:
         self.proc.send_signal(sig)
         out, err = self.proc.communicate(timeout=timeout)
         self.stderr = err
-        return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+        return [_loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def _loads(line):
+    try:
+        return json.loads(line)
+    except ValueError as exc:
+        raise AssertionError("not JSON ({}): {}".format(exc, line))
 
 
 def assert_nothing_of_ours_left(tracing, group):
