@@ -83,14 +83,17 @@ request = TraceRequest(probes, flow, facts, run_id="lt{}".format(os.getpid()))
 program = backend.build(request)
 stats = render.Summary()
 
-sink = render.JsonRenderer(sys.stdout)
+# A buffered writer over stdout: under -u a write that SIGINT interrupts part way is not
+# finished by the text layer, which would cut a JSON line
+out = open(1, "w", buffering=1, closefd=False)
+sink = render.JsonRenderer(out)
 def announce():
     sys.stderr.write("ready {}\n".format(program.part.group))
     sys.stderr.flush()
 try:
     ended = trace.run(backend, program, flow, Limits(duration=spec.get("duration")), sink, stats,
                       attached=announce)
-    sys.stdout.flush()
+    out.flush()
 except BrokenPipeError:
     ended = "closed pipe"
 sys.stderr.write("ended: {}; lost {}\n".format(ended, dict(stats.lost)))
