@@ -120,6 +120,13 @@ class Tracer(object):
         if self.capture:
             with open(self.capture, "w") as out:
                 out.write("".join(line + "\n" for line in self.lines))
+            with open(self.capture + ".report", "w") as out:
+                json.dump({"lost": self.session.lost, "stderr": self.session.stderr}, out)
+
+    @property
+    def report(self):
+        """What the session counted as lost and staprun's stderr, for assertion messages."""
+        return "lost {}, stderr {}".format(dict(self.session.lost), self.session.stderr)
 
     @property
     def events(self):
