@@ -13,8 +13,9 @@ from legacytrace.model import CONTEXTS, FlowEvent
 
 PROTOCOL = "LT1"
 _TAG = PROTOCOL + "\t"
-_EVENT_TAG = _TAG + "E\t"
+EVENT_TAG = _TAG + "E\t"
 CAUGHT_TAG = _TAG + "C\t"
+SENT_TAG = _TAG + "S\t"
 #: What stap's runtime reports at exit, e.g. "WARNING: Number of errors: 0, skipped probes: 12".
 _SKIPPED_RE = re.compile(r"skipped probes: ([0-9]+)")
 _ERRORS_RE = re.compile(r"Number of errors: ([0-9]+)")
@@ -33,7 +34,7 @@ _new_event = tuple.__new__
 
 
 def events_in(lines):
-    return sum(1 for line in lines if line.startswith(_EVENT_TAG))
+    return sum(1 for line in lines if line.startswith(EVENT_TAG))
 EXIT_REPORT_RE = re.compile(r"Number of errors|skipped probes|Skipped due to|transport failures")
 
 

@@ -13,8 +13,8 @@ import time
 from legacytrace import trust
 from legacytrace.backends.base import Session, die_with_parent
 from legacytrace.backends.stap import cache
-from legacytrace.backends.stap.parse import (CAUGHT_TAG, EXIT_REPORT_RE, PROTOCOL,
-                                             count_exit_report, count_lost, events_in,
+from legacytrace.backends.stap.parse import (CAUGHT_TAG, EVENT_TAG, EXIT_REPORT_RE, PROTOCOL,
+                                             SENT_TAG, count_exit_report, count_lost, events_in,
                                              real_skipped, salvage)
 from legacytrace.errors import LegacytraceError, UsageError, warn
 from legacytrace.kernel.release import KernelRelease
@@ -61,6 +61,9 @@ class StapSession(Session):
         self._finish_by = None
         #: faults the probes caught (the C line), see real_skipped()
         self.caught = 0
+        #: E lines the module printed (the S line at its end) and E lines staprun gave us
+        self.sent = None
+        self.received = 0
 
     def attach(self):
         module = self.program.part.module or cache.compile(
@@ -134,8 +137,10 @@ class StapSession(Session):
             unread = 0
             while not self._chunks.empty():
                 unread += events_in(self._chunks.get_nowait())
-            if unread and self._finish_by is not None:   # after --count they are not wanted
-                self.lost["stap lines unread at stop"] += unread
+            if self._finish_by is not None:   # after --count the rest is not wanted
+                if unread:
+                    self.lost["stap lines unread at stop"] += unread
+                self._count_undelivered()
             self._stderr_thread.join(5)
             for line in self.stderr:
                 count_exit_report(line, self.lost)
@@ -145,6 +150,17 @@ class StapSession(Session):
                 self.lost["stap skipped probes"] = skipped
         except Exception as exc:
             warn("stap: reading staprun's report: {}".format(exc))
+
+    def _count_undelivered(self):
+        """E lines the module printed that staprun never passed on (its transport can drop
+        them without a report); a damaged line is one of them, already counted as such."""
+        if self.sent is None:
+            warn("stap: the module's count of the lines it printed did not arrive; lines "
+                 "SystemTap's transport lost, if any, are not counted")
+            return
+        undelivered = self.sent - self.received - self.lost["stap damaged lines"]
+        if undelivered > 0:
+            self.lost["stap lines its transport lost"] += undelivered
 
     def _take(self, until=None):
         """Batches from the queue until staprun's output ends, or `until` (monotonic) passes;
@@ -181,11 +197,17 @@ class StapSession(Session):
 
     def _put(self, lines):
         for line in lines:
-            if salvage(line)[1]:
+            line, damaged = salvage(line)
+            if damaged:
                 self.lost["stap damaged lines"] += 1
-            count_lost(line, self.lost)
-            if line.startswith(CAUGHT_TAG) and line[len(CAUGHT_TAG):].isdigit():
+            if line.startswith(EVENT_TAG):
+                self.received += 1
+            elif line.startswith(CAUGHT_TAG) and line[len(CAUGHT_TAG):].isdigit():
                 self.caught += int(line[len(CAUGHT_TAG):])
+            elif line.startswith(SENT_TAG) and line[len(SENT_TAG):].isdigit():
+                self.sent = int(line[len(SENT_TAG):])
+            else:
+                count_lost(line, self.lost)
         with self._backlog_lock:
             kept = self._backlog + len(lines) <= self._backlog_max
             if kept:

@@ -206,10 +206,21 @@ def test_drops_shows_a_datagram_to_a_closed_port_with_reason_and_caller(
     assert event.fields["mark"] == 0
 
 
+def exchange(lab_release, lab_shared, attempts=3):
+    """The generic manifest's trace of one TCP exchange, and bash's run. SystemTap's transport
+    can lose lines under TCG (counted, README.md): a run that counted losses is tried again,
+    so that the paths are judged on a whole trace."""
+    for _ in range(attempts):
+        with labkit.Listener(GENERIC_PORT), Tracer("generic", lab_release, lab_shared) as tracer:
+            client = bash_sends_a_line("exchange", GENERIC_PORT)
+        if not tracer.session.lost:
+            break
+    return tracer, client
+
+
 def test_generic_shows_a_tcp_exchange_on_both_paths(lab_release, lab_shared, module_cache,
                                                     loopback):
-    with labkit.Listener(GENERIC_PORT), Tracer("generic", lab_release, lab_shared) as tracer:
-        client = bash_sends_a_line("exchange", GENERIC_PORT)
+    tracer, client = exchange(lab_release, lab_shared)
     assert client.returncode == 0, client.output
     events = tracer.events
     sport = next(e.sport for e in of(events, client) if e.dport == GENERIC_PORT)
@@ -225,7 +236,7 @@ def test_generic_shows_a_tcp_exchange_on_both_paths(lab_release, lab_shared, mod
     # while keeping the symbol for other callers: TCP does not pass the probed copy there.
     transmit -= {"ip_local_out_sk"}
     for seen in (forward, backward):
-        assert transmit <= seen and receive <= seen, (seen, tracer.lines[:40])
+        assert transmit <= seen and receive <= seen, (seen, tracer.report, tracer.lines[:40])
 
 
 # --- issue 8: the CLI in a guest that has no kernel headers ------------------------------

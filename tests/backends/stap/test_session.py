@@ -48,6 +48,25 @@ def test_the_backlog_between_staprun_and_the_parser_counts_what_it_drops(monkeyp
                                      ["t\0\0\0" + event.format(4)]]
 
 
+def test_lines_the_module_printed_and_staprun_never_passed_on_are_counted():
+    """The module's S line counts the E lines it printed; each one that did not come through,
+    and was not a damaged line (counted as that), was lost in SystemTap's transport."""
+    session = stap_session.StapSession(None)
+    event = "LT1\tE\t{}"
+    session._put([event.format(1), "t\0\0\0" + event.format(2), "LT1\tC\t3", "LT1\tS\t6"])
+    session._count_undelivered()
+    assert (session.received, session.sent, session.caught) == (2, 6, 3)
+    assert session.lost == {"stap damaged lines": 1, "stap lines its transport lost": 3}
+
+
+def test_without_the_modules_count_a_stop_says_that_transport_losses_are_unknown(capsys):
+    session = stap_session.StapSession(None)
+    session._put(["LT1\tE\t1"])
+    session._count_undelivered()
+    assert session.lost == {}
+    assert "lines SystemTap's transport lost, if any, are not counted" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("value", ["lots", "-5", "0", "1e3"])
 def test_a_bad_backlog_setting_is_a_clear_error(monkeypatch, value):
     monkeypatch.setenv(stap_session.BACKLOG_ENV, value)
