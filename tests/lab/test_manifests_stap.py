@@ -206,21 +206,12 @@ def test_drops_shows_a_datagram_to_a_closed_port_with_reason_and_caller(
     assert event.fields["mark"] == 0
 
 
-def exchange(lab_release, lab_shared, attempts=3):
-    """The generic manifest's trace of one TCP exchange, and bash's run. SystemTap's transport
-    can lose lines under TCG (counted, README.md): a run that counted losses is tried again,
-    so that the paths are judged on a whole trace."""
-    for _ in range(attempts):
-        with labkit.Listener(GENERIC_PORT), Tracer("generic", lab_release, lab_shared) as tracer:
-            client = bash_sends_a_line("exchange", GENERIC_PORT)
-        if not tracer.session.lost:
-            break
-    return tracer, client
-
-
 def test_generic_shows_a_tcp_exchange_on_both_paths(lab_release, lab_shared, module_cache,
                                                     loopback):
-    tracer, client = exchange(lab_release, lab_shared)
+    with labkit.Listener(GENERIC_PORT):
+        tracer, client = test_stap.whole_trace(
+            lambda: Tracer("generic", lab_release, lab_shared),
+            lambda: bash_sends_a_line("exchange", GENERIC_PORT))
     assert client.returncode == 0, client.output
     events = tracer.events
     sport = next(e.sport for e in of(events, client) if e.dport == GENERIC_PORT)
