@@ -59,6 +59,19 @@ def test_lines_the_module_printed_and_staprun_never_passed_on_are_counted():
     assert session.lost == {"stap damaged lines": 1, "stap lines its transport lost": 3}
 
 
+@pytest.mark.parametrize("capture, lost", [
+    ("lab-manifest-generic-6.1.0-57-amd64.txt", {}),
+    ("lab-transport-lost-5.10.0-46-amd64.txt", {"stap lines its transport lost": 3}),
+])
+def test_a_real_trace_counts_what_its_transport_lost(datadir, capture, lost):
+    """Captures of the lab (tests/data/stap/README.md): a whole one, and one that lost 3 lines
+    after a CPU's first 4 KiB sub-buffer (staprun's own report said 1 transport failure)."""
+    session = stap_session.StapSession(None)
+    session._put((datadir / "stap" / capture).read_text().splitlines())
+    session._count_undelivered()
+    assert session.lost == lost
+
+
 def test_without_the_modules_count_a_stop_says_that_transport_losses_are_unknown(capsys):
     session = stap_session.StapSession(None)
     session._put(["LT1\tE\t1"])
