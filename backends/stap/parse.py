@@ -16,6 +16,8 @@ _TAG = PROTOCOL + "\t"
 EVENT_TAG = _TAG + "E\t"
 CAUGHT_TAG = _TAG + "C\t"
 SENT_TAG = _TAG + "S\t"
+#: The module's first line: its probes are live.
+BEGIN_LINE = _TAG + "B\t0"
 #: What stap's runtime reports at exit, e.g. "WARNING: Number of errors: 0, skipped probes: 12".
 _SKIPPED_RE = re.compile(r"skipped probes: ([0-9]+)")
 _ERRORS_RE = re.compile(r"Number of errors: ([0-9]+)")

@@ -13,7 +13,7 @@ import time
 from legacytrace import trust
 from legacytrace.backends.base import Session, die_with_parent
 from legacytrace.backends.stap import cache
-from legacytrace.backends.stap.parse import (CAUGHT_TAG, EVENT_TAG, EXIT_REPORT_RE, PROTOCOL,
+from legacytrace.backends.stap.parse import (BEGIN_LINE, CAUGHT_TAG, EVENT_TAG, EXIT_REPORT_RE,
                                              SENT_TAG, count_exit_report, count_lost, events_in,
                                              real_skipped, salvage)
 from legacytrace.errors import LegacytraceError, UsageError, warn
@@ -81,7 +81,7 @@ class StapSession(Session):
                                                daemon=True)
         self._stdout_thread.start()
         for batch in self._take(time.monotonic() + ATTACH_TIMEOUT):
-            if PROTOCOL + "\tB" in batch:
+            if BEGIN_LINE in batch:
                 return
         if self._eof.is_set():
             _wait(self.proc)
