@@ -187,8 +187,8 @@ def test_flows_appear_with_tuple_pid_and_cmdline(lab_release, stap_runtime, modu
     assert tracer.attach_seconds < 30, "the module was not taken from the cache"
     # each line is one transport message: with its 8-byte header, a multiple of 16 bytes
     # (the template's lt_pad() says why)
-    assert all((len(line) + 9) % 16 == 0 for line in tracer.lines if line.startswith("LT1\tE\t")), \
-        tracer.lines
+    lines = [line for line in tracer.lines if line.startswith("LT1\tE\t")]
+    assert all((len(line) + 9) % 16 == 0 for line in lines), lines
     events = tracer.events
     assert events, "no events: {}".format(tracer.session.stderr)
 
