@@ -22,6 +22,7 @@ import pytest
 import labkit
 from legacytrace.backends import stap
 from legacytrace.backends.stap import cache as stap_cache
+from legacytrace.backends.stap import parse as stap_parse
 from legacytrace.backends.stap import session as stap_session
 from legacytrace.flowfilter import FlowFilter
 from legacytrace.kernel.host import HostFacts
@@ -187,7 +188,7 @@ def test_flows_appear_with_tuple_pid_and_cmdline(lab_release, stap_runtime, modu
     assert tracer.attach_seconds < 30, "the module was not taken from the cache"
     # each line is one transport message: with its 8-byte header, a multiple of 16 bytes
     # (the template's lt_pad() says why)
-    lines = [line for line in tracer.lines if line.startswith("LT1\tE\t")]
+    lines = [line for line in tracer.lines if line.startswith(stap_parse.EVENT_TAG)]
     assert all((len(line) + 9) % 16 == 0 for line in lines), lines
     events = tracer.events
     assert events, "no events: {}".format(tracer.session.stderr)
